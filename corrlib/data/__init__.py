@@ -1,0 +1,1 @@
+"""Datasets and file formats (torchvision-style: ``root``, ``split``, ``transform``, ``download``)."""

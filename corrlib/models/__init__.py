@@ -1,0 +1,1 @@
+"""Models, one module per paper (and ``handcrafted`` for the pre-deep baselines)."""
