@@ -1,7 +1,7 @@
 """Input checks shared by every public function (one place, one message style).
 
 A bad shape or value raises ``ValueError`` naming the argument, what was expected and what
-was given; an unknown string option lists the valid values.
+was given; an unknown string option lists the valid values; a non-tensor raises ``TypeError``.
 """
 
 from __future__ import annotations
@@ -10,11 +10,18 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["check_choice", "check_shape", "check_tensor"]
+__all__ = ["check_choice", "check_image", "check_shape", "check_tensor"]
 
 
 def check_tensor(x: object, name: str) -> torch.Tensor:
-    """Raise ``TypeError`` unless ``x`` is a tensor."""
+    """Raise ``TypeError`` unless ``x`` is a tensor; return it.
+
+    Example:
+        >>> check_tensor([1, 2], "kps")
+        Traceback (most recent call last):
+        ...
+        TypeError: Argument kps must be a torch.Tensor, got list.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"Argument {name} must be a torch.Tensor, got {type(x).__name__}.")
     return x
@@ -24,7 +31,16 @@ def check_shape(x: torch.Tensor, pattern: Sequence[str | int], name: str) -> dic
     """Check ``x`` against a shape pattern and return the sizes bound to its letters.
 
     ``pattern`` holds ints (exact sizes), letters (any size, the same letter the same size)
-    and ``"*"`` (any size). Example: ``check_shape(kps, ("B", "N", 2), "kps")``.
+    and ``"*"`` (any size). Only letters are returned, in pattern order, so read sizes by name
+    (``check_shape(...)["B"]``), or unpack ``.values()`` only when every dim is a letter.
+
+    Example:
+        >>> check_shape(torch.zeros(2, 5, 2), ("B", "N", 2), "kps")
+        {'B': 2, 'N': 5}
+        >>> check_shape(torch.zeros(5, 2), ("B", "N", 2), "kps")
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument kps must have shape (B, N, 2) (3 dims), got shape (5, 2).
     """
     check_tensor(x, name)
     expected = "(" + ", ".join(str(p) for p in pattern) + ")"
@@ -52,10 +68,52 @@ def check_shape(x: torch.Tensor, pattern: Sequence[str | int], name: str) -> dic
 
 
 def check_choice(value: str, name: str, valid: Iterable[str]) -> str:
-    """torchvision-style string option check."""
+    """torchvision-style string option check; returns ``value``.
+
+    Example:
+        >>> check_choice("tps", "kind", ("affine", "homography", "tps"))
+        'tps'
+        >>> check_choice("spline", "kind", ("affine", "tps"))
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown value 'spline' for argument kind. Valid values are {affine, tps}.
+    """
     valid = tuple(valid)
     if value not in valid:
         raise ValueError(
             f"Unknown value '{value}' for argument {name}. Valid values are {{{', '.join(valid)}}}."
         )
     return value
+
+
+def check_image(img: torch.Tensor, name: str = "image", batched: bool | None = None) -> torch.Tensor:
+    """Check an RGB image tensor: ``(3, H, W)`` or ``(B, 3, H, W)`` (``batched`` forces one).
+
+    A grey (1 channel) or RGBA (4 channel) image is refused with a message that says how to
+    convert it; returns ``img``.
+
+    Example:
+        >>> check_image(torch.zeros(1, 8, 8), "src")
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument src must have 3 channels (RGB) in dim 0, got 1 channels (shape (1, 8, 8)); a grey image: repeat it, e.g. img.expand(3, -1, -1), or load it with corrlib.data.read_image.
+    """
+    check_tensor(img, name)
+    if batched is None:
+        batched = img.dim() == 4
+    want = 4 if batched else 3
+    shape = "(B, 3, H, W)" if batched else "(3, H, W)"
+    if img.dim() != want:
+        raise ValueError(f"Argument {name} must have shape {shape}, got shape {tuple(img.shape)}.")
+    c = img.shape[-3]
+    if c != 3:
+        expand, alpha = ("img.expand(-1, 3, -1, -1)", "img[:, :3]") if batched else ("img.expand(3, -1, -1)", "img[:3]")
+        fix = {
+            1: f"a grey image: repeat it, e.g. {expand}, or load it with corrlib.data.read_image",
+            4: f"an RGBA image: drop alpha with {alpha}, or load it with corrlib.data.read_image",
+        }.get(c, "channels must be RGB")
+        raise ValueError(
+            f"Argument {name} must have 3 channels (RGB) in dim {want - 3}, got {c} channels "
+            f"(shape {tuple(img.shape)}); {fix}."
+        )
+    return img

@@ -1,0 +1,5 @@
+import sys
+
+from corrlib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,333 @@
+"""PF-PASCAL (Ham et al., TPAMI 2018) with the train/val/test split of NCNet (Rocco et al. 2018).
+
+Image pairs over the 20 PASCAL VOC classes; the split lists hold 2,940 train rows (pairs
+repeated, swapped and flagged for mirroring as augmentation), 308 val and 299 test pairs. The test
+list carries the keypoints; train/val keypoints come from the per-image annotation files.
+All coordinates in the files are MATLAB 1-based; corrlib converts them once, with
+:func:`~corrlib.data._common.matlab_to_zero_based`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import torch
+
+from corrlib._check import check_choice
+from corrlib.data._common import (
+    KeypointPair,
+    PairDataset,
+    download_and_extract,
+    download_url,
+    make_pair_item,
+    matlab_to_zero_based,
+    resolve_data_root,
+)
+
+__all__ = [
+    "FLIP_MODES",
+    "PFPASCAL_CATEGORIES",
+    "PFPASCAL_IMAGES_URL",
+    "PFPASCAL_PAIRS_URL",
+    "PFPascal",
+    "pair_overlap",
+    "read_pfpascal_annotation",
+]
+
+PFPASCAL_IMAGES_URL = (
+    "https://www.di.ens.fr/willow/research/proposalflow/dataset/PF-dataset-PASCAL.zip"
+)
+#: The split lists as published with NCNet (format with ``split``).
+PFPASCAL_PAIRS_URL = (
+    "https://raw.githubusercontent.com/ignacio-rocco/ncnet/master/datasets/pf-pascal/image_pairs/"
+    "{split}_pairs.csv"
+)
+#: The 20 PASCAL VOC classes; the pair lists' ``class`` column is 1-based into this tuple.
+PFPASCAL_CATEGORIES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+#: What ``flip=1`` in a train/val row mirrors: both images (NCNet's loader) or the source only.
+FLIP_MODES = ("both", "source")
+_IMAGES = "PF-dataset-PASCAL"
+
+
+def read_pfpascal_annotation(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read ``Annotations/<class>/<image>.mat``: keypoints ``(K, 2)`` and box ``(4,)``, 0-based.
+
+    ``kps`` rows are the class's K keypoint slots, ``NaN`` where the point is not visible;
+    ``bbox`` is x0, y0, x1, y1. Both are MATLAB 1-based in the file and returned 0-based, float32.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PF-PASCAL annotation {path} does not exist.")
+    mat = scipy.io.loadmat(path)
+    missing = [k for k in ("kps", "bbox") if k not in mat]
+    if missing:
+        raise ValueError(
+            f"{path} lacks {missing} (keys: {sorted(k for k in mat if not k.startswith('__'))}); "
+            "the file is corrupt or not a PF-PASCAL annotation."
+        )
+    kps = np.asarray(mat["kps"], dtype=np.float64).reshape(-1, 2)
+    bbox = np.asarray(mat["bbox"], dtype=np.float64).reshape(-1)
+    if bbox.shape != (4,):
+        raise ValueError(f"{path}: 'bbox' must hold 4 numbers (x0, y0, x1, y1), got {bbox.size}.")
+    return (
+        matlab_to_zero_based(torch.as_tensor(kps, dtype=torch.float32)),
+        matlab_to_zero_based(torch.as_tensor(bbox, dtype=torch.float32)),
+    )
+
+
+def _hflip_kps(kps: torch.Tensor, width: int) -> torch.Tensor:
+    """Mirror keypoints ``(N, 2)`` of an image of ``width``: x -> W - 1 - x (pixel centres)."""
+    out = kps.clone()
+    out[:, 0] = width - 1 - kps[:, 0]
+    return out
+
+
+def _hflip_bbox(bbox: torch.Tensor, width: int) -> torch.Tensor:
+    """Mirror a box ``(4,)`` x0, y0, x1, y1: the new x0 is the image of the old x1."""
+    x0, y0, x1, y1 = bbox.tolist()
+    return torch.tensor([width - 1 - x1, y0, width - 1 - x0, y1], dtype=torch.float32)
+
+
+def _parse_coords(text: str, path: Path, lineno: int, column: str) -> torch.Tensor:
+    try:
+        return torch.tensor([float(v) for v in text.split(";") if v.strip()], dtype=torch.float32)
+    except ValueError as err:
+        raise ValueError(
+            f"{path}, line {lineno}, column {column}: bad coordinate list ({err})."
+        ) from err
+
+
+class PFPascal(PairDataset):
+    """PF-PASCAL keypoint pairs, splits ``"train"``, ``"val"``, ``"test"`` (NCNet's lists).
+
+    Expected layout (``root`` is the data root that holds ``PF-PASCAL/``)::
+
+        <root>/PF-PASCAL/
+        ├── image_pairs/
+        │   ├── train_pairs.csv   source_image,target_image,class,flip
+        │   ├── val_pairs.csv     source_image,target_image,class,flip
+        │   └── test_pairs.csv    source_image,target_image,class,XA,YA,XB,YB ("x1;x2;...")
+        └── PF-dataset-PASCAL/
+            ├── JPEGImages/2007_000027.jpg ...
+            └── Annotations/<class>/<image>.mat   kps (K x 2, NaN = invisible), bbox (1 x 4)
+
+    ``class`` is 1-based into :data:`PFPASCAL_CATEGORIES`; all coordinates in the files are
+    MATLAB 1-based and converted to 0-based. Test keypoints come from ``test_pairs.csv``; train/val
+    keypoints are the slots visible in *both* images' ``.mat`` files. Boxes always come from the
+    ``.mat`` files (so ``Annotations/`` is needed for every split).
+
+    Items are dicts: ``src_img``/``trg_img`` uint8 ``(3, H, W)``; ``src_kps``/``trg_kps`` float32
+    ``(N, 2)`` pixels, 0-based, (x, y); ``src_bbox``/``trg_bbox`` ``(4,)`` x0, y0, x1, y1;
+    ``src_size``/``trg_size`` ``(H, W)``; ``category``; ``src_name``/``trg_name`` as in the list
+    (``"PF-dataset-PASCAL/JPEGImages/2011_001407.jpg"``); ``pair_index``; ``flip``.
+
+    Flip: a train/val row with ``flip=1`` is returned mirrored horizontally (x -> W - 1 - x, for
+    the image, its keypoints and its box). ``flip_mode="both"`` (default) mirrors both images, as
+    NCNet's loader does with these lists (the pair stays geometrically consistent: pure
+    augmentation); ``flip_mode="source"`` mirrors only the source, giving a mirrored pair.
+    ``item["flip"]`` reports the list's flag; ``pairs`` keeps the unflipped coordinates.
+
+    Args:
+        root: data root (``None``: ``$CORRLIB_DATA``).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        transform: callable applied to each item dict.
+        download: fetch the official files when missing (needs internet).
+        flip_mode: ``"both"`` or ``"source"`` (see Flip).
+
+    Paper: Ham et al., "Proposal Flow: Semantic Correspondences from Object Proposals", TPAMI 2018.
+    """
+
+    NAME = "PF-PASCAL"
+    FOLDER = "PF-PASCAL"
+    SPLITS = ("train", "val", "test")
+    TREE = """\
+<root>/PF-PASCAL/
+├── image_pairs/{train,val,test}_pairs.csv
+└── PF-dataset-PASCAL/
+    ├── JPEGImages/<image>.jpg
+    └── Annotations/<class>/<image>.mat"""
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        split: str = "test",
+        transform=None,
+        download: bool = False,
+        *,
+        flip_mode: str = "both",
+    ) -> None:
+        self.flip_mode = check_choice(flip_mode, "flip_mode", FLIP_MODES)
+        super().__init__(root, split, transform, download)
+
+    @classmethod
+    def _how_to_get(cls, folder: Path) -> str:
+        return (
+            "pass download=True (needs internet), or download "
+            f"{PFPASCAL_IMAGES_URL} and unzip it into {folder} (giving {folder / _IMAGES} with "
+            "JPEGImages/ and Annotations/), and save the pair lists "
+            f"{PFPASCAL_PAIRS_URL.format(split='{train,val,test}')} into {folder / 'image_pairs'}."
+        )
+
+    def download(self) -> None:
+        """Fetch ``PF-dataset-PASCAL.zip`` (extracted) and the three pair lists; skips what exists."""
+        download_and_extract(PFPASCAL_IMAGES_URL, self.folder, "PF-dataset-PASCAL.zip", None)
+        for split in self.SPLITS:
+            download_url(
+                PFPASCAL_PAIRS_URL.format(split=split),
+                self.folder / "image_pairs" / f"{split}_pairs.csv",
+                None,
+            )
+
+    def _check_exists(self) -> None:
+        self._require_folder(self.folder, self.folder)
+        self._require_file(self.folder / "image_pairs" / f"{self.split}_pairs.csv", self.folder)
+        self._require_folder(self.folder / _IMAGES / "JPEGImages", self.folder)
+        self._require_folder(self.folder / _IMAGES / "Annotations", self.folder)
+
+    @classmethod
+    def read_pairs(
+        cls, root: str | os.PathLike | None = None, split: str = "test"
+    ) -> list[KeypointPair]:
+        """Parse ``image_pairs/<split>_pairs.csv`` (needs no image): :class:`KeypointPair` records.
+
+        Test records carry 0-based keypoints; train/val records carry ``flip`` and no keypoints
+        (they live in the annotation files). Raises ``ValueError`` naming the file and line for a
+        row whose XA, YA, XB, YB lists differ in length or whose class is not in 1..20.
+        """
+        split = cls._check_split(split)
+        folder = resolve_data_root(root) / cls.FOLDER
+        path = cls._require_file(folder / "image_pairs" / f"{split}_pairs.csv", folder)
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            need = (
+                ["source_image", "target_image", "class", "XA", "YA", "XB", "YB"]
+                if split == "test"
+                else ["source_image", "target_image", "class", "flip"]
+            )
+            missing = [c for c in need if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(
+                    f"{path}: missing columns {missing} (header: {reader.fieldnames}); expected "
+                    f"{need}. Re-download it from {PFPASCAL_PAIRS_URL.format(split=split)}."
+                )
+            pairs = []
+            for lineno, row in enumerate(reader, start=2):
+                try:
+                    cls_id = int(row["class"])
+                except ValueError:
+                    cls_id = 0
+                if not 1 <= cls_id <= len(PFPASCAL_CATEGORIES):
+                    raise ValueError(
+                        f"{path}, line {lineno}: class {row['class']!r} is not a 1-based index "
+                        f"into the {len(PFPASCAL_CATEGORIES)} PASCAL VOC classes."
+                    )
+                category = PFPASCAL_CATEGORIES[cls_id - 1]
+                src_name, trg_name = row["source_image"].strip(), row["target_image"].strip()
+                if split != "test":
+                    flip = row["flip"].strip() not in ("0", "")
+                    pairs.append(KeypointPair(src_name, trg_name, category, flip=flip))
+                    continue
+                xa, ya, xb, yb = (
+                    _parse_coords(row[c], path, lineno, c) for c in ("XA", "YA", "XB", "YB")
+                )
+                if not len(xa) == len(ya) == len(xb) == len(yb):
+                    raise ValueError(
+                        f"{path}, line {lineno} (pair {lineno - 2}): keypoint lists differ in length "
+                        f"(XA {len(xa)}, YA {len(ya)}, XB {len(xb)}, YB {len(yb)}); every source "
+                        "keypoint needs one target keypoint. The file is corrupt: re-download it."
+                    )
+                pairs.append(
+                    KeypointPair(
+                        src_name,
+                        trg_name,
+                        category,
+                        src_kps=matlab_to_zero_based(torch.stack([xa, ya], dim=1)),
+                        trg_kps=matlab_to_zero_based(torch.stack([xb, yb], dim=1)),
+                    )
+                )
+        return pairs
+
+    @property
+    def categories(self) -> list[str]:
+        """Classes present in this split, in PASCAL VOC order."""
+        present = {p.category for p in self.pairs}
+        return [c for c in PFPASCAL_CATEGORIES if c in present]
+
+    def _annotation(self, name: str, category: str) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.folder / _IMAGES / "Annotations" / category / (Path(name).stem + ".mat")
+        self._require_file(path, self.folder)
+        return read_pfpascal_annotation(path)
+
+    def _load(self, index: int) -> dict:
+        p = self.pairs[index]
+        src_img, trg_img = self._read_image(p.src_name), self._read_image(p.trg_name)
+        src_all, src_bbox = self._annotation(p.src_name, p.category)
+        trg_all, trg_bbox = self._annotation(p.trg_name, p.category)
+        if p.src_kps is not None:
+            src_kps, trg_kps = p.src_kps.clone(), p.trg_kps.clone()
+        else:
+            if src_all.shape != trg_all.shape:
+                raise ValueError(
+                    f"PF-PASCAL annotations of {p.src_name} and {p.trg_name} ({p.category}) have "
+                    f"{src_all.shape[0]} and {trg_all.shape[0]} keypoint slots; same-class images "
+                    "must have the same number. The annotation files are corrupt: re-extract them."
+                )
+            visible = ~(src_all.isnan().any(dim=1) | trg_all.isnan().any(dim=1))  # (K,)
+            src_kps, trg_kps = src_all[visible], trg_all[visible]
+        if p.flip:
+            src_w = src_img.shape[2]
+            src_img = src_img.flip(dims=[2])
+            src_kps, src_bbox = _hflip_kps(src_kps, src_w), _hflip_bbox(src_bbox, src_w)
+            if self.flip_mode == "both":
+                trg_w = trg_img.shape[2]
+                trg_img = trg_img.flip(dims=[2])
+                trg_kps, trg_bbox = _hflip_kps(trg_kps, trg_w), _hflip_bbox(trg_bbox, trg_w)
+        return make_pair_item(
+            src_img=src_img.contiguous(),
+            trg_img=trg_img.contiguous(),
+            src_kps=src_kps,
+            trg_kps=trg_kps,
+            src_bbox=src_bbox,
+            trg_bbox=trg_bbox,
+            category=p.category,
+            src_name=p.src_name,
+            trg_name=p.trg_name,
+            pair_index=index,
+            flip=p.flip,
+        )
+
+
+def pair_overlap(
+    root: str | os.PathLike | None = None, split: str = "test", against: str = "train"
+) -> dict[str, int]:
+    """How much PF-PASCAL's ``split`` pair list overlaps ``against`` (from the CSVs only).
+
+    Returns counts: ``pairs`` / ``against_pairs`` (rows), ``images`` / ``against_images`` (distinct
+    images), ``shared_images``, ``pairs_sharing_an_image`` (rows of ``split`` with at least one
+    image that also appears in ``against``) and ``pairs_in_against`` (rows of ``split`` whose
+    unordered image pair also appears in ``against``). Works without images.
+    """
+    check_choice(split, "split", PFPascal.SPLITS)
+    check_choice(against, "against", PFPascal.SPLITS)
+    a = PFPascal.read_pairs(root, split)
+    b = PFPascal.read_pairs(root, against)
+    a_images = {n for p in a for n in (p.src_name, p.trg_name)}
+    b_images = {n for p in b for n in (p.src_name, p.trg_name)}
+    b_pairs = {frozenset((p.src_name, p.trg_name)) for p in b}
+    return {
+        "pairs": len(a),
+        "against_pairs": len(b),
+        "images": len(a_images),
+        "against_images": len(b_images),
+        "shared_images": len(a_images & b_images),
+        "pairs_sharing_an_image": sum(p.src_name in b_images or p.trg_name in b_images for p in a),
+        "pairs_in_against": sum(frozenset((p.src_name, p.trg_name)) in b_pairs for p in a),
+    }

@@ -1,0 +1,369 @@
+"""Evaluate correspondence methods on the benchmarks: the engine behind ``corrlib eval``.
+
+A *method* turns an image pair into correspondences. :func:`register_method` adds one to the
+registry (chapters register their trained models the same way); :func:`evaluate_keypoints` runs a
+method over a keypoint benchmark under a named PCK protocol; :func:`evaluate_tss` writes dense
+flows in the TSS evaluation kit's layout and scores them exactly as the kit does.
+All keypoints are pixels, 0-based, (x, y), in the *original* images.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from corrlib._check import check_choice, check_image, check_shape
+from corrlib.metrics import PCKEvaluator, evaluate_tss_results, get_protocol, tss_scores_csv
+
+__all__ = [
+    "DATASETS",
+    "CorrespondenceMethod",
+    "HandcraftedMethod",
+    "IdentityMethod",
+    "KeypointResult",
+    "TSSResult",
+    "available_methods",
+    "evaluate_keypoints",
+    "evaluate_tss",
+    "get_method",
+    "load_dataset",
+    "register_method",
+    "write_keypoint_result",
+]
+
+#: dataset name -> (class name in corrlib.data, PCK protocol name, default split)
+DATASETS = {
+    "pf-willow": ("PFWillow", "pf-willow", "test"),
+    "pf-pascal": ("PFPascal", "pf-pascal", "test"),
+    "spair-71k": ("SPair71k", "spair-71k", "test"),
+    "tss": ("TSS", "tss", "test"),
+}
+
+
+class CorrespondenceMethod:
+    """Interface of an evaluable method. Subclasses implement :meth:`match` and maybe :meth:`flow`.
+
+    ``src_key``/``trg_key`` identify an image (its file name) so a method may cache per-image work.
+    """
+
+    name = "method"
+    description = ""
+
+    def match(self, src_img: torch.Tensor, trg_img: torch.Tensor, src_kps: torch.Tensor, *, src_key=None, trg_key=None) -> torch.Tensor:
+        """``src_img (3, Hs, Ws)``, ``trg_img (3, Ht, Wt)``, ``src_kps (N, 2)`` -> ``(N, 2)`` in trg."""
+        raise NotImplementedError
+
+    def flow(self, src_img: torch.Tensor, trg_img: torch.Tensor, *, src_key=None, trg_key=None) -> torch.Tensor:
+        """Dense flow ``(2, Hs, Ws)`` src->trg in pixels (for TSS)."""
+        raise NotImplementedError(f"Method '{self.name}' predicts keypoints only; it has no dense flow for TSS.")
+
+
+_REGISTRY: dict[str, Callable[..., CorrespondenceMethod]] = {}
+
+
+def register_method(name: str, factory: Callable[..., CorrespondenceMethod] | None = None):
+    """Register ``factory(**kwargs) -> CorrespondenceMethod`` under ``name`` (usable as decorator)."""
+
+    def deco(f):
+        _REGISTRY[name] = f
+        return f
+
+    return deco(factory) if factory is not None else deco
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str, **kwargs) -> CorrespondenceMethod:
+    """Build a registered method; unknown names list the registered ones."""
+    check_choice(name, "method", available_methods())
+    return _REGISTRY[name](**kwargs)
+
+
+def _scale_points(pts: torch.Tensor, from_size, to_size) -> torch.Tensor:
+    """Map pixels between two resolutions of one image (pixel centres preserved)."""
+    (h0, w0), (h1, w1) = from_size, to_size
+    s = pts.new_tensor([w1 / w0, h1 / h0])
+    return (pts + 0.5) * s - 0.5
+
+
+class IdentityMethod(CorrespondenceMethod):
+    """The no-motion baseline: each source point maps to the same relative position in the target.
+
+    ``x_t = (x_s + 0.5) * W_t / W_s - 0.5`` (and likewise for y). PF-WILLOW objects are roughly
+    centred and of similar size, so this is a strong floor every matcher must beat.
+    """
+
+    name = "identity"
+    description = "source keypoints rescaled by the image-size ratio"
+
+    def match(self, src_img, trg_img, src_kps, *, src_key=None, trg_key=None):
+        check_shape(src_kps, ("N", 2), "src_kps")
+        return _scale_points(src_kps.float(), src_img.shape[-2:], trg_img.shape[-2:])
+
+    def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
+        from corrlib.geometry import pixel_grid
+
+        h, w = src_img.shape[-2:]
+        base = pixel_grid((h, w))
+        return (_scale_points(base, (h, w), trg_img.shape[-2:]) - base).permute(2, 0, 1)
+
+
+class HandcraftedMethod(CorrespondenceMethod):
+    """Nearest-neighbour matching of a hand-crafted dense descriptor (no regulariser).
+
+    Descriptors are computed once per image (cached by file name, ``cache_size`` images), after
+    resizing the image so its longer side is ``max_side`` (None: original resolution).
+    """
+
+    def __init__(self, descriptor: str, max_side: int | None = None, matcher: str = "argmax_subpixel", cache_size: int = 128, **kwargs):
+        from corrlib.models import handcrafted
+
+        check_choice(descriptor, "descriptor", handcrafted.DESCRIPTORS)
+        self.name = descriptor
+        self.description = f"dense {descriptor} descriptors, nearest neighbour ({matcher})"
+        self.max_side, self.matcher, self.kwargs = max_side, matcher, kwargs
+        self._hc = handcrafted
+        self._cache: OrderedDict = OrderedDict()
+        self.cache_size = cache_size
+
+    def describe(self, img: torch.Tensor, key=None):
+        """``(desc (C, h, w), FeatureGrid in original pixels)`` of one image, cached by ``key``."""
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        out = self._hc.describe(img, self.name, max_side=self.max_side, **self.kwargs)
+        if key is not None:
+            self._cache[key] = out
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return out
+
+    def match(self, src_img, trg_img, src_kps, *, src_key=None, trg_key=None):
+        from corrlib.matching import transfer_keypoints
+
+        check_image(src_img, "src_img", batched=False)
+        check_image(trg_img, "trg_img", batched=False)
+        check_shape(src_kps, ("N", 2), "src_kps")
+        ds, gs = self.describe(src_img, src_key)
+        dt, gt = self.describe(trg_img, trg_key)
+        pred, _ = transfer_keypoints(ds[None], dt[None], src_kps[None].float(), gs, gt, self.matcher)
+        return pred[0]
+
+    def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
+        ds, gs = self.describe(src_img, src_key)
+        dt, gt = self.describe(trg_img, trg_key)
+        return self._hc.flow_from_descriptors(ds, gs, dt, gt, tuple(src_img.shape[-2:]))
+
+
+register_method("identity", lambda **kw: IdentityMethod())
+for _name in ("raw_patch", "zncc", "census", "hog", "daisy", "sift"):
+    register_method(_name, lambda _n=_name, **kw: HandcraftedMethod(_n, **kw))
+
+
+def load_dataset(name: str, data_root=None, split: str | None = None, **kwargs):
+    """Instantiate a benchmark by its CLI name (``pf-willow``, ``pf-pascal``, ``spair-71k``, ``tss``)."""
+    from corrlib import data
+
+    check_choice(name, "dataset", DATASETS)
+    cls_name, _, default_split = DATASETS[name]
+    return getattr(data, cls_name)(data_root, split=split or default_split, **kwargs)
+
+
+@dataclass
+class KeypointResult:
+    """Outcome of :func:`evaluate_keypoints`: metrics summary, per-keypoint rows, wall time."""
+
+    method: str
+    dataset: str
+    protocol: str
+    summary: dict
+    rows: list[dict] = field(repr=False)
+    seconds: float
+    markdown: str = field(repr=False, default="")
+
+    def pck(self, alpha: float, category: str | None = None) -> float:
+        """Headline PCK at ``alpha`` (overall under the protocol's aggregation, or one category)."""
+        entry = self.summary["alphas"][_alpha_key(alpha)]
+        return entry["all"] if category is None else entry["per_category"][category]
+
+
+def _alpha_key(alpha: float) -> str:
+    return f"{alpha:g}"
+
+
+def evaluate_keypoints(
+    method: CorrespondenceMethod | str,
+    dataset,
+    protocol: str = "pf-willow",
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+    method_kwargs: dict | None = None,
+) -> KeypointResult:
+    """Run ``method`` on every pair of a keypoint ``dataset`` and score it under ``protocol``.
+
+    The protocol's ``direction`` decides which image's keypoints are transferred: ``src->trg``
+    moves source keypoints into the target and measures there. ``limit`` evaluates only the first
+    ``limit`` pairs (quick runs).
+    """
+    if isinstance(method, str):
+        method = get_method(method, **(method_kwargs or {}))
+    proto = get_protocol(protocol)
+    evaluator = PCKEvaluator(proto)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    rows = []
+    t0 = time.perf_counter()
+    for i in tqdm(range(n), desc=f"{method.name} on {type(dataset).__name__}", disable=not progress, leave=False):
+        s = dataset[i]
+        a, b = ("src", "trg") if proto.direction == "src->trg" else ("trg", "src")
+        query, gt = s[f"{a}_kps"], s[f"{b}_kps"]
+        if query.shape != gt.shape:
+            raise ValueError(
+                f"Pair {s['pair_index']} ({s['src_name']} -> {s['trg_name']}): {query.shape[0]} source "
+                f"keypoints but {gt.shape[0]} target keypoints; the pair list is inconsistent."
+            )
+        pred = method.match(s[f"{a}_img"], s[f"{b}_img"], query, src_key=s[f"{a}_name"], trg_key=s[f"{b}_name"])
+        evaluator.add(pred, gt, category=s["category"], image_size=s[f"{b}_size"], bbox=s.get(f"{b}_bbox"))
+        for k in range(pred.shape[0]):
+            rows.append(
+                {
+                    "pair_index": s["pair_index"],
+                    "source_image": s[f"{a}_name"],
+                    "target_image": s[f"{b}_name"],
+                    "keypoint_index": k,
+                    "pred_x": round(float(pred[k, 0]), 3),
+                    "pred_y": round(float(pred[k, 1]), 3),
+                    "gt_x": round(float(gt[k, 0]), 3),
+                    "gt_y": round(float(gt[k, 1]), 3),
+                    "category": s["category"],
+                }
+            )
+    seconds = time.perf_counter() - t0
+    return KeypointResult(method.name, type(dataset).__name__, proto.name, evaluator.summary(), rows, seconds, evaluator.to_markdown())
+
+
+def write_keypoint_result(result: KeypointResult, out_dir) -> dict[str, Path]:
+    """Write ``predictions.csv``, ``metrics.json`` and ``metrics.md`` under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"predictions": out / "predictions.csv", "metrics": out / "metrics.json", "table": out / "metrics.md"}
+    with open(paths["predictions"], "w", newline="") as f:
+        fields = ["pair_index", "source_image", "target_image", "keypoint_index", "pred_x", "pred_y", "gt_x", "gt_y", "category"]
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(result.rows)
+    meta = {
+        "method": result.method,
+        "dataset": result.dataset,
+        "protocol": result.protocol,
+        "pairs": len({r["pair_index"] for r in result.rows}),
+        "seconds": round(result.seconds, 2),
+        "summary": result.summary,
+        "coordinates": "pixels, 0-based, (x, y), in the original target image",
+    }
+    paths["metrics"].write_text(json.dumps(meta, indent=2, default=_json_default))
+    head = f"# {result.method} on {result.dataset}\n\n{result.markdown}\n\nWall time: {result.seconds:.1f} s\n"
+    paths["table"].write_text(head)
+    return paths
+
+
+def _json_default(o):
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return str(o)
+
+
+@dataclass
+class TSSResult:
+    """Outcome of :func:`evaluate_tss`: the kit's rows, per-subset means, wall time."""
+
+    method: str
+    rows: list[dict] = field(repr=False)
+    per_subset: dict
+    seconds: float
+    csv: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def mean_accuracy(self) -> float:
+        """Mean flow accuracy at the kit's 5-pixel threshold (PCK@0.05) over all rows."""
+        vals = [r["T5"] for r in self.rows]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+
+def evaluate_tss(
+    method: CorrespondenceMethod | str,
+    data_root=None,
+    out_dir=None,
+    *,
+    subsets=("FG3DCar", "JODS", "PASCAL"),
+    limit: int | None = None,
+    progress: bool = True,
+    method_kwargs: dict | None = None,
+) -> TSSResult:
+    """Predict dense flow both ways for TSS pairs and score them as the official kit does.
+
+    Flows are written as ``<out_dir>/<subset>/<pair>/flow1.flo, flow2.flo`` (the kit's input
+    layout) and scored by :func:`corrlib.metrics.evaluate_tss_results`; masks are derived from
+    forward-backward consistency (the kit's rule when a method predicts none).
+    ``limit`` caps the number of pairs per subset.
+    """
+    import tempfile
+
+    from corrlib.data import TSS, resolve_data_root
+    from corrlib.data.flo import write_flo
+
+    if isinstance(method, str):
+        method = get_method(method, **(method_kwargs or {}))
+    root = resolve_data_root(data_root)
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory()
+        out_dir = tmp.name
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    rows, per_subset, csvs = [], {}, {}
+    for subset in subsets:
+        ds = TSS(root, subsets=(subset,))
+        done_pairs: set[str] = set()
+        for i in tqdm(range(len(ds)), desc=f"{method.name} on TSS/{subset}", disable=not progress, leave=False):
+            s = ds[i]
+            if limit is not None and s["pair"] not in done_pairs and len(done_pairs) >= limit:
+                continue
+            done_pairs.add(s["pair"])
+            one, two = f"{subset}/{s['pair']}/image1", f"{subset}/{s['pair']}/image2"
+            key_a, key_b = (one, two) if s["direction"] == "1to2" else (two, one)
+            flow = method.flow(s["src_img"], s["trg_img"], src_key=key_a, trg_key=key_b)
+            name = "flow1.flo" if s["direction"] == "1to2" else "flow2.flo"
+            d = out / subset / s["pair"]
+            d.mkdir(parents=True, exist_ok=True)
+            write_flo(d / name, flow.permute(1, 2, 0).cpu().numpy())
+        gt_dir = root / "TSS" / "TSS_CVPR2016" / subset
+        sub_rows = evaluate_tss_results(out / subset, gt_dir)
+        for r in sub_rows:
+            r["subset"] = subset
+        rows += sub_rows
+        csvs[subset] = tss_scores_csv(sub_rows)
+        (out / subset / "scores.csv").write_text(csvs[subset])
+        if sub_rows:
+            per_subset[subset] = {
+                "PCK@0.05": sum(r["T5"] for r in sub_rows) / len(sub_rows),
+                "IoU": sum(r["seg_iou"] for r in sub_rows) / len(sub_rows),
+                "rows": len(sub_rows),
+            }
+    seconds = time.perf_counter() - t0
+    if tmp is not None:
+        tmp.cleanup()
+    return TSSResult(method.name, rows, per_subset, seconds, csvs)

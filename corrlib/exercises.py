@@ -1,0 +1,83 @@
+"""Automatic checks for the notebooks' exercises.
+
+Each ``check_*`` takes the student's function, runs it on cases with known answers (built from
+corrlib's reference implementations) and returns a one-line verdict: ``"pass: ..."``,
+``"not attempted yet: ..."`` (the function raised ``NotImplementedError``) or ``"wrong: ..."``
+saying what differs. It never raises, so a notebook runs top to bottom before it is solved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["check_census", "check_pck", "check_zncc"]
+
+
+def _run(fn: Callable, *args):
+    try:
+        return fn(*args), None
+    except NotImplementedError:
+        return None, "not attempted yet: replace the `raise NotImplementedError` with your code."
+    except Exception as e:  # a student's bug is reported, not raised
+        return None, f"wrong: your function raised {type(e).__name__}: {e}"
+
+
+def check_census(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> str:
+    """``fn(gray (H, W) float, radius) -> bits (K, H, W) bool`` with ``K = (2r+1)^2 - 1``.
+
+    Bit order: window offsets in row-major order (dy, then dx), centre skipped; bit is
+    ``I(q) < I(p)``; outside the image the value is replicated from the border.
+    """
+    from corrlib.models.handcrafted import census_bits
+
+    g = torch.Generator().manual_seed(0)
+    gray = torch.rand(9, 11, generator=g)
+    want = census_bits(gray, 1)
+    got, err = _run(fn, gray.clone(), 1)
+    if err:
+        return err
+    if not isinstance(got, torch.Tensor):
+        return f"wrong: expected a tensor, got {type(got).__name__}."
+    if tuple(got.shape) != tuple(want.shape):
+        return f"wrong: shape {tuple(got.shape)}, expected {tuple(want.shape)} ((2r+1)^2 - 1 bits per pixel)."
+    bad = (got.bool() != want).float().mean().item()
+    if bad > 0:
+        return f"wrong: {bad:.1%} of the bits differ (check the comparison direction and the bit order)."
+    return "pass: your census transform matches corrlib's on a random 9x11 image."
+
+
+def check_pck(fn: Callable[[torch.Tensor, torch.Tensor, float], float]) -> str:
+    """``fn(pred (N, 2), gt (N, 2), threshold) -> fraction of points within threshold (<=)``."""
+    gt = torch.tensor([[10.0, 10.0], [20.0, 5.0], [0.0, 0.0], [7.0, 3.0]])
+    pred = gt + torch.tensor([[3.0, 4.0], [0.0, 5.1], [1.0, 1.0], [6.0, 8.0]])  # distances 5, 5.1, 1.41, 10
+    cases = [(5.0, 0.5), (5.1, 0.75), (1.0, 0.0), (10.0, 1.0)]
+    for thr, want in cases:
+        got, err = _run(fn, pred.clone(), gt.clone(), thr)
+        if err:
+            return err
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            return f"wrong: expected a number, got {type(got).__name__}."
+        if abs(got - want) > 1e-6:
+            return f"wrong: threshold {thr} gave {got:.3f}, expected {want:.3f} (distance <= threshold counts as correct)."
+    return "pass: your PCK agrees on four thresholds, including the boundary case."
+
+
+def check_zncc(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> str:
+    """``fn(a (K,), b (K,)) -> zero-normalised cross-correlation in [-1, 1]``."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(25, generator=g)
+    cases = [(a, 3 * a + 1, 1.0), (a, -a, -1.0)]
+    b = torch.rand(25, generator=g)
+    ac, bc = a - a.mean(), b - b.mean()
+    cases.append((a, b, float((ac @ bc) / (ac.norm() * bc.norm()))))
+    for x, y, want in cases:
+        got, err = _run(fn, x.clone(), y.clone())
+        if err:
+            return err
+        if abs(float(got) - want) > 1e-4:
+            return f"wrong: got {float(got):.4f}, expected {want:.4f} (subtract the means, divide by both norms)."
+    return "pass: ZNCC is invariant to gain and offset, and your function shows it."

@@ -1,0 +1,78 @@
+"""Matplotlib figures for pairs, matches and flow (small, notebook-friendly)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["flow_image", "plot_matches", "plot_pair_flow", "to_numpy_image"]
+
+
+def to_numpy_image(img: torch.Tensor):
+    """``(3, H, W)`` uint8 or float in [0, 1] -> ``(H, W, 3)`` numpy for ``imshow``."""
+    img = img.detach().cpu()
+    if img.dtype == torch.uint8:
+        img = img.float() / 255
+    return img.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def plot_matches(src_img, trg_img, src_kps, trg_kps, pred_kps=None, threshold=None, ax=None, title=None):
+    """Source and target side by side; lines join ``src_kps`` to ``pred_kps`` (or ``trg_kps``).
+
+    With ``pred_kps`` and ``threshold`` (pixels), a match is green when within the threshold of the
+    ground truth ``trg_kps`` and red otherwise; ground truth is drawn as hollow circles.
+    Keypoints ``(N, 2)`` in pixels (x, y).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    a, b = to_numpy_image(src_img), to_numpy_image(trg_img)
+    h = max(a.shape[0], b.shape[0])
+    canvas = np.ones((h, a.shape[1] + b.shape[1], 3))
+    canvas[: a.shape[0], : a.shape[1]] = a
+    canvas[: b.shape[0], a.shape[1] :] = b
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 6 * h / canvas.shape[1] + 0.3))
+    ax.imshow(canvas)
+    off = a.shape[1]
+    dst = pred_kps if pred_kps is not None else trg_kps
+    for i in range(src_kps.shape[0]):
+        color = "yellow"
+        if pred_kps is not None and threshold is not None:
+            ok = float((pred_kps[i] - trg_kps[i]).norm()) <= threshold
+            color = "lime" if ok else "red"
+        ax.plot([src_kps[i, 0], dst[i, 0] + off], [src_kps[i, 1], dst[i, 1]], "-", color=color, lw=1)
+        ax.plot(src_kps[i, 0], src_kps[i, 1], "o", ms=3, color=color)
+    if pred_kps is not None:
+        ax.plot(trg_kps[:, 0] + off, trg_kps[:, 1], "o", mfc="none", mec="white", ms=6, lw=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def flow_image(flow: torch.Tensor, valid: torch.Tensor | None = None):
+    """Colour-code a flow ``(2, H, W)`` with :func:`torchvision.utils.flow_to_image`; invalid -> grey."""
+    from torchvision.utils import flow_to_image
+
+    f = torch.nan_to_num(flow.detach().float().cpu(), nan=0.0)
+    if valid is not None:
+        f = torch.where(valid.cpu(), f, torch.zeros_like(f))
+    img = flow_to_image(f)
+    if valid is not None:
+        img = torch.where(valid.cpu(), img, torch.full_like(img, 128))
+    return img
+
+
+def plot_pair_flow(src_img, trg_img, flow, valid=None, warped=None, axes=None, titles=None):
+    """Row of panels: source, target, flow colour code (and the target warped to the source)."""
+    import matplotlib.pyplot as plt
+
+    panels = [src_img, trg_img, flow_image(flow, valid)] + ([warped] if warped is not None else [])
+    names = titles or ["source", "target", "flow (colour = direction)", "target warped to source"]
+    if axes is None:
+        _, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.4))
+    for ax, p, t in zip(axes, panels, names):
+        ax.imshow(to_numpy_image(p))
+        ax.set_title(t, fontsize=8)
+        ax.set_axis_off()
+    return axes

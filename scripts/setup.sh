@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install corrlib with its notebook and development extras.
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+# CI and this project's machines pin the torch build they have on disk; elsewhere any torch>=2.1 works.
+if [ -n "${CI:-}" ] || [ -f /etc/xdg/pip/constraints.txt ]; then
+  .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
+fi
+.venv/bin/python -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import corrlib, torch, papermill, nbval; print(f'corrlib {corrlib.__version__}, torch {torch.__version__}')"
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null

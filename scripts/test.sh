@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up, then run ruff, the unit and real-data tests, and every notebook under nbval at the smoke preset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. scripts/data_env.sh
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -q
+CORRLIB_PRESET=smoke MPLBACKEND=Agg TQDM_DISABLE=1 .venv/bin/python -m pytest --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks -q -p no:cacheprovider

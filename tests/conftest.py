@@ -1,0 +1,30 @@
+"""Shared pytest fixtures: the real benchmark data for tests marked ``realdata``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real data root: ``$CORRLIB_DATA`` if set, else ``<repo>/../shared/data`` if it exists.
+
+    Missing data skips the test, except when ``CI=true``: there it fails, so CI cannot go green
+    without running the real-data tests.
+    """
+    env = os.environ.get("CORRLIB_DATA", "").strip()
+    candidate = Path(env).expanduser() if env else REPO.parent / "shared" / "data"
+    if candidate.is_dir():
+        return candidate
+    where = f"CORRLIB_DATA={env} (not a folder)" if env else f"{candidate} (does not exist)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(
+            f"CI=true but the real data was not found: {where}. Set CORRLIB_DATA to the folder "
+            "that holds PF-WILLOW/, PF-PASCAL/, TSS/ (see the README)."
+        )
+    pytest.skip(f"real data not found: set CORRLIB_DATA=... (see README); looked at {where}")

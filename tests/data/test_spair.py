@@ -1,0 +1,126 @@
+"""SPair-71k: fake data in the real layout (tmp_path); the shared data has no SPair-71k."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from corrlib.data import SPAIR_CATEGORIES, DatasetNotFoundError, SPair71k
+
+# (category, image) -> (H, W)
+IMAGES = {("aeroplane", "2008_000008.jpg"): (6, 9), ("aeroplane", "2008_000017.jpg"): (7, 8),
+          ("cat", "2009_000100.jpg"): (5, 5), ("cat", "2009_000200.jpg"): (6, 6)}  # fmt: skip
+
+
+def _ann(src: str, trg: str, cat: str, n: int, **flags) -> dict:
+    return {
+        "src_imname": src, "trg_imname": trg, "category": cat,
+        "src_kps": [[i, i + 1] for i in range(n)], "trg_kps": [[i + 2, i] for i in range(n)],
+        "src_bndbox": [0, 1, 5, 4], "trg_bndbox": [1, 1, 6, 5],
+        "src_imsize": [9, 6, 3], "trg_imsize": [8, 7, 3],
+        "viewpoint_variation": 1, "scale_variation": 0, "truncation": 0, "occlusion": 2, "mirror": 1,
+        **flags,
+    }  # fmt: skip
+
+
+# split -> [(layout line, pair annotation)]
+SPLITS = {
+    "trn": [("000001-2008_000008-2008_000017:aeroplane", _ann("2008_000008.jpg", "2008_000017.jpg", "aeroplane", 3)),
+            ("000002-2009_000100-2009_000200:cat", _ann("2009_000100.jpg", "2009_000200.jpg", "cat", 0))],
+    "val": [("000003-2008_000017-2008_000008:aeroplane", _ann("2008_000017.jpg", "2008_000008.jpg", "aeroplane", 2))],
+    "test": [("000004-2009_000200-2009_000100:cat", _ann("2009_000200.jpg", "2009_000100.jpg", "cat", 4))],
+}  # fmt: skip
+
+
+def make_fake_spair(root: Path) -> Path:
+    base = root / "SPair-71k"
+    for (cat, name), (h, w) in IMAGES.items():
+        (base / "JPEGImages" / cat).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((h, w, 3), 100, np.uint8)).save(base / "JPEGImages" / cat / name)
+    (base / "Layout" / "large").mkdir(parents=True)
+    for split, rows in SPLITS.items():
+        (base / "Layout" / "large" / f"{split}.txt").write_text(
+            "".join(line + "\n" for line, _ in rows)
+        )
+        (base / "PairAnnotation" / split).mkdir(parents=True)
+        for line, ann in rows:
+            (base / "PairAnnotation" / split / f"{line}.json").write_text(json.dumps(ann))
+    return root
+
+
+@pytest.fixture
+def fake_root(tmp_path) -> Path:
+    return make_fake_spair(tmp_path)
+
+
+@pytest.mark.parametrize(("split", "n"), [("trn", 2), ("train", 2), ("val", 1), ("test", 1)])
+def test_every_split(fake_root, split, n):
+    ds = SPair71k(fake_root, split)
+    assert len(ds) == n and len(ds.pairs) == n
+    for i in range(n):
+        s = ds[i]
+        assert s["src_img"].dtype == torch.uint8 and s["src_kps"].shape == s["trg_kps"].shape
+        assert s["src_kps"].dtype == torch.float32 and s["pair_index"] == i and s["flip"] is False
+
+
+def test_item_values_zero_based_unchanged(fake_root):
+    ds = SPair71k(fake_root, "trn")
+    s = ds[0]
+    assert s["src_kps"].tolist() == [[0.0, 1.0], [1.0, 2.0], [2.0, 3.0]]  # no conversion
+    assert s["trg_kps"][0].tolist() == [2.0, 0.0]
+    assert s["src_bbox"].tolist() == [0.0, 1.0, 5.0, 4.0] and s["trg_bbox"].tolist() == [
+        1.0,
+        1.0,
+        6.0,
+        5.0,
+    ]
+    assert s["src_size"] == (6, 9) and s["trg_size"] == (7, 8)
+    assert s["src_name"] == "JPEGImages/aeroplane/2008_000008.jpg" and s["category"] == "aeroplane"
+    assert ds.categories == ["aeroplane", "cat"]
+    info = ds.pairs[0].info
+    assert info["mirror"] == 1 and info["occlusion"] == 2 and info["src_imsize"] == (9, 6, 3)
+
+
+def test_zero_keypoints_give_empty_tensors(fake_root):
+    s = SPair71k(fake_root, "trn")[1]
+    assert s["src_kps"].shape == (0, 2) and s["trg_kps"].shape == (0, 2)
+
+
+def test_transform(fake_root):
+    ds = SPair71k(fake_root, "test", transform=lambda s: (s["category"], s["src_kps"].shape[0]))
+    assert ds[0] == ("cat", 4)
+
+
+def test_keypoint_count_mismatch(fake_root):
+    line, ann = SPLITS["val"][0]
+    ann = {**ann, "trg_kps": ann["trg_kps"][:1]}
+    path = fake_root / "SPair-71k" / "PairAnnotation" / "val" / f"{line}.json"
+    path.write_text(json.dumps(ann))
+    with pytest.raises(ValueError, match="2 source but 1 target keypoints") as err:
+        SPair71k(fake_root, "val")[0]
+    assert line in str(err.value)
+
+
+def test_missing_folder_and_missing_json(fake_root, tmp_path_factory):
+    empty = tmp_path_factory.mktemp("empty")
+    with pytest.raises(DatasetNotFoundError) as err:
+        SPair71k(empty)
+    assert str(empty / "SPair-71k") in str(err.value) and "SPair-71k.tar.gz" in str(err.value)
+    line = SPLITS["test"][0][0]
+    (fake_root / "SPair-71k" / "PairAnnotation" / "test" / f"{line}.json").unlink()
+    with pytest.raises(DatasetNotFoundError, match=line):
+        SPair71k(fake_root, "test")[0]
+
+
+def test_bad_split(fake_root):
+    with pytest.raises(ValueError, match="Valid values are"):
+        SPair71k(fake_root, "training")
+
+
+def test_categories_constant():
+    assert len(SPAIR_CATEGORIES) == 18 and "sofa" not in SPAIR_CATEGORIES

@@ -1,0 +1,226 @@
+"""Tests for corrlib.correlation: dense, local and chunked correlation against loop references."""
+
+import pytest
+import torch
+
+from corrlib.correlation import (
+    DenseCorrelation,
+    chunk_rows_for_budget,
+    dense_correlation,
+    dense_nearest_neighbour,
+    iter_correlation_chunks,
+    l2_normalize,
+    local_correlation,
+)
+
+D = torch.float64
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def rand(*shape, seed=0, dtype=D):
+    return torch.randn(*shape, generator=gen(seed), dtype=dtype)
+
+
+def dense_loop(f_src, f_trg, normalize):
+    """Slow reference: corr[b, ys * Ws + xs, yt, xt] = <f_src[b, :, ys, xs], f_trg[b, :, yt, xt]>."""
+    b, _, hs, ws = f_src.shape
+    ht, wt = f_trg.shape[-2:]
+    out = torch.zeros(b, hs * ws, ht, wt, dtype=f_src.dtype)
+    for i in range(b):
+        for ys in range(hs):
+            for xs in range(ws):
+                a = f_src[i, :, ys, xs]
+                for yt in range(ht):
+                    for xt in range(wt):
+                        t = f_trg[i, :, yt, xt]
+                        s = torch.dot(a, t)
+                        if normalize:
+                            s = s / (a.norm() * t.norm())
+                        out[i, ys * ws + xs, yt, xt] = s
+    return out
+
+
+def local_loop(f1, f2, r, normalize):
+    """Slow reference of local_correlation with explicit bounds checks (zero outside f2)."""
+    b, c, h, w = f1.shape
+    k = 2 * r + 1
+    out = torch.zeros(b, k * k, h, w, dtype=f1.dtype)
+    for i in range(b):
+        for y in range(h):
+            for x in range(w):
+                for dy in range(-r, r + 1):
+                    for dx in range(-r, r + 1):
+                        if not (0 <= x + dx < w and 0 <= y + dy < h):
+                            continue
+                        a, t = f1[i, :, y, x], f2[i, :, y + dy, x + dx]
+                        s = torch.dot(a, t) / (a.norm() * t.norm()) if normalize else torch.dot(a, t) / c
+                        out[i, (dy + r) * k + (dx + r), y, x] = s
+    return out
+
+
+class TestL2Normalize:
+    def test_known_answer_and_unit_norm(self):
+        torch.testing.assert_close(l2_normalize(torch.tensor([[3.0, 4.0]]), dim=-1), torch.tensor([[0.6, 0.8]]))
+        f = rand(2, 5, 3, 4)
+        torch.testing.assert_close(l2_normalize(f).norm(dim=1), torch.ones(2, 3, 4, dtype=D))
+
+    def test_zero_vector_stays_zero(self):
+        out = l2_normalize(torch.zeros(1, 3, 2, 2))
+        assert torch.equal(out, torch.zeros(1, 3, 2, 2))
+
+    def test_error(self):
+        with pytest.raises(TypeError, match=r"Argument feat must be a torch\.Tensor"):
+            l2_normalize([1.0, 2.0])
+
+
+class TestDenseCorrelation:
+    @pytest.mark.parametrize("normalize", [True, False])
+    def test_against_loop(self, normalize):
+        f_src, f_trg = rand(2, 4, 3, 2, seed=1), rand(2, 4, 2, 5, seed=2)
+        corr = dense_correlation(f_src, f_trg, normalize)
+        assert corr.shape == (2, 3 * 2, 2, 5)
+        torch.testing.assert_close(corr, dense_loop(f_src, f_trg, normalize))
+
+    def test_cosine_range(self):
+        corr = dense_correlation(rand(1, 8, 4, 4, seed=3), rand(1, 8, 5, 3, seed=4))
+        assert corr.min() >= -1 - 1e-12 and corr.max() <= 1 + 1e-12
+        f = rand(1, 8, 3, 3, seed=5)
+        self_corr = dense_correlation(f, f).reshape(1, 9, 9)
+        torch.testing.assert_close(torch.diagonal(self_corr, dim1=1, dim2=2), torch.ones(1, 9, dtype=D))
+
+    def test_layout_known_answer(self):
+        # one-hot code per cell; the target is the source shifted right by one cell
+        f_src = torch.eye(6, dtype=D).reshape(6, 2, 3).unsqueeze(0)  # (1, C=6, Hs=2, Ws=3)
+        f_trg = torch.zeros_like(f_src)
+        f_trg[..., 1:] = f_src[..., :-1]
+        corr = dense_correlation(f_src, f_trg, normalize=False)
+        # source cell (x=1, y=1) -> row 1 * 3 + 1 = 4; its code sits at target (x=2, y=1)
+        expected = torch.zeros(2, 3, dtype=D)
+        expected[1, 2] = 1
+        torch.testing.assert_close(corr[0, 4], expected)
+        assert corr[0, 2].abs().sum() == 0  # source (2, 0) was shifted out of the target
+
+    def test_module(self):
+        f_src, f_trg = rand(1, 3, 2, 2, seed=6), rand(1, 3, 2, 2, seed=7)
+        torch.testing.assert_close(DenseCorrelation(False)(f_src, f_trg), dense_correlation(f_src, f_trg, False))
+        torch.testing.assert_close(DenseCorrelation()(f_src, f_trg), dense_correlation(f_src, f_trg))
+
+    def test_gradcheck(self):
+        f_src = rand(1, 3, 2, 2, seed=8).requires_grad_()
+        f_trg = rand(1, 3, 2, 3, seed=9).requires_grad_()
+        assert torch.autograd.gradcheck(dense_correlation, (f_src, f_trg))
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match=r"Argument f_trg must have shape \(1, 3, Ht, Wt\); dim 1 should be 3, got shape \(1, 4, 2, 2\)"):
+            dense_correlation(torch.zeros(1, 3, 2, 2), torch.zeros(1, 4, 2, 2))
+        with pytest.raises(ValueError, match=r"Argument f_src must have shape \(B, C, Hs, Ws\) \(4 dims\), got shape \(3, 2, 2\)"):
+            dense_correlation(torch.zeros(3, 2, 2), torch.zeros(1, 3, 2, 2))
+
+
+class TestLocalCorrelation:
+    @pytest.mark.parametrize("radius", [0, 1, 2])
+    @pytest.mark.parametrize("normalize", [False, True])
+    def test_against_loop(self, radius, normalize):
+        f1, f2 = rand(2, 3, 4, 5, seed=1), rand(2, 3, 4, 5, seed=2)
+        out = local_correlation(f1, f2, radius, normalize)
+        assert out.shape == (2, (2 * radius + 1) ** 2, 4, 5)
+        torch.testing.assert_close(out, local_loop(f1, f2, radius, normalize))
+
+    def test_zero_padding_known_answer(self):
+        f = torch.ones(1, 2, 3, 3)
+        out = local_correlation(f, f, 1)
+        # channel (dy + 1) * 3 + (dx + 1); dx = +1, dy = +1 -> channel 8: zero in the last row/column
+        torch.testing.assert_close(out[0, 8], torch.tensor([[1.0, 1, 0], [1, 1, 0], [0, 0, 0]]))
+        torch.testing.assert_close(out[0, 4], torch.ones(3, 3))  # dx = dy = 0
+        torch.testing.assert_close(out[0].sum(0), torch.tensor([[4.0, 6, 4], [6, 9, 6], [4, 6, 4]]))
+
+    def test_channel_layout_finds_the_shift(self):
+        # f2(x, y) = f1(x - 2, y + 1): the match of f1(x, y) is at dx = +2, dy = -1
+        r, k = 2, 5
+        f1 = rand(1, 16, 6, 7, seed=3)
+        f2 = torch.zeros_like(f1)
+        f2[:, :, :-1, 2:] = f1[:, :, 1:, :-2]
+        out = local_correlation(f1, f2, r, normalize=True)
+        best = out[0, :, 2:5, 1:4].argmax(0)  # interior cells where the match exists
+        assert (best == (-1 + r) * k + (2 + r)).all()
+
+    def test_gradcheck(self):
+        f1 = rand(1, 2, 3, 3, seed=4).requires_grad_()
+        f2 = rand(1, 2, 3, 3, seed=5).requires_grad_()
+        assert torch.autograd.gradcheck(lambda a, b: local_correlation(a, b, 1), (f1, f2))
+        assert torch.autograd.gradcheck(lambda a, b: local_correlation(a, b, 1, True), (f1, f2))
+
+    def test_errors(self):
+        f = torch.zeros(1, 2, 3, 3)
+        with pytest.raises(ValueError, match=r"Argument radius must be an int >= 0, got -1\."):
+            local_correlation(f, f, -1)
+        with pytest.raises(ValueError, match=r"Argument radius must be an int >= 0, got 1\.5\."):
+            local_correlation(f, f, 1.5)
+        with pytest.raises(ValueError, match=r"Argument f2 must have shape \(1, 2, 3, 3\); dim 3 should be 3, got shape \(1, 2, 3, 4\)"):
+            local_correlation(f, torch.zeros(1, 2, 3, 4), 1)
+
+
+class TestChunks:
+    def test_chunk_rows_known_answers(self):
+        assert chunk_rows_for_budget(1000, 10_000) == 2
+        assert chunk_rows_for_budget(1000, 4000) == 1
+        assert chunk_rows_for_budget(1000, 100) == 1  # one row over the budget is still one chunk
+        assert chunk_rows_for_budget(1000, 16_000, element_size=8) == 2
+
+    def test_chunk_rows_errors(self):
+        with pytest.raises(ValueError, match=r"Argument max_bytes must be positive, got 0\."):
+            chunk_rows_for_budget(10, 0)
+        with pytest.raises(ValueError, match=r"Argument n_trg must be positive, got 0\."):
+            chunk_rows_for_budget(0, 100)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, D])
+    @pytest.mark.parametrize("rows_per_block", [1, 3, 7, 100])
+    def test_blocks_respect_budget_and_concatenate(self, dtype, rows_per_block):
+        f_src, f_trg = rand(2, 5, 4, 5, seed=1, dtype=dtype), rand(2, 5, 3, 4, seed=2, dtype=dtype)
+        row_bytes = 2 * 3 * 4 * torch.tensor([], dtype=dtype).element_size()  # B * Ht * Wt scores
+        budget = rows_per_block * row_bytes + row_bytes // 2
+        blocks = list(iter_correlation_chunks(f_src, f_trg, budget))
+        starts = [rows.start for rows, _ in blocks]
+        assert starts == list(range(0, 20, min(rows_per_block, 20)))
+        for rows, block in blocks:
+            assert block.shape == (2, rows.stop - rows.start, 12)
+            assert block.nbytes <= budget
+        full = torch.cat([block for _, block in blocks], dim=1)
+        torch.testing.assert_close(full, dense_correlation(f_src, f_trg).flatten(2))
+
+    def test_unnormalised(self):
+        f_src, f_trg = rand(1, 3, 2, 3, seed=3), rand(1, 3, 2, 2, seed=4)
+        full = torch.cat([b for _, b in iter_correlation_chunks(f_src, f_trg, 64, normalize=False)], dim=1)
+        torch.testing.assert_close(full, dense_correlation(f_src, f_trg, normalize=False).flatten(2))
+
+    def test_budget_below_one_row_yields_single_rows(self):
+        blocks = list(iter_correlation_chunks(rand(1, 2, 2, 2), rand(1, 2, 3, 3), max_bytes=1))
+        assert [(r.start, r.stop) for r, _ in blocks] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+class TestDenseNearestNeighbour:
+    @pytest.mark.parametrize("max_bytes", [1, 200, 2**20])
+    def test_equals_argmax_of_full_correlation(self, max_bytes):
+        f_src, f_trg = rand(2, 6, 5, 4, seed=5), rand(2, 6, 3, 7, seed=6)
+        idx, score = dense_nearest_neighbour(f_src, f_trg, max_bytes)
+        full = dense_correlation(f_src, f_trg).flatten(2)
+        assert idx.shape == (2, 20) and idx.dtype == torch.long
+        torch.testing.assert_close(idx, full.argmax(-1))
+        torch.testing.assert_close(score, full.max(-1).values)
+
+    def test_known_answer_mirror(self):
+        f = torch.eye(6).reshape(1, 6, 2, 3)
+        idx, score = dense_nearest_neighbour(f, f.flip(-1))
+        assert idx.tolist() == [[2, 1, 0, 5, 4, 3]]
+        torch.testing.assert_close(score, torch.ones(1, 6))
+
+    def test_empty_source(self):
+        idx, score = dense_nearest_neighbour(torch.zeros(2, 3, 0, 4), torch.rand(2, 3, 2, 2))
+        assert idx.shape == (2, 0) and score.shape == (2, 0)
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match=r"Argument f_trg must have shape \(1, 3, Ht, Wt\)"):
+            dense_nearest_neighbour(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, 2))
