@@ -6,4 +6,4 @@ bash scripts/setup.sh
 . scripts/data_env.sh
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q
-CORRLIB_PRESET=smoke MPLBACKEND=Agg TQDM_DISABLE=1 .venv/bin/python -m pytest --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks -q -p no:cacheprovider
+CORRLIB_PRESET=smoke TQDM_DISABLE=1 .venv/bin/python -m pytest --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks -q -p no:cacheprovider
