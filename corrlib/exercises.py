@@ -24,6 +24,14 @@ def _run(fn: Callable, *args):
         return None, f"wrong: your function raised {type(e).__name__}: {e}"
 
 
+def _as_float(got) -> tuple[float | None, str | None]:
+    """A student's return value as a float, or a "wrong: ..." verdict (never raises)."""
+    try:
+        return float(got), None
+    except Exception:  # None, a string, a tensor of several numbers...
+        return None, f"wrong: expected a single number, got {type(got).__name__}."
+
+
 def check_census(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> str:
     """``fn(gray (H, W) float, radius) -> bits (K, H, W) bool`` with ``K = (2r+1)^2 - 1``.
 
@@ -42,7 +50,7 @@ def check_census(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> str:
         return f"wrong: expected a tensor, got {type(got).__name__}."
     if tuple(got.shape) != tuple(want.shape):
         return f"wrong: shape {tuple(got.shape)}, expected {tuple(want.shape)} ((2r+1)^2 - 1 bits per pixel)."
-    bad = (got.bool() != want).float().mean().item()
+    bad = (got.detach().cpu().bool() != want).float().mean().item()
     if bad > 0:
         return f"wrong: {bad:.1%} of the bits differ (check the comparison direction and the bit order)."
     return "pass: your census transform matches corrlib's on a random 9x11 image."
@@ -51,17 +59,17 @@ def check_census(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> str:
 def check_pck(fn: Callable[[torch.Tensor, torch.Tensor, float], float]) -> str:
     """``fn(pred (N, 2), gt (N, 2), threshold) -> fraction of points within threshold (<=)``."""
     gt = torch.tensor([[10.0, 10.0], [20.0, 5.0], [0.0, 0.0], [7.0, 3.0]])
-    pred = gt + torch.tensor([[3.0, 4.0], [0.0, 5.1], [1.0, 1.0], [6.0, 8.0]])  # distances 5, 5.1, 1.41, 10
-    cases = [(5.0, 0.5), (5.1, 0.75), (1.0, 0.0), (10.0, 1.0)]
+    # distances 5, 5.5, 1.41, 10: the boundary ones are exact in float32, so `<=` is testable
+    pred = gt + torch.tensor([[3.0, 4.0], [0.0, 5.5], [1.0, 1.0], [6.0, 8.0]])
+    cases = [(5.0, 0.5), (5.5, 0.75), (1.0, 0.0), (10.0, 1.0)]
     for thr, want in cases:
         got, err = _run(fn, pred.clone(), gt.clone(), thr)
         if err:
             return err
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            return f"wrong: expected a number, got {type(got).__name__}."
-        if abs(got - want) > 1e-6:
+        got, err = _as_float(got)
+        if err:
+            return err
+        if not abs(got - want) <= 1e-6:  # `not <=`: a NaN is wrong too
             return f"wrong: threshold {thr} gave {got:.3f}, expected {want:.3f} (distance <= threshold counts as correct)."
     return "pass: your PCK agrees on four thresholds, including the boundary case."
 
@@ -78,6 +86,9 @@ def check_zncc(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> str:
         got, err = _run(fn, x.clone(), y.clone())
         if err:
             return err
-        if abs(float(got) - want) > 1e-4:
-            return f"wrong: got {float(got):.4f}, expected {want:.4f} (subtract the means, divide by both norms)."
+        got, err = _as_float(got)
+        if err:
+            return err
+        if not abs(got - want) <= 1e-4:  # `not <=`: a NaN is wrong too
+            return f"wrong: got {got:.4f}, expected {want:.4f} (subtract the means, divide by both norms)."
     return "pass: ZNCC is invariant to gain and offset, and your function shows it."

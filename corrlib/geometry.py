@@ -220,7 +220,10 @@ def tps_fit(ctrl: torch.Tensor, target: torch.Tensor, reg: float = 0.0) -> torch
     bottom = torch.cat((p.transpose(1, 2), c64.new_zeros(b, 3, 3)), dim=2)
     lmat = torch.cat((top, bottom), dim=1)  # (B, K+3, K+3)
     rhs = torch.cat((target.double(), c64.new_zeros(b, 3, 2)), dim=1)
-    return torch.linalg.solve(lmat, rhs).to(ctrl.dtype)
+    # One solve per batch element: with torch 2.14.1 + MKL, a *batched* float64 solve of this size
+    # fails ("Pivots given to lu_solve ...") once torch.set_num_threads has been changed in the
+    # process (measured here); the unbatched call is unaffected and B is small.
+    return torch.stack([torch.linalg.solve(lmat[i], rhs[i]) for i in range(b)]).to(ctrl.dtype)
 
 
 def _check_tps(pts: torch.Tensor, ctrl: torch.Tensor, params: torch.Tensor) -> None:

@@ -51,13 +51,13 @@ CHAPTERS: dict[str, dict[str, dict]] = {
 def check_preset(preset: str) -> str:
     """Validate a preset name; the error lists the valid ones."""
     if not isinstance(preset, str):
-        raise TypeError(f"Argument preset must be a string, one of {PRESETS}; got {preset!r}.")
+        raise TypeError(f"Argument preset must be a string, one of {{{', '.join(PRESETS)}}}; got {preset!r}.")
     return check_choice(preset, "preset", PRESETS)
 
 
 def default_preset() -> str:
-    """``$CORRLIB_PRESET`` if set (validated), else ``"lab"``: what a notebook runs by default."""
-    return check_preset(os.environ.get(PRESET_ENV, "lab"))
+    """``$CORRLIB_PRESET`` if set and non-empty (validated), else ``"lab"``: a notebook's default."""
+    return check_preset(os.environ.get(PRESET_ENV) or "lab")
 
 
 def get_config(chapter: str, preset: str) -> dict:

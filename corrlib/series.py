@@ -74,19 +74,22 @@ def gather_results(out_dir) -> list[dict]:
     return rows
 
 
-def _failed_cell(nb_path: Path) -> str:
+def _failed_cell(executed: Path, source: Path) -> str:
+    """Locate the failing cell of ``executed`` by its position in the ``source`` notebook."""
     import nbformat
 
     try:
-        nb = nbformat.read(nb_path, as_version=4)
+        ran = nbformat.read(executed, as_version=4)
+        src = nbformat.read(source, as_version=4)
     except Exception:  # the executed copy may not exist
-        return "unknown cell"
-    for i, cell in enumerate(nb.cells):
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
-                return f"cell {i} (execution count {cell.get('execution_count')}, starting '{first[:60]}')"
-    return "unknown cell"
+        return "an unknown cell"
+    for cell in ran.cells:
+        if any(out.get("output_type") == "error" for out in cell.get("outputs", [])):
+            index = next((i for i, c in enumerate(src.cells) if c.source == cell.source), None)
+            first = cell.source.strip().splitlines()[0][:60] if cell.source.strip() else ""
+            where = f"cell {index + 1}" if index is not None else "a cell"
+            return f"{where} of {len(src.cells)} (starting '{first}')"
+    return "an unknown cell"
 
 
 @dataclass
@@ -134,7 +137,7 @@ def run_series(
             pm.execute_notebook(str(nb), str(dest), parameters=params, cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
         except pm.PapermillExecutionError as e:
             raise SeriesError(
-                f"Notebook {nb.name} failed in {_failed_cell(dest)}: {e.ename}: {e.evalue}. "
+                f"Notebook {nb.name} failed in {_failed_cell(dest, nb)}: {e.ename}: {e.evalue}. "
                 f"The executed copy with the traceback is {dest}."
             ) from None
         seconds[nb.name] = round(time.perf_counter() - t0, 1)

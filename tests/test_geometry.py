@@ -608,3 +608,15 @@ class TestRandomWarp:
             RandomWarp("affine")
         with pytest.raises(ValueError, match=r"Argument matrix must have shape \(B, 3, 3\)"):
             RandomWarp("homography", matrix=torch.eye(3))
+
+
+def test_tps_fit_survives_thread_count_change():
+    """torch 2.14.1 + MKL: a batched float64 solve of this size fails after set_num_threads."""
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.set_num_threads(max(2, n))
+        warp = sample_random_warp(2, "tps", 0.5, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(warp.inverse().target).all()  # fits a 16x16-point TPS per batch item
+    finally:
+        torch.set_num_threads(n)

@@ -19,6 +19,7 @@ from corrlib.geometry import (
     WARP_KINDS,
     grid_to_flow,
     normalized_to_pixel,
+    pixel_grid,
     pixel_to_normalized,
     sample_random_warp,
 )
@@ -33,9 +34,11 @@ def skimage_photos(names: Sequence[str] = SKIMAGE_PHOTOS) -> list[torch.Tensor]:
     """Load bundled scikit-image RGB photographs as uint8 ``(3, H, W)`` tensors."""
     import skimage.data
 
-    out = []
+    names = (names,) if isinstance(names, str) else tuple(names)
     for name in names:
         check_choice(name, "names", SKIMAGE_PHOTOS)
+    out = []
+    for name in names:
         arr = getattr(skimage.data, name)()
         out.append(torch.from_numpy(arr[..., :3].copy()).permute(2, 0, 1).contiguous())
     return out
@@ -94,6 +97,12 @@ class SyntheticPairs(Dataset):
             raise ValueError("Argument images is empty: give at least one (3, H, W) image.")
         for i, img in enumerate(images):
             check_image(img, f"images[{i}]", batched=False)
+        if len(size) != 2 or min(size) < 16:
+            raise ValueError(f"Argument size must be (H, W) with both sides >= 16, got {tuple(size)}.")
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"Argument strength must be in [0, 1], got {strength}.")
+        if n_pairs < 1 or n_kps < 0:
+            raise ValueError(f"Arguments n_pairs >= 1 and n_kps >= 0 are required, got {n_pairs} and {n_kps}.")
         if masks is not None and len(masks) != len(images):
             raise ValueError(f"Arguments masks and images must have the same length, got {len(masks)} and {len(images)}.")
         self.images, self.masks = list(images), None if masks is None else list(masks)
@@ -121,10 +130,10 @@ class SyntheticPairs(Dataset):
         grid = warp.grid(self.size)  # trg -> src, normalised
         trg = F.grid_sample(src[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
         trg_flow = grid_to_flow(grid, self.size)[0]
-        inside_src = (grid.abs() <= 1).all(-1)[0]
+        inside_src = self._inside(trg_flow)
         inv_grid = warp.inverse_grid(self.size)  # src -> trg, normalised
         flow = grid_to_flow(inv_grid, self.size)[0]
-        inside_trg = (inv_grid.abs() <= 1).all(-1)[0]
+        inside_trg = self._inside(flow)
         src_kps, trg_kps = self._keypoints(warp, gen)
         sample = {
             "src_img": src[:3].clamp(0, 1),
@@ -145,6 +154,13 @@ class SyntheticPairs(Dataset):
             sample["trg_mask"] = trg[3] > 0.5
         return self.transform(sample) if self.transform is not None else sample
 
+    def _inside(self, flow: torch.Tensor) -> torch.Tensor:
+        """``(H, W)`` bool: ``p + flow(p)`` lies in ``[0, W-1] x [0, H-1]`` (as in warp_with_flow)."""
+        h, w, eps = *self.size, 1e-3  # eps absorbs float rounding of an identity warp
+        pts = pixel_grid(self.size, dtype=flow.dtype) + flow.permute(1, 2, 0)
+        x, y = pts[..., 0], pts[..., 1]
+        return (x >= -eps) & (x <= w - 1 + eps) & (y >= -eps) & (y <= h - 1 + eps)
+
     def _keypoints(self, warp, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Keypoints drawn in trg (uniform, 4 px from the border) whose source lies inside src."""
         h, w = self.size
@@ -160,4 +176,9 @@ class SyntheticPairs(Dataset):
                 break
         trg_kps = torch.cat(kept_trg)[:want]
         src_kps = torch.cat(kept_src)[:want]
+        if len(trg_kps) < want:
+            raise RuntimeError(
+                f"Could place only {len(trg_kps)} of {want} keypoints inside both images of a "
+                f"{self.kind} warp at strength {self.strength}; lower strength or n_kps, or enlarge size."
+            )
         return src_kps.float(), trg_kps.float()
