@@ -43,11 +43,15 @@ __all__ = [
     "TSS_UNKNOWN_FLOW",
     "PCKEvaluator",
     "PCKProtocol",
+    "bad_pixel_rate",
     "evaluate_tss_results",
+    "fpr_at_recall",
     "get_protocol",
     "mask_iou",
     "pck",
     "pck_threshold",
+    "pr_auc",
+    "roc_curve",
     "tss_flow_accuracy",
     "tss_masks_from_flows",
     "tss_resize_flow_pair",
@@ -831,3 +835,145 @@ def tss_scores_csv(rows: Sequence[dict]) -> str:
     lines.append(line("Average", "-", "-", mean(list(rows)), 1))
     lines.append(line("w/o flip", "-", "-", mean([r for r in rows if int(r["flip"]) == 0]), 0))
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Patch verification (match / non-match) and stereo disparity
+# ---------------------------------------------------------------------------------------------
+
+
+def _scores_labels(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``(N,)`` float64 scores and bool labels with both classes present."""
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().cpu().double().numpy()
+    try:
+        s = np.array(scores, dtype=np.float64)  # a copy: any strides, any sequence
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"Argument scores must be numeric, got {scores!r}.") from err
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    lab = np.asarray(labels)
+    if s.ndim != 1:
+        raise ValueError(f"Argument scores must have shape (N,), got shape {s.shape}.")
+    if lab.shape != s.shape:
+        raise ValueError(f"Argument labels must have shape {s.shape} like scores, got shape {lab.shape}.")
+    if lab.dtype != np.bool_:
+        if not np.isin(lab, (0, 1)).all():
+            raise ValueError("Argument labels must be bool or 0/1 (1 = the pair matches).")
+        lab = lab.astype(bool)
+    if not np.isfinite(s).all():
+        raise ValueError("Argument scores must be finite; got NaN or inf.")
+    n_pos = int(lab.sum())
+    if n_pos == 0 or n_pos == lab.size:
+        raise ValueError(
+            f"Arguments labels must hold both positives and negatives, got {n_pos} positives of "
+            f"{lab.size}; rates over a missing class are undefined."
+        )
+    return s, lab
+
+
+def roc_curve(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve of a match / non-match verification: ``(fpr, tpr, thresholds)``.
+
+    Convention: ``scores (N,)`` are similarities (higher = more alike; negate a distance);
+    ``labels (N,)`` bool or 0/1, True for a matching pair. A pair is accepted when
+    ``score >= threshold``. One point per distinct score (tied scores enter together), from
+    ``threshold = inf`` (nothing accepted, ``(0, 0)``) down to the lowest score (``(1, 1)``);
+    no point is dropped. Both classes must be present (``ValueError`` otherwise).
+    Wraps ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``.
+
+    Returns:
+        float64 arrays ``fpr``, ``tpr`` (non-decreasing) and ``thresholds`` (decreasing).
+
+    >>> fpr, tpr, thr = roc_curve([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])
+    >>> fpr.tolist(), tpr.tolist()
+    ([0.0, 0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 1.0, 1.0])
+    """
+    from sklearn.metrics import roc_curve as _sk_roc_curve
+
+    s, lab = _scores_labels(scores, labels)
+    fpr, tpr, thr = _sk_roc_curve(lab, s, drop_intermediate=False)
+    return fpr.astype(np.float64), tpr.astype(np.float64), thr.astype(np.float64)
+
+
+def pr_auc(scores: object, labels: object) -> float:
+    """Area under the precision-recall curve as average precision (AP).
+
+    ``AP = sum_k (R_k - R_{k-1}) P_k`` over the thresholds (a step sum, not the trapezoidal
+    rule, which is optimistic; tied scores enter together). Inputs as :func:`roc_curve`.
+    Wraps ``sklearn.metrics.average_precision_score``; used for patch verification in the HPatches
+    benchmark (Balntas et al., CVPR 2017).
+
+    >>> pr_auc([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])  # P = 1 at R = 0.5, P = 2/3 at R = 1
+    0.8333333333333333
+    """
+    from sklearn.metrics import average_precision_score
+
+    s, lab = _scores_labels(scores, labels)
+    return float(average_precision_score(lab, s))
+
+
+def fpr_at_recall(scores: object, labels: object, recall: float = 0.95) -> float:
+    """False-positive rate at the first threshold whose true-positive rate reaches ``recall``.
+
+    FPR95 of the patch-descriptor literature for ``recall=0.95``: Brown, Hua & Winder, TPAMI
+    2011 ("95% error rate"); Zagoruyko & Komodakis (DeepCompare, CVPR 2015); Han et al.
+    (MatchNet, CVPR 2015); Balntas et al. (TFeat, BMVC 2016); Tian et al. (L2-Net, CVPR 2017);
+    Mishchuk et al. (HardNet, NeurIPS 2017); Zbontar & LeCun report stereo error instead.
+
+    Rule (no interpolation): walk the thresholds from high to low (:func:`roc_curve`, one step
+    per distinct score, ties accepted together) and stop at the first, i.e. highest, threshold
+    ``t`` with ``TP(t) >= recall * P``; return ``FP(t) / N`` (``P``/``N`` the numbers of
+    positives/negatives). This is the smallest FPR of any threshold reaching the recall. Without
+    ties it equals the sorted-cumulative-sum rule of common evaluation scripts (sort by score,
+    take the shortest prefix holding ``recall * P`` positives, FPR = negatives in it / ``N``);
+    with ties those scripts depend on the sort order. Note: some released scripts (e.g.
+    MatchNet's ``ErrorRateAt95Recall``) return ``FP / (TP + FP)`` instead, which is a different
+    number.
+
+    >>> scores = [20 - i for i in range(20)]  # 20 pairs, best first; 10 matches, 10 non-matches
+    >>> labels = [1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0]
+    >>> fpr_at_recall(scores, labels, 0.8)  # 8th match at rank 12, after 4 non-matches
+    0.4
+    """
+    if not 0.0 < float(recall) <= 1.0:
+        raise ValueError(f"Argument recall must be in (0, 1], got {recall}.")
+    fpr, tpr, _ = roc_curve(scores, labels)
+    reached = np.flatnonzero(tpr >= float(recall) - 1e-12)
+    return float(fpr[reached[0]])
+
+
+def bad_pixel_rate(
+    disp: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None, threshold: float
+) -> float:
+    """Fraction of valid pixels whose disparity error exceeds ``threshold`` pixels.
+
+    Middlebury's "bad 1.0" / "bad 2.0" (Scharstein & Szeliski, IJCV 2002; reported there as a
+    percentage, here as a fraction in ``[0, 1]``): ``#{|disp - gt| > threshold} / #valid``.
+    ``disp``, ``gt``: ``(H, W)`` or ``(B, H, W)`` (any shape, the same for both) disparities in
+    pixels; ``valid``: bool of the same shape or ``None`` (every pixel). Pixels where ``gt`` is not finite are never counted; a
+    non-finite ``disp`` counts as bad. NaN when no pixel is counted.
+
+    >>> bad_pixel_rate(torch.tensor([1.0, 2.0, 5.0]), torch.tensor([1.0, 3.5, 2.0]), None, 1.0)
+    0.6666666666666666
+    """
+    check_tensor(disp, "disp")
+    check_tensor(gt, "gt")
+    if gt.shape != disp.shape:
+        raise ValueError(f"Argument gt must have shape {tuple(disp.shape)} like disp, got shape {tuple(gt.shape)}.")
+    if float(threshold) < 0:
+        raise ValueError(f"Argument threshold must be >= 0, got {threshold}.")
+    ok = torch.isfinite(gt)
+    if valid is not None:
+        check_tensor(valid, "valid")
+        if valid.shape != disp.shape:
+            raise ValueError(
+                f"Argument valid must have shape {tuple(disp.shape)} like disp, got shape {tuple(valid.shape)}."
+            )
+        ok = ok & valid.bool()
+    n = int(ok.sum())
+    if n == 0:
+        return math.nan
+    err = (disp.double() - gt.double()).abs()
+    bad = ~(err <= float(threshold))  # NaN / inf error -> bad
+    return int((bad & ok).sum()) / n

@@ -1,0 +1,754 @@
+"""A small training loop every chapter uses: exact resume, atomic checkpoints, history.
+
+The loop is one readable class, :class:`Trainer`, driven by three functions you write:
+
+* ``batch_fn(step, generator) -> batch``: the data of optimisation step ``step`` (0-based),
+  drawn with ``generator``, a CPU ``torch.Generator`` seeded from ``(config.seed, step)``;
+* ``loss_fn(model, batch) -> (loss, logs)``: a scalar loss tensor and a dict of floats to log;
+* ``val_fn(model) -> dict[str, float]`` (optional): run under ``model.eval()`` and ``no_grad``.
+
+Convention: ``step`` counts finished optimisation steps; step ``k`` of the schedule is the
+``(k+1)``-th update. Because the data of a step depends only on ``(seed, step)`` and the
+checkpoint holds the model, optimizer, grad scaler, history and every RNG state (python, numpy,
+torch, CUDA), a run that is stopped or killed and then resumed ends with the same parameters, bit
+for bit on CPU, as a run that was never interrupted (on GPU up to non-deterministic kernels).
+
+Checkpoints are written atomically (temporary file, ``fsync``, ``os.replace``) and hold only
+tensors, numbers, strings, ``None`` and lists/tuples/dicts of them, so they load with
+``torch.load(..., weights_only=True)``: no pickled code is ever executed.
+
+Notebooks use :func:`train_or_load`: load a finished checkpoint, else train (resuming an
+unfinished one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from corrlib._check import check_choice
+
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "batches_from_dataset",
+    "history_to_csv",
+    "history_to_json",
+    "load_checkpoint",
+    "lr_at",
+    "pick_device",
+    "plot_history",
+    "save_checkpoint",
+    "seed_everything",
+    "train_or_load",
+]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Keys every training row of the history has (plus the ``logs`` of ``loss_fn``).
+ROW_KEYS = ("step", "loss", "lr", "seconds")
+#: Marks a checkpoint written by :class:`Trainer`.
+CKPT_FORMAT = "corrlib.train/1"
+
+
+# ----------------------------------------------------------------------------------- devices
+
+
+def _available_devices() -> list[str]:
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """The device to train on: ``"auto"`` picks CUDA, else MPS, else CPU.
+
+    An explicit ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"mps"`` is checked: an unavailable one
+    raises ``ValueError`` listing the devices that are available.
+
+    Example:
+        >>> pick_device("cpu")
+        device(type='cpu')
+        >>> pick_device("gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown value 'gpu' for argument device. Valid values are {auto, cpu, cuda, mps}.
+    """
+    name = str(device)
+    check_choice(name.split(":")[0], "device", DEVICES)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"Argument device must look like 'cuda' or 'cuda:1', got '{name}'.") from None
+    available = _available_devices()
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"Argument device is '{name}' but that CUDA device is not available; available: {available}.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"Argument device is '{name}' but MPS is not available; available: {available}.")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy and torch (CPU and every CUDA device).
+
+    Example:
+        >>> seed_everything(0); a = torch.rand(2)
+        >>> seed_everything(0); torch.equal(a, torch.rand(2))
+        True
+    """
+    _check_int(seed, "seed", 0, 2**32 - 1)
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (the global legacy RNG is what user code draws from)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def _generator(*parts) -> torch.Generator:
+    """A CPU generator seeded from a hash of ``parts`` (so nearby seeds give unrelated streams)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def _get_rng_state() -> dict:
+    """Every global RNG state as tensors and numbers (safe for ``weights_only`` loading)."""
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()  # noqa: NPY002
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": {
+            "version": int(py_version),
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "has_gauss_next": py_gauss is not None,
+            "gauss_next": 0.0 if py_gauss is None else float(py_gauss),
+        },
+    }
+    if torch.backends.mps.is_available():
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+    if "mps" in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
+    n = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    gauss = p["gauss_next"] if p["has_gauss_next"] else None
+    random.setstate((p["version"], tuple(p["state"].tolist()), gauss))
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path):
+    """Open ``<path>.tmp-<pid>`` for writing; on success fsync it and ``os.replace`` it to ``path``.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if os.name == "posix":  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+_SAFE_SCALARS = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.Size)
+
+
+def _check_safe(x, where: str) -> None:
+    """Raise ``TypeError`` naming the entry of a state that ``weights_only`` loading would refuse."""
+    if isinstance(x, torch.Tensor) or type(x) in _SAFE_SCALARS:
+        return
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if type(k) not in (str, int):
+                raise TypeError(f"Checkpoint state{where} has a key of type {type(k).__name__}; use str or int keys.")
+            _check_safe(v, f"{where}[{k!r}]")
+        return
+    if type(x) in (list, tuple):
+        for i, v in enumerate(x):
+            _check_safe(v, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"Checkpoint state{where} is a {type(x).__name__}; a checkpoint holds only tensors, numbers, "
+        "strings, None and lists/tuples/dicts of them (convert numpy values with float() or "
+        "torch.as_tensor, store RNG states as tensors)."
+    )
+
+
+def save_checkpoint(path, state: dict) -> Path:
+    """Write ``state`` to ``path`` atomically (never a half-written file under that name).
+
+    The state is written to ``<name>.tmp-<pid>`` in the same folder, flushed and fsynced, then
+    renamed over ``path`` with ``os.replace``; parent folders are created. ``state`` may hold
+    only tensors, numbers, strings, ``None`` and lists/tuples/dicts of them (``TypeError``
+    naming the entry otherwise), so :func:`load_checkpoint` can use ``weights_only=True``.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"Argument state must be a dict, got {type(state).__name__}.")
+    _check_safe(state, "")
+    path = Path(path)
+    with _atomic_open(path) as f:
+        torch.save(state, f)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Raises ``FileNotFoundError`` if ``path`` does not exist and ``ValueError`` if it cannot be
+    read (truncated, corrupt or holding pickled objects); both name the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:
+        raise ValueError(
+            f"Checkpoint {path} cannot be read: it is truncated or corrupt (or holds objects other "
+            f"than tensors, numbers, strings, lists and dicts). Delete it or restore the previous "
+            f"one. ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
+    if not isinstance(state, dict):
+        raise ValueError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict; delete it or restore the previous one.")
+    return state
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+def _check_int(value, name: str, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"Argument {name} must be an int {rng}, got {value!r}.")
+
+
+def _check_float(value, name: str, low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        lo = f"{'(' if low_open else '['}{low}"
+        hi = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
+        raise ValueError(f"Argument {name} must be a number in {lo}, {hi}, got {value!r}.")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (checked on creation).
+
+    ``steps`` optimisation steps of ``optimizer`` at peak learning rate ``lr``, shaped by
+    ``schedule`` (see :func:`lr_at`) after ``warmup_steps`` of linear warm-up. ``grad_clip``
+    clips the global gradient norm. ``amp`` uses mixed precision on CUDA (bf16 where supported,
+    else fp16 with a ``GradScaler``) and is ignored with a warning elsewhere. A history row is
+    written every ``log_every`` steps, ``val_fn`` runs every ``val_every`` steps (0: only at the
+    end) and a checkpoint is saved every ``ckpt_every`` steps (0: only at the end).
+    """
+
+    steps: int
+    lr: float
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    step_size: int | None = None
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    amp: bool = False
+    log_every: int = 10
+    val_every: int = 0
+    ckpt_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        _check_int(self.steps, "config.steps", 1)
+        _check_float(self.lr, "config.lr", 0.0, low_open=True)
+        check_choice(self.optimizer, "config.optimizer", OPTIMIZERS)
+        _check_float(self.momentum, "config.momentum", 0.0, 1.0, high_open=True)
+        _check_float(self.weight_decay, "config.weight_decay", 0.0)
+        check_choice(self.schedule, "config.schedule", SCHEDULES)
+        if self.schedule == "step" and self.step_size is None:
+            raise ValueError("Argument config.step_size is required with schedule='step' (decay by gamma every step_size steps).")
+        if self.step_size is not None:
+            _check_int(self.step_size, "config.step_size", 1)
+        _check_float(self.gamma, "config.gamma", 0.0, 1.0, low_open=True)
+        _check_int(self.warmup_steps, "config.warmup_steps", 0, self.steps - 1)
+        if self.grad_clip is not None:
+            _check_float(self.grad_clip, "config.grad_clip", 0.0, low_open=True)
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"Argument config.amp must be True or False, got {self.amp!r}.")
+        _check_int(self.log_every, "config.log_every", 1)
+        _check_int(self.val_every, "config.val_every", 0)
+        _check_int(self.ckpt_every, "config.ckpt_every", 0)
+        _check_int(self.seed, "config.seed", 0, 2**32 - 1)
+        check_choice(str(self.device).split(":")[0], "config.device", DEVICES)
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Learning rate of optimisation step ``step`` (0-based) under ``config``.
+
+    Warm-up ramps linearly to ``lr`` over the first ``warmup_steps`` steps (``lr / W`` at step 0,
+    ``lr`` at step ``W - 1``). After it, with ``t`` steps since warm-up out of ``T``:
+    ``constant`` keeps ``lr``; ``cosine`` is ``lr * (1 + cos(pi t / T)) / 2`` (near 0 at the end);
+    ``step`` multiplies by ``gamma`` every ``step_size`` steps.
+
+    Example:
+        >>> cfg = TrainConfig(steps=10, lr=1.0, schedule="step", step_size=4, gamma=0.5)
+        >>> [lr_at(cfg, k) for k in (0, 3, 4, 8)]
+        [1.0, 1.0, 0.5, 0.25]
+    """
+    warm = config.warmup_steps
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    t, total = step - warm, config.steps - warm
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * t / total))
+    if config.schedule == "step":
+        return config.lr * config.gamma ** (t // config.step_size)
+    return config.lr
+
+
+def _make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _to_device(batch, device: torch.device):
+    """Move every tensor of a (nested) tensor / dict / list / tuple batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list):
+        return [_to_device(v, device) for v in batch]
+    if isinstance(batch, tuple):
+        moved = [_to_device(v, device) for v in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else tuple(moved)
+    return batch
+
+
+# ----------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Train ``model`` for ``config.steps`` steps; :meth:`fit` resumes from ``ckpt_path``.
+
+    Args:
+        model: the ``nn.Module``; moved to ``pick_device(config.device)``. Seed its
+            initialisation yourself (:func:`seed_everything`) before building it.
+        loss_fn: ``loss_fn(model, batch) -> (loss, logs)``: a scalar tensor and a dict of floats
+            (a bare loss tensor is accepted too).
+        batch_fn: ``batch_fn(step, generator) -> batch``; draw every random number of the batch
+            from ``generator`` (seeded from ``(config.seed, step)``). Tensors in the batch
+            (nested dicts/lists/tuples too) are moved to the device.
+        config: a :class:`TrainConfig`.
+        ckpt_path: where checkpoints go (``None``: no checkpoints, no resume).
+        val_fn: ``val_fn(model) -> dict[str, float]``, run under ``model.eval()`` and
+            ``torch.no_grad()``; its keys enter the history prefixed ``val_``.
+        progress: show a ``tqdm`` progress bar (turn it off in committed notebooks).
+        on_log: ``on_log(history)`` after each new or updated history row (e.g. a live plot).
+
+    Example:
+        >>> seed_everything(0)
+        >>> model = nn.Linear(2, 1)
+        >>> def batch_fn(step, g):
+        ...     x = torch.randn(16, 2, generator=g)
+        ...     return x, x.sum(1, keepdim=True)
+        >>> def loss_fn(model, batch):
+        ...     x, y = batch
+        ...     return nn.functional.mse_loss(model(x), y), {}
+        >>> cfg = TrainConfig(steps=100, lr=0.1, log_every=50, device="cpu")
+        >>> history = Trainer(model, loss_fn, batch_fn, cfg, progress=False).fit()
+        >>> [row["step"] for row in history], history[-1]["loss"] < 0.01
+        ([50, 100], True)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable,
+        batch_fn: Callable[[int, torch.Generator], object],
+        config: TrainConfig,
+        *,
+        ckpt_path=None,
+        val_fn: Callable[[nn.Module], dict] | None = None,
+        progress: bool = True,
+        on_log: Callable[[list], None] | None = None,
+    ):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"Argument config must be a TrainConfig, got {type(config).__name__}.")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Argument model must be a torch.nn.Module, got {type(model).__name__}.")
+        self.config = config
+        self.device = pick_device(config.device)
+        self.model = model.to(self.device)
+        self.loss_fn, self.batch_fn, self.val_fn, self.on_log = loss_fn, batch_fn, val_fn, on_log
+        self.ckpt_path = None if ckpt_path is None else Path(ckpt_path)
+        self.progress = progress
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("Argument model has no parameters that require grad; nothing to train.")
+        self.optimizer = _make_optimizer(params, config)
+        self.amp_dtype = None
+        if config.amp and self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif config.amp:
+            warnings.warn(
+                f"config.amp=True is ignored on device '{self.device}': mixed precision is only used on CUDA.",
+                stacklevel=2,
+            )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        self.history: list[dict] = []
+        self._pending = {"sums": {}, "counts": {}}  # logs since the last history row
+        self._seconds = 0.0  # training time over every call of fit
+        self._rng: dict | None = None  # RNG states when the last fit returned
+
+    # -------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        """The checkpoint: model, optimizer, scaler, step, history and RNG states."""
+        return {
+            "format": CKPT_FORMAT,
+            "step": self.step,
+            "finished": self.step >= self.config.steps,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": [dict(r) for r in self.history],
+            "pending": {"sums": dict(self._pending["sums"]), "counts": dict(self._pending["counts"])},
+            "seconds": self._seconds,
+            "rng": _get_rng_state(),
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (RNG states included); the model is loaded strictly."""
+        if state.get("format") != CKPT_FORMAT:
+            raise ValueError(f"Not a corrlib.train checkpoint (format {state.get('format')!r}, expected {CKPT_FORMAT!r}).")
+        saved = state["config"]
+        if saved["optimizer"] != self.config.optimizer:
+            raise ValueError(
+                f"The checkpoint was trained with optimizer '{saved['optimizer']}' but config.optimizer is "
+                f"'{self.config.optimizer}'; use the same config, or delete the checkpoint to start again."
+            )
+        ignore = ("steps", "device", "log_every", "val_every", "ckpt_every")
+        changed = [k for k, v in dataclasses.asdict(self.config).items() if k not in ignore and saved.get(k) != v]
+        if changed:
+            warnings.warn(f"Resuming with changed config fields {changed}; the run will not be exact.", stacklevel=3)
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler.is_enabled() and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.history = [dict(r) for r in state["history"]]
+        self._pending = {"sums": dict(state["pending"]["sums"]), "counts": dict(state["pending"]["counts"])}
+        self._seconds = float(state["seconds"])
+        _set_rng_state(state["rng"])
+
+    def save(self) -> None:
+        """Save :meth:`state_dict` to ``ckpt_path`` (atomically)."""
+        if self.ckpt_path is None:
+            raise ValueError("This Trainer has no ckpt_path; pass ckpt_path=... to save checkpoints.")
+        save_checkpoint(self.ckpt_path, self.state_dict())
+
+    # ---------------------------------------------------------------------------- loop
+
+    def fit(self, resume: bool = True, stop_after: int | None = None) -> list[dict]:
+        """Train up to ``config.steps`` steps and return the history.
+
+        With ``resume`` and an existing ``ckpt_path``, continue from that checkpoint (a finished
+        one returns at once); without, continue from this Trainer's state (a new one seeds every
+        RNG with ``config.seed`` and starts at step 0). ``stop_after`` stops after that many steps
+        of this call and saves a checkpoint, as if the run had been interrupted. An exception
+        (or a kill) loses the steps since the last checkpoint: resuming redoes them exactly.
+
+        History rows: ``{"step", "loss", "lr", "seconds", **logs}`` every ``log_every`` steps
+        (means over the steps since the previous row; ``lr`` of the last step; ``seconds`` of
+        training so far), validation metrics as ``val_<key>`` merged into the row of their step.
+        """
+        cfg = self.config
+        if stop_after is not None:
+            _check_int(stop_after, "stop_after", 1)
+        if resume and self.ckpt_path is not None and self.ckpt_path.is_file():
+            self.load_state_dict(load_checkpoint(self.ckpt_path))
+        elif self.step == 0:
+            seed_everything(cfg.seed)
+        elif self._rng is not None:
+            _set_rng_state(self._rng)
+        if self.step >= cfg.steps:
+            return self.history
+        end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        self.model.train()
+        last = time.perf_counter()
+        try:
+            while self.step < end:
+                self._train_step()
+                now = time.perf_counter()
+                self._seconds += now - last
+                last = now
+                bar.update(1)
+                s = self.step
+                if s % cfg.log_every == 0 or (s == cfg.steps and self._pending["counts"]):
+                    self._log_row()
+                    bar.set_postfix(loss=f"{self.history[-1]['loss']:.4g}")
+                if self.val_fn is not None and ((cfg.val_every and s % cfg.val_every == 0) or s == cfg.steps):
+                    self._validate()
+                if self.ckpt_path is not None and (s == end or (cfg.ckpt_every and s % cfg.ckpt_every == 0)):
+                    self.save()
+                last = time.perf_counter()  # validation and saving are not training time
+        finally:
+            bar.close()
+        self._rng = _get_rng_state()
+        return self.history
+
+    def _train_step(self) -> None:
+        cfg, k = self.config, self.step
+        batch = _to_device(self.batch_fn(k, _generator("batch", cfg.seed, k)), self.device)
+        lr = lr_at(cfg, k)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.loss_fn(self.model, batch)
+        loss, logs = (out, {}) if isinstance(out, torch.Tensor) else out
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not isinstance(logs, dict):
+            raise ValueError(
+                "loss_fn must return (scalar loss tensor, logs dict), got "
+                f"({type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}, {type(logs).__name__})."
+            )
+        reserved = [key for key in logs if key in ROW_KEYS]
+        if reserved:
+            raise ValueError(f"loss_fn logs may not use the keys {reserved}: {ROW_KEYS} are reserved.")
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"The loss is {value} at step {k}; lower config.lr or set config.grad_clip.")
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        sums, counts = self._pending["sums"], self._pending["counts"]
+        for key, v in {"loss": value, **logs}.items():
+            sums[key] = sums.get(key, 0.0) + float(v)
+            counts[key] = counts.get(key, 0) + 1
+
+    def _log_row(self) -> None:
+        sums, counts = self._pending["sums"], self._pending["counts"]
+        row = {"step": self.step, "loss": sums.pop("loss") / counts.pop("loss"), "lr": lr_at(self.config, self.step - 1)}
+        row["seconds"] = round(self._seconds, 3)
+        row.update({k: sums[k] / counts[k] for k in sums})
+        self._pending = {"sums": {}, "counts": {}}
+        self.history.append(row)
+        if self.on_log is not None:
+            self.on_log(self.history)
+
+    def _validate(self) -> None:
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.val_fn(self.model)
+        finally:
+            self.model.train()
+        vals = {(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in metrics.items()}
+        if self.history and self.history[-1]["step"] == self.step:
+            self.history[-1].update(vals)
+        else:
+            self.history.append({"step": self.step, "seconds": round(self._seconds, 3), **vals})
+        if self.on_log is not None:
+            self.on_log(self.history)
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def batches_from_dataset(dataset, batch_size: int, *, seed: int = 0, drop_last: bool = True, collate_fn=None) -> Callable:
+    """A stateless ``batch_fn`` over a map-style ``dataset`` (``len`` and ``__getitem__``).
+
+    Every epoch visits the items in a permutation seeded by ``(seed, epoch)``; step ``k`` is
+    batch ``k % B`` of epoch ``k // B`` (``B`` batches per epoch), so any step can be drawn
+    directly, which makes resuming exact. ``drop_last=False`` keeps a smaller last batch.
+    Items are stacked with ``collate_fn`` (default ``torch.utils.data.default_collate``).
+
+    Example:
+        >>> data = torch.utils.data.TensorDataset(torch.arange(5.0))
+        >>> batch_fn = batches_from_dataset(data, 2)
+        >>> [len(batch_fn(k, None)[0]) for k in range(3)]  # 2 batches per epoch, then epoch 1
+        [2, 2, 2]
+    """
+    _check_int(batch_size, "batch_size", 1)
+    _check_int(seed, "seed", 0)
+    n = len(dataset)
+    per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if per_epoch == 0:
+        raise ValueError(
+            f"Argument dataset has {n} items, fewer than batch_size={batch_size}; "
+            "use a smaller batch_size or drop_last=False."
+        )
+    collate = collate_fn or torch.utils.data.default_collate
+    cache: dict[int, torch.Tensor] = {}
+
+    def batch_fn(step: int, generator: torch.Generator | None = None):
+        epoch, pos = divmod(step, per_epoch)
+        if epoch not in cache:
+            cache.clear()  # only the current epoch's permutation is kept
+            cache[epoch] = torch.randperm(n, generator=_generator("data", seed, epoch))
+        idx = cache[epoch][pos * batch_size : (pos + 1) * batch_size]
+        return collate([dataset[i] for i in idx.tolist()])
+
+    batch_fn.batches_per_epoch = per_epoch
+    return batch_fn
+
+
+# ---------------------------------------------------------------------------------- history
+
+
+def _history_keys(history: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    return keys
+
+
+def history_to_csv(history: list[dict], path) -> Path:
+    """Write the history as CSV (one column per key, empty where a row lacks it), atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=_history_keys(history), restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    path = Path(path)
+    with _atomic_open(path) as f:
+        f.write(text.getvalue().encode())
+    return path
+
+
+def history_to_json(history: list[dict], path) -> Path:
+    """Write the history as a JSON list of rows, atomically."""
+    path = Path(path)
+    with _atomic_open(path) as f:
+        f.write(json.dumps(history, indent=1).encode())
+    return path
+
+
+def plot_history(history: list[dict], keys=("loss",), ax=None):
+    """Plot ``keys`` of the history against ``step`` (each only where its rows have it); returns ``ax``."""
+    import matplotlib.pyplot as plt
+
+    if isinstance(keys, str):
+        keys = (keys,)
+    available = [k for k in _history_keys(history) if k != "step"]
+    for key in keys:
+        check_choice(key, "keys", available)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    for key in keys:
+        rows = [r for r in history if key in r]
+        style = "o-" if key.startswith("val_") else "-"
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], style, label=key, markersize=3)
+    ax.set_xlabel("step")
+    ax.legend()
+    return ax
+
+
+# ------------------------------------------------------------------------------ train or load
+
+
+def train_or_load(model: nn.Module, ckpt_path, train: Callable[[], list], *, retrain: bool = False) -> tuple[list, bool]:
+    """Load a finished checkpoint into ``model``, or call ``train()``; returns ``(history, trained)``.
+
+    ``train`` must train this ``model`` with a :class:`Trainer` whose ``ckpt_path`` is
+    ``ckpt_path`` (an unfinished checkpoint is then resumed) and return the history.
+    ``retrain=True`` moves an existing checkpoint to ``<name>.old`` and trains again. The model
+    is loaded with ``strict=True`` and returned in ``eval()`` mode either way; one line is printed
+    saying which happened.
+    """
+    path = Path(ckpt_path)
+    if retrain and path.exists():
+        old = path.with_name(path.name + ".old")
+        os.replace(path, old)
+        print(f"[train_or_load] retrain=True: moved {path} to {old.name}; training.")
+    elif path.is_file():
+        state = load_checkpoint(path)
+        if state.get("finished"):
+            model.load_state_dict(state["model"], strict=True)
+            model.eval()
+            print(f"[train_or_load] loaded finished checkpoint {path} (step {state['step']}); retrain=True trains again.")
+            return state["history"], False
+        print(f"[train_or_load] resuming unfinished checkpoint {path} from step {state['step']}.")
+    else:
+        print(f"[train_or_load] no checkpoint at {path}; training.")
+    history = train()
+    model.eval()
+    return history, True
