@@ -20,6 +20,7 @@ def _add_eval(sub):
     p.add_argument("--protocol", default=None, help="PCK protocol name (default: the dataset's own)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs (per subset for tss)")
     p.add_argument("--max-side", type=int, default=None, help="resize images so the longer side is this (hand-crafted methods)")
+    p.add_argument("--checkpoint", default=None, help="trained model file for learned methods (e.g. mccnn-fast, deepdesc from notebook 01)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -35,7 +36,10 @@ def _add_series(sub):
 
 
 def _method_kwargs(args) -> dict:
-    return {"max_side": args.max_side} if args.max_side is not None and args.method != "identity" else {}
+    kw = {"max_side": args.max_side} if args.max_side is not None and args.method != "identity" else {}
+    if args.checkpoint is not None:
+        kw["checkpoint"] = args.checkpoint
+    return kw
 
 
 def _run_eval(args) -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "HandcraftedMethod",
     "IdentityMethod",
     "KeypointResult",
+    "LearnedPatchMethod",
     "TSSResult",
     "available_methods",
     "evaluate_keypoints",
@@ -166,9 +167,84 @@ class HandcraftedMethod(CorrespondenceMethod):
         return self._hc.flow_from_descriptors(ds, gs, dt, gt, tuple(src_img.shape[-2:]))
 
 
+class LearnedPatchMethod(HandcraftedMethod):
+    """A patch network from chapter 01 used as a dense descriptor (MC-CNN fast or DeepDesc).
+
+    ``checkpoint`` is a file written by :func:`corrlib.recipes.patch.export_patch_model` (chapter
+    01 saves one per architecture). MC-CNN fast is fully convolutional: its L2-normalised features
+    at every pixel are the descriptor. DeepDesc describes ``P x P`` patches centred on a grid of
+    stride ``stride`` pixels. Images are converted to grey and resized to ``max_side`` first.
+    """
+
+    DESCRIPTOR_ARCHS = ("mccnn-fast", "deepdesc")
+
+    def __init__(self, checkpoint=None, max_side: int | None = None, matcher: str = "argmax_subpixel", stride: int = 4, cache_size: int = 128, arch: str | None = None):
+        from corrlib.recipes.patch import load_patch_model
+
+        if checkpoint is None or not Path(checkpoint).is_file():
+            raise FileNotFoundError(
+                f"Method '{arch}' needs a trained checkpoint: pass checkpoint=... (CLI: --checkpoint FILE). "
+                f"Notebook 01 writes one per architecture to <out_dir>/checkpoints/01_patch/<arch>.pt; got {checkpoint!r}."
+            )
+        self.model = load_patch_model(checkpoint)
+        check_choice(self.model.arch, f"architecture of {checkpoint}", self.DESCRIPTOR_ARCHS)
+        if arch is not None and arch != self.model.arch:
+            raise ValueError(f"{checkpoint} holds a '{self.model.arch}' model, not '{arch}'; pass the matching checkpoint.")
+        self.name = self.model.arch
+        self.description = f"{self.name} features from {checkpoint}, nearest neighbour ({matcher})"
+        self.max_side, self.matcher, self.stride = max_side, matcher, stride
+        self._cache = OrderedDict()
+        self.cache_size = cache_size
+        self.kwargs = {}
+
+    @torch.no_grad()
+    def _describe_image(self, img: torch.Tensor):
+        import torch.nn.functional as F
+
+        from corrlib.matching import FeatureGrid
+        from corrlib.models.handcrafted import resize_longer_side
+
+        check_image(img, "image", batched=False)
+        rgb, ratio = resize_longer_side(img, self.max_side)
+        grey = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None, None]  # (1, 1, H, W)
+        if hasattr(self.model, "features"):  # MC-CNN: dense, one descriptor per pixel
+            pad = (self.model.receptive_field - 1) // 2
+            feat = self.model.features(F.pad(grey, (pad,) * 4, mode="replicate"))[0]
+            return feat, FeatureGrid((0.0, 0.0), (1.0, 1.0)).in_original(ratio)
+        p, s = self.model.patch_size, self.stride
+        padded = F.pad(grey, (p // 2,) * 4, mode="replicate")
+        cols = F.unfold(padded, p, stride=s)  # (1, P*P, L)
+        h = (padded.shape[-2] - p) // s + 1
+        w = (padded.shape[-1] - p) // s + 1
+        patches = cols[0].T.reshape(-1, 1, p, p)
+        desc = torch.cat([self.model.describe(patches[i : i + 1024]) for i in range(0, len(patches), 1024)])
+        # window j spans original pixels [j*s - p/2, j*s + p/2): centre at j*s - 0.5
+        return desc.T.reshape(-1, h, w), FeatureGrid((-0.5, -0.5), (float(s), float(s))).in_original(ratio)
+
+    def describe(self, img: torch.Tensor, key=None):
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        out = self._describe_image(img)
+        if key is not None:
+            self._cache[key] = out
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return out
+
+    def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
+        from corrlib.models.handcrafted import flow_from_descriptors
+
+        ds, gs = self.describe(src_img, src_key)
+        dt, gt = self.describe(trg_img, trg_key)
+        return flow_from_descriptors(ds, gs, dt, gt, tuple(src_img.shape[-2:]))
+
+
 register_method("identity", lambda **kw: IdentityMethod())
 for _name in ("raw_patch", "zncc", "census", "hog", "daisy", "sift"):
     register_method(_name, lambda _n=_name, **kw: HandcraftedMethod(_n, **kw))
+for _name in LearnedPatchMethod.DESCRIPTOR_ARCHS:
+    register_method(_name, lambda _n=_name, **kw: LearnedPatchMethod(arch=_n, **kw))
 
 
 def load_dataset(name: str, data_root=None, split: str | None = None, **kwargs):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_census", "check_pck", "check_zncc"]
+__all__ = ["check_census", "check_fpr95", "check_margin_hinge", "check_pck", "check_zncc"]
 
 
 def _run(fn: Callable, *args):
@@ -92,3 +92,41 @@ def check_zncc(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> str:
         if not abs(got - want) <= 1e-4:  # `not <=`: a NaN is wrong too
             return f"wrong: got {got:.4f}, expected {want:.4f} (subtract the means, divide by both norms)."
     return "pass: ZNCC is invariant to gain and offset, and your function shows it."
+
+
+def check_fpr95(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> str:
+    """``fn(scores (N,), labels (N,) bool) -> FPR at 95 % recall`` (scores: higher = more alike)."""
+    from corrlib.metrics import fpr_at_recall
+
+    g = torch.Generator().manual_seed(2)
+    labels = torch.rand(200, generator=g) < 0.5
+    scores = labels.float() + 0.8 * torch.randn(200, generator=g)
+    want = float(fpr_at_recall(scores, labels, 0.95))
+    got, err = _run(fn, scores.clone(), labels.clone())
+    if err:
+        return err
+    got, err = _as_float(got)
+    if err:
+        return err
+    if not abs(got - want) <= 1e-6:
+        return (f"wrong: got {got:.4f}, expected {want:.4f}. Lower the threshold until 95 % of the positives "
+                "score at or above it, then count the fraction of negatives at or above it.")
+    return "pass: your FPR95 matches corrlib.metrics.fpr_at_recall on 200 random scores."
+
+
+def check_margin_hinge(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> str:
+    """``fn(s_pos (B,), s_neg (B,), margin) -> mean(max(0, margin + s_neg - s_pos))`` (MC-CNN fast)."""
+    s_pos = torch.tensor([0.9, 0.1, 0.5, 0.3])
+    s_neg = torch.tensor([0.1, 0.2, 0.45, 0.6])
+    want = float(torch.clamp(0.2 + s_neg - s_pos, min=0).mean())  # [0, 0.3, 0.15, 0.5] -> 0.2375
+    got, err = _run(fn, s_pos.clone().requires_grad_(True), s_neg.clone(), 0.2)
+    if err:
+        return err
+    if not isinstance(got, torch.Tensor) or got.dim() != 0:
+        return "wrong: return a scalar tensor (the mean over the batch), so that it can be back-propagated."
+    value = float(got.detach())
+    if not abs(value - want) <= 1e-6:
+        return f"wrong: got {value:.4f}, expected {want:.4f} (a pair costs nothing once s_pos exceeds s_neg by the margin)."
+    if not got.requires_grad:
+        return "wrong: the value is right but no gradient flows; use torch operations (torch.clamp), not Python floats."
+    return "pass: your hinge loss matches MC-CNN's on four pairs, including one already beyond the margin."

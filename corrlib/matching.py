@@ -66,6 +66,20 @@ class FeatureGrid:
         sx, sy = wi / w, hi / h
         return FeatureGrid(((sx - 1) / 2, (sy - 1) / 2), (sx, sy))
 
+    def in_original(self, ratio: tuple[float, float]) -> FeatureGrid:
+        """This grid, built on an image resized by ``ratio = (W'/W, H'/H)``, in ORIGINAL pixels.
+
+        Resizing maps ``x' = (x + 0.5) * r - 0.5`` (``align_corners=False``), so
+        ``origin -> (origin + 0.5) / r - 0.5`` and ``step -> step / r``.
+
+        Example:
+            >>> FeatureGrid((0.0, 0.0), (1.0, 1.0)).in_original((0.5, 0.5))
+            FeatureGrid(origin=(0.5, 0.5), step=(2.0, 2.0))
+        """
+        origin = tuple((o + 0.5) / r - 0.5 for o, r in zip(self.origin, ratio))
+        step = tuple(st / r for st, r in zip(self.step, ratio))
+        return FeatureGrid(origin, step)
+
     def to_pixels(self, cells: torch.Tensor) -> torch.Tensor:
         """``(..., 2)`` cell coordinates -> pixels."""
         o = cells.new_tensor(self.origin)

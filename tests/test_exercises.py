@@ -275,3 +275,35 @@ def test_student_inputs_are_copies():
 
     assert check_pck(pck_inplace).startswith("pass")
     assert check_census(census_inplace).startswith("pass")
+
+
+# ------------------------------------------------------------------------------------------------
+# chapter 01 checkers
+# ------------------------------------------------------------------------------------------------
+
+
+def test_check_fpr95_verdicts():
+    from corrlib.exercises import check_fpr95
+    from corrlib.metrics import fpr_at_recall
+
+    assert check_fpr95(lambda s, lab: fpr_at_recall(s, lab, 0.95)).startswith("pass")
+    assert check_fpr95(lambda s, lab: fpr_at_recall(s, lab, 0.90)).startswith("wrong")
+    assert check_fpr95(lambda s, lab: fpr_at_recall(-s, lab, 0.95)).startswith("wrong")  # inverted scores
+    assert check_fpr95(lambda s, lab: None).startswith("wrong")
+
+    def todo(s, lab):
+        raise NotImplementedError
+
+    assert check_fpr95(todo).startswith("not attempted yet")
+
+
+def test_check_margin_hinge_verdicts():
+    import torch
+
+    from corrlib.exercises import check_margin_hinge
+
+    assert check_margin_hinge(lambda p, n, m: torch.clamp(m + n - p, min=0).mean()).startswith("pass")
+    assert check_margin_hinge(lambda p, n, m: torch.clamp(m + p - n, min=0).mean()).startswith("wrong")  # sign
+    assert check_margin_hinge(lambda p, n, m: torch.clamp(m + n - p, min=0).sum()).startswith("wrong")  # sum
+    assert "scalar tensor" in check_margin_hinge(lambda p, n, m: float(torch.clamp(m + n - p, min=0).mean().detach()))
+    assert "raised" in check_margin_hinge(lambda p, n, m: 1 / 0)

@@ -41,6 +41,7 @@ __all__ = [
     "hog_descriptors",
     "match_keypoints_handcrafted",
     "raw_patch_descriptors",
+    "resize_longer_side",
     "sift_descriptors",
     "zncc_descriptors",
 ]
@@ -406,7 +407,7 @@ def dense_descriptors(
 # --------------------------------------------------------------------------------------------
 
 
-def _resize_longer_side(
+def resize_longer_side(
     image: torch.Tensor, max_side: int | None
 ) -> tuple[torch.Tensor, tuple[float, float]]:
     """Float ``(3, H, W)`` resized so that ``max(H', W') = max_side``; returns the ``(sx, sy)``
@@ -422,13 +423,6 @@ def _resize_longer_side(
         return img, (1.0, 1.0)
     out = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=True)
     return out[0].clamp(0, 1), (size[1] / w, size[0] / h)
-
-
-def _grid_in_original(grid: FeatureGrid, ratio: tuple[float, float]) -> FeatureGrid:
-    """Compose a grid on a resized image with the resize: cells -> pixels of the original."""
-    origin = tuple((o + 0.5) / r - 0.5 for o, r in zip(grid.origin, ratio))
-    step = tuple(s / r for s, r in zip(grid.step, ratio))
-    return FeatureGrid(origin, step)
 
 
 def describe(
@@ -447,9 +441,9 @@ def describe(
         ((25, 16, 26), (2.0, 2.0))
     """
     check_choice(method, "method", DESCRIPTORS)
-    img, ratio = _resize_longer_side(image, max_side)
+    img, ratio = resize_longer_side(image, max_side)
     desc, grid = DESCRIPTORS[method](img, **kwargs)
-    return desc, _grid_in_original(grid, ratio)
+    return desc, grid.in_original(ratio)
 
 
 def match_keypoints_handcrafted(

@@ -1,0 +1,147 @@
+"""Tests of the chapter-01 recipe: data assembly, losses per architecture, training, evaluation."""
+
+import pytest
+import torch
+
+from corrlib import eval as ev
+from corrlib.data import PatchPairs
+from corrlib.presets import get_config
+from corrlib.recipes import patch as recipe
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return get_config("01_patch", "smoke")
+
+
+def _shift_pairs(n=40, shift=3.0, seed=0):
+    """Pairs on one smooth random image: positives at the same point, negatives `shift` px away."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 80, 80, generator=g), 5, 1, 2)[0, 0]
+    xy = torch.rand(n, 2, generator=g) * 40 + 20
+    xy = torch.cat((xy, xy))
+    a_b = torch.zeros(2 * n, 2, 3)
+    a_b[:, 0, 0] = a_b[:, 1, 1] = 1
+    a_b[:, :, 2] = xy
+    a_b[n:, 0, 2] += shift
+    label = torch.arange(2 * n) < n
+    idx = torch.zeros(2 * n, dtype=torch.long)
+    return PatchPairs([img], idx, xy, idx, a_b, label)
+
+
+def test_pool_pairs_positives_with_their_negatives():
+    pp = _shift_pairs(10)
+    pool = recipe.PatchPool.from_pairs([pp, _shift_pairs(5, seed=1)], 9)
+    assert pool.a.shape == (30, 1, 9, 9)
+    assert pool.label[pool.pos].all() and not pool.label[pool.neg].any()
+    assert torch.equal(pool.a[pool.pos], pool.a[pool.neg])  # same reference patch
+    batch = pool.batch_fn(8)(0, torch.Generator().manual_seed(0))
+    assert batch["label"].tolist() == [True] * 4 + [False] * 4
+    assert torch.equal(batch["a"][:4], batch["a"][4:])
+
+
+def test_pool_rejects_unpaired_sets():
+    pp = _shift_pairs(4)
+    pp.label[0] = False
+    with pytest.raises(ValueError, match="positives first and one negative per positive"):
+        recipe.PatchPool.from_pairs([pp], 9)
+
+
+@pytest.mark.parametrize("arch", ["mccnn-fast", "mccnn-accurate", "2ch", "siamese-spp", "deepdesc"])
+def test_patch_loss_is_finite_and_differentiable(arch, cfg):
+    model = recipe.build_model(arch, cfg)
+    pool = recipe.PatchPool.from_pairs([_shift_pairs(8)], recipe.patch_size_for(arch, cfg))
+    batch = pool.batch_fn(8)(0, torch.Generator().manual_seed(0))
+    loss, logs = recipe.patch_loss(arch, model, batch, mining=2.0)
+    loss.backward()
+    assert torch.isfinite(loss) and 0.0 <= logs["rank_acc"] <= 1.0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_handcrafted_scores_separate_shifted_pairs():
+    pp = _shift_pairs(40, shift=4.0)
+    for kind in ("ssd", "zncc"):
+        m = recipe.verification_metrics(recipe.handcrafted_patch_scores(pp, kind, 9), pp.label)
+        assert m["fpr95"] < 0.2 and m["pr_auc"] > 0.9, (kind, m)
+    with pytest.raises(ValueError, match="Valid values are"):
+        recipe.handcrafted_patch_scores(pp, "sift", 9)
+
+
+def test_train_resume_and_export_roundtrip(tmp_path, cfg):
+    pool = recipe.PatchPool.from_pairs([_shift_pairs(32)], 9)
+    model, hist, _ = recipe.train_patch_model("mccnn-fast", cfg, pool, ckpt_path=tmp_path / "m.ckpt", steps=8, device="cpu")
+    assert hist[-1]["step"] == 8
+    again, hist2, _ = recipe.train_patch_model("mccnn-fast", cfg, pool, ckpt_path=tmp_path / "m.ckpt", steps=8, device="cpu")
+    assert [r["loss"] for r in hist2] == [r["loss"] for r in hist]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))  # loaded, not retrained
+    path = recipe.export_patch_model(tmp_path / "m.pt", "mccnn-fast", cfg, model, {"fpr95": 0.5})
+    loaded = recipe.load_patch_model(path)
+    assert loaded.arch == "mccnn-fast"
+    x = torch.rand(4, 1, 9, 9)
+    assert torch.allclose(loaded(x, x), model(x, x))
+
+
+def test_load_patch_model_rejects_other_files(tmp_path):
+    from corrlib.train import save_checkpoint
+
+    save_checkpoint(tmp_path / "x.pt", {"model": {}})
+    with pytest.raises(ValueError, match="not an exported patch model"):
+        recipe.load_patch_model(tmp_path / "x.pt")
+
+
+def test_learned_descriptor_method_matches_a_translated_image(tmp_path, cfg):
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 70, 90, generator=g), 3, 1, 1)[0]
+    shifted = torch.roll(img, shifts=(3, 5), dims=(1, 2))  # content moves by (+5, +3) px
+    for arch in ("mccnn-fast", "deepdesc"):
+        torch.manual_seed(0)
+        model = recipe.build_model(arch, cfg)
+        path = recipe.export_patch_model(tmp_path / f"{arch}.pt", arch, cfg, model)
+        m = ev.get_method(arch, checkpoint=path, stride=1)
+        kps = torch.tensor([[40.0, 30.0], [50.0, 40.0]])
+        pred = m.match(img, shifted, kps)
+        # an untrained network is still a (random) local descriptor: self-similarity finds the shift
+        assert (pred - (kps + torch.tensor([5.0, 3.0]))).abs().max() < 1.5, (arch, pred)
+        assert m.flow(img, shifted).shape == (2, 70, 90)
+
+
+def test_learned_method_needs_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"needs a trained checkpoint.*--checkpoint"):
+        ev.get_method("mccnn-fast")
+    with pytest.raises(FileNotFoundError, match="needs a trained checkpoint"):
+        ev.get_method("deepdesc", checkpoint=tmp_path / "missing.pt")
+
+
+def test_learned_method_rejects_wrong_architecture(tmp_path, cfg):
+    path = recipe.export_patch_model(tmp_path / "a.pt", "2ch", cfg, recipe.build_model("2ch", cfg))
+    with pytest.raises(ValueError, match="architecture"):
+        ev.get_method("deepdesc", checkpoint=path)
+
+
+def test_stereo_disparity_handcrafted_and_mccnn(cfg):
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(0)
+    right = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 40, 70, generator=g), 3, 1, 1)[0, 0]
+    left = torch.roll(right, 6, dims=1)  # x_right = x_left - 6
+    disp = torch.full((40, 70), 6.0)
+    valid = torch.zeros(40, 70, dtype=torch.bool)
+    valid[8:-8, 20:-8] = True
+    pair = SimpleNamespace(left=left, right=right, disparity=disp, valid=valid)
+    for method in ("census", "zncc"):
+        d = recipe.stereo_disparity(method, pair, 12)
+        assert recipe.stereo_errors(d, pair)["bad1"] < 0.05, method
+    model = recipe.build_model("mccnn-fast", cfg)
+    d = recipe.stereo_disparity(model, pair, 12)
+    assert d.shape == (40, 70)
+    with pytest.raises(ValueError, match="Valid values are"):
+        recipe.stereo_disparity("sgm", pair, 12)
+
+
+@pytest.mark.realdata
+def test_build_patch_data_smoke(cfg, data_root):
+    data = recipe.build_patch_data(cfg, data_root, seed=0)
+    assert data.info["n_train"] == cfg["n_train_stereo"] + cfg["n_train_synthetic"]
+    assert set(data.test) == {"aloe (stereo)", "graffiti (homography)"}
+    for pairs in data.test.values():
+        assert len(pairs) == cfg["n_test"] and pairs.label.float().mean() == 0.5
