@@ -184,7 +184,7 @@ class LearnedPatchMethod(HandcraftedMethod):
         if checkpoint is None or not Path(checkpoint).is_file():
             raise FileNotFoundError(
                 f"Method '{arch}' needs a trained checkpoint: pass checkpoint=... (CLI: --checkpoint FILE). "
-                f"Notebook 01 writes one per architecture to <out_dir>/checkpoints/01_patch/<arch>.pt; got {checkpoint!r}."
+                f"Notebook 01 exports one per architecture to <out_dir>/checkpoints/01_patch/<preset>/<arch>.pt (out_dir defaults to runs/); got {checkpoint!r}."
             )
         self.model = load_patch_model(checkpoint)
         check_choice(self.model.arch, f"architecture of {checkpoint}", self.DESCRIPTOR_ARCHS)
