@@ -179,11 +179,16 @@ def build_dashboard(rows: list[dict], out_dir, *, preset: str | None = None, sec
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["metric"], r["protocol"]), []).append(r)
-    heights = [0.7 + 0.28 * len(g) for g in groups.values()] or [1.0]
+    ncols = 1 if len(groups) <= 4 else 2
+    items = list(groups.items()) or [(("-", "-", "-"), [])]
+    nrows = -(-len(items) // ncols)
+    heights = [0.9 + 0.22 * max(len(g) for _, g in items[r * ncols : (r + 1) * ncols]) for r in range(nrows)]
     fig, axes = plt.subplots(
-        len(heights), 1, figsize=(7, sum(heights) + 0.5), gridspec_kw={"height_ratios": heights}, squeeze=False
+        nrows, ncols, figsize=(7 * ncols, sum(heights) + 0.6), gridspec_kw={"height_ratios": heights}, squeeze=False
     )
-    for ax, ((ds, metric, proto), g) in zip(axes[:, 0], groups.items()):
+    for ax in axes.flat[len(items) :]:
+        ax.set_axis_off()
+    for ax, ((ds, metric, proto), g) in zip(axes.flat, groups.items()):
         y = list(range(len(g)))
         ax.barh(y, [r["value"] or 0.0 for r in g], color="#4C72B0", label="ours")
         pub = [(yi, r["published"]) for yi, r in zip(y, g) if r["published"] is not None]
@@ -195,7 +200,7 @@ def build_dashboard(rows: list[dict], out_dir, *, preset: str | None = None, sec
         ax.set_title(f"{ds}: {metric}  [{proto}]", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(f"corrlib results (preset {preset})", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(out / "dashboard.png", dpi=90)
     plt.close(fig)
     return {"json": out / "results.json", "markdown": out / "dashboard.md", "figure": out / "dashboard.png"}
