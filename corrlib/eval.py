@@ -443,3 +443,167 @@ def evaluate_tss(
     if tmp is not None:
         tmp.cleanup()
     return TSSResult(method.name, rows, per_subset, seconds, csvs)
+
+
+# ------------------------------------------------------------------------- CNN backbones
+
+from corrlib.models.backbones import BACKBONES as _BACKBONES  # noqa: E402 (kept with its section)
+
+
+class BackboneMethod(HandcraftedMethod):
+    """Nearest-neighbour matching of CNN backbone features (:mod:`corrlib.models.backbones`).
+
+    Each image is resized (bilinear, antialiased) so its longer side is ``max_side`` and each side
+    is a multiple of the tap's stride (one cell is then exactly ``stride`` resized pixels); the
+    tap's map is placed in the image with :meth:`FeatureGrid.for_map` composed with the resize
+    (:meth:`FeatureGrid.in_original`), so keypoints stay in original pixels. Source descriptors
+    are sampled bilinearly at the keypoints and matched by cosine over the whole target map
+    (``matcher``, one of :data:`corrlib.matching.MATCHERS`). Features are cached per image
+    (``cache_size`` images), like :class:`HandcraftedMethod`.
+
+    ``arch`` and ``weights`` go to :func:`corrlib.models.backbones.backbone`; ``tap=None`` uses
+    the architecture's first default tap (``layer3``, ``conv4_3``, ``block3``), ``concat=True``
+    the hypercolumn of the default taps. Without ImageNet weights, ``weights="auto"`` falls
+    back (loudly) to the offline backbone: :attr:`name` then says ``backbone-offline`` and
+    :attr:`weights_source` says why. ``model`` evaluates a ready :class:`Backbone` instead.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet101",
+        *,
+        tap: str | None = None,
+        weights: str = "auto",
+        concat: bool = False,
+        max_side: int | None = 320,
+        matcher: str = "argmax_subpixel",
+        cache_size: int = 128,
+        device: str = "cpu",
+        model=None,
+    ):
+        from corrlib.matching import MATCHERS
+        from corrlib.models import backbones
+
+        check_choice(matcher, "matcher", MATCHERS)
+        if model is None:
+            check_choice(arch, "arch", backbones.BACKBONES)
+            taps = None if concat else (tap or backbones.DEFAULT_TAPS[arch][0],)
+            model = backbones.backbone(arch, taps=taps, weights=weights, concat=concat)
+        if not isinstance(model, backbones.Backbone):
+            raise TypeError(f"Argument model must be a corrlib.models.backbones.Backbone, got {type(model).__name__}.")
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.tap = None if model.concat else (tap if tap in model.taps else model.taps[0])
+        self.stride = model.out_stride if model.concat else model.strides[self.tap]
+        self.weights_source = model.weights_source
+        self.name = f"backbone-{model.arch}"
+        what = "+".join(model.taps) if model.concat else self.tap
+        self.description = f"{model.arch} {what} features ({model.weights_source}), nearest neighbour ({matcher})"
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < self.stride):
+            raise ValueError(f"Argument max_side must be None or an int >= the stride {self.stride}, got {max_side!r}.")
+        self.max_side, self.matcher = max_side, matcher
+        self._cache = OrderedDict()
+        self.cache_size = cache_size
+        self.kwargs = {}
+
+    @torch.no_grad()
+    def _describe_image(self, img: torch.Tensor):
+        import torch.nn.functional as F
+
+        from corrlib.matching import FeatureGrid
+
+        check_image(img, "image", batched=False)
+        rgb = img.float() / 255 if img.dtype == torch.uint8 else img.float()
+        h, w = rgb.shape[-2:]
+        s = self.stride
+        scale = 1.0 if self.max_side is None else self.max_side / max(h, w)
+        size = (max(s, round(h * scale / s) * s), max(s, round(w * scale / s) * s))
+        if size != (h, w):
+            rgb = F.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+        out = self.model(rgb[None].to(self.device))
+        feat = (out if self.model.concat else out[self.tap])[0].float().cpu()  # (C, h', w')
+        grid = FeatureGrid.for_map(tuple(feat.shape[-2:]), size).in_original((size[1] / w, size[0] / h))
+        return feat, grid
+
+    def describe(self, img: torch.Tensor, key=None):
+        """``(feat (C, h, w), FeatureGrid in original pixels)`` of one image, cached by ``key``."""
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        out = self._describe_image(img)
+        if key is not None:
+            self._cache[key] = out
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return out
+
+    def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
+        from corrlib.models.handcrafted import flow_from_descriptors
+
+        ds, gs = self.describe(src_img, src_key)
+        dt, gt = self.describe(trg_img, trg_key)
+        return flow_from_descriptors(ds, gs, dt, gt, tuple(src_img.shape[-2:]))
+
+
+__all__ += ["BackboneMethod"]
+for _name in _BACKBONES:
+    register_method(f"backbone-{_name}", lambda _a=_name, **kw: BackboneMethod(_a, **kw))
+
+
+# ------------------------------------------------------------------------------ chapter 03: UCN
+
+
+class UCNMethod(LearnedPatchMethod):
+    """A Universal Correspondence Network (chapter 03) as a dense descriptor, nearest neighbour.
+
+    ``checkpoint`` is a file written by :func:`corrlib.recipes.ucn.export_ucn` (notebook 03
+    exports one per ablation variant); ``model`` passes a :class:`corrlib.models.ucn.UCN`
+    directly instead. Each image is resized so its longer side is ``max_side`` (None: kept) and
+    both sides are multiples of the network's stride; the resize is folded into the feature
+    grid, so keypoints and flows are in original pixels. Matching (keypoints: ``matcher``;
+    TSS: dense nearest-neighbour flow) reuses :class:`LearnedPatchMethod`'s cache and flow.
+    Choy et al., *Universal Correspondence Network*, NeurIPS 2016.
+    """
+
+    def __init__(self, checkpoint=None, max_side: int | None = None, matcher: str = "argmax_subpixel", cache_size: int = 128, model=None):
+        if model is None:
+            if checkpoint is None or not Path(checkpoint).is_file():
+                raise FileNotFoundError(
+                    "Method 'ucn' needs a trained checkpoint: pass checkpoint=... (CLI: --checkpoint FILE). "
+                    "Notebook 03 exports one per variant to <out_dir>/checkpoints/03_ucn/<preset>/<variant>.pt "
+                    f"(out_dir defaults to runs/); got {checkpoint!r}."
+                )
+            from corrlib.recipes.ucn import load_ucn
+
+            model = load_ucn(checkpoint)
+        self.model = model.eval()
+        variant = getattr(model, "variant", None)
+        self.name = "ucn"
+        source = checkpoint if checkpoint is not None else "an in-memory model"
+        what = "UCN" if variant is None else f"UCN ({variant})"
+        self.description = f"{what} features from {source}, nearest neighbour ({matcher})"
+        self.max_side, self.matcher, self.stride = max_side, matcher, model.stride
+        self._cache = OrderedDict()
+        self.cache_size = cache_size
+        self.kwargs = {}
+
+    @torch.no_grad()
+    def _describe_image(self, img: torch.Tensor):
+        import torch.nn.functional as F
+
+        check_image(img, "image", batched=False)
+        x = img.float() / 255 if img.dtype == torch.uint8 else img.float()
+        h, w = x.shape[-2:]
+        scale = 1.0 if self.max_side is None else self.max_side / max(h, w)
+        s = self.stride
+        size = (max(s, round(h * scale / s) * s), max(s, round(w * scale / s) * s))
+        if size != (h, w):
+            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+        p = next(self.model.parameters(), None)
+        feat, _ = self.model(x[None].to(p.device if p is not None else "cpu"))
+        grid = self.model.feature_grid(size).in_original((size[1] / w, size[0] / h))
+        return feat[0].float().cpu(), grid
+
+
+register_method("ucn", lambda **kw: UCNMethod(**kw))
+__all__ += ["UCNMethod"]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_census", "check_fpr95", "check_margin_hinge", "check_pck", "check_zncc"]
+__all__ = ["check_affine_grid", "check_census", "check_contrastive_loss", "check_fpr95", "check_margin_hinge", "check_pck", "check_zncc"]
 
 
 def _run(fn: Callable, *args):
@@ -130,3 +130,45 @@ def check_margin_hinge(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.T
     if not got.requires_grad:
         return "wrong: the value is right but no gradient flows; use torch operations (torch.clamp), not Python floats."
     return "pass: your hinge loss matches MC-CNN's on four pairs, including one already beyond the margin."
+
+
+def check_affine_grid(fn: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]) -> str:
+    """``fn(theta (B, 2, 3), size=(H, W)) -> grid (B, H, W, 2)``: normalised output pixel centres
+    (``align_corners=False``) mapped by ``theta`` to input coordinates, last dim (x, y)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(3)
+    theta = torch.eye(2, 3).expand(2, -1, -1) + 0.3 * torch.randn(2, 2, 3, generator=g)
+    size = (5, 7)
+    want = F.affine_grid(theta, [2, 1, *size], align_corners=False)
+    got, err = _run(fn, theta.clone(), size)
+    if err:
+        return err
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
+        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+        return f"wrong: expected a tensor of shape {tuple(want.shape)} (B, H, W, 2), got {shape}."
+    if torch.allclose(got, want, atol=1e-5):
+        return "pass: your grid equals torch.nn.functional.affine_grid(..., align_corners=False)."
+    if torch.allclose(got, F.affine_grid(theta, [2, 1, *size], align_corners=True), atol=1e-5):
+        return "wrong: this is the align_corners=True grid; pixel centres are at (2x + 1) / W - 1, not 2x / (W - 1) - 1."
+    if torch.allclose(got.flip(-1), want, atol=1e-5):
+        return "wrong: the last dimension must be (x, y), not (y, x)."
+    return "wrong: values differ from affine_grid; build the (x, y, 1) pixel-centre grid, then multiply by theta transposed."
+
+
+def check_contrastive_loss(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> str:
+    """``fn(d (N,), s (N,) bool, margin) -> 1/(2N) sum(s d^2 + (1 - s) max(0, m - d)^2)`` (UCN)."""
+    d = torch.tensor([0.2, 0.5, 0.3, 1.4, 0.9])
+    s = torch.tensor([True, True, False, False, False])
+    m = 1.0
+    want = float((s * d**2 + (~s) * torch.clamp(m - d, min=0) ** 2).sum() / (2 * len(d)))
+    got, err = _run(fn, d.clone(), s.clone(), m)
+    if err:
+        return err
+    value, err = _as_float(got.detach() if isinstance(got, torch.Tensor) else got)
+    if err:
+        return err
+    if not abs(value - want) <= 1e-6:
+        return (f"wrong: got {value:.4f}, expected {want:.4f}: positives cost d^2, negatives max(0, m - d)^2 "
+                "(zero beyond the margin), and the sum is divided by 2N.")
+    return "pass: your loss matches UCN's correspondence contrastive loss, including a negative beyond the margin."

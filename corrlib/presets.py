@@ -87,6 +87,90 @@ CHAPTERS: dict[str, dict[str, dict]] = {
             "mining": 2.0, "max_disp": 128, "willow_limit": None,
         },
     },
+    "02_stn": {
+        "smoke": {
+            "distortions": ("R", "RTS", "P", "E"),
+            "models": ("cnn", "st-cnn-affine", "st-cnn-tps"),
+            "n_train": 512, "n_test": 256,  # digits (None: all)
+            "cnn_channels": (16, 32), "loc_channels": (8, 16), "loc_hidden": 32,
+            "tps_lattice": 4, "st_out_size": 28,
+            "batch_size": 32, "steps": {"default": 4}, "log_every": 2, "ckpt_every": 0,
+            "optim": {"default": {"optimizer": "adam", "lr": 2e-3, "schedule": "cosine"}},
+            "aligner_kind": "affine", "aligner_strength": 0.5, "aligner_norm": "l2", "aligner_steps": 4,
+            "n_examples": 8,
+        },
+        "lab": {
+            # Measured (one thread, shared 2-core CPU, offline 8,000/2,000 split): 12 models train in
+            # 290 s of CPU (410 s wall under load); test error CNN / ST-Aff / ST-TPS:
+            # R 10.4 / 6.6 / 6.0 %, RTS 18.7 / 7.8 / 8.0 %, P 25.4 / 8.9 / 8.0 %, E 11.0 / 6.3 / 5.3 %.
+            "distortions": ("R", "RTS", "P", "E"),
+            "models": ("cnn", "st-cnn-affine", "st-cnn-tps"),
+            "n_train": None, "n_test": None,
+            "cnn_channels": (16, 32), "loc_channels": (8, 16), "loc_hidden": 32,
+            "tps_lattice": 4, "st_out_size": 28,
+            "batch_size": 64, "steps": {"default": 800}, "log_every": 50, "ckpt_every": 200,
+            "optim": {"default": {"optimizer": "adam", "lr": 2e-3, "schedule": "cosine"}},
+            "aligner_kind": "affine", "aligner_strength": 0.5, "aligner_norm": "l2", "aligner_steps": 400,
+            "n_examples": 8,
+        },
+        "paper": {
+            # Jaderberg et al., NeurIPS 2015, Sec. 4.1 and Appendix A (our reading): R, RTS, P, E;
+            # CNN and ST-CNN with Aff, Proj and 16-point TPS transformers; SGD, batch 256, base lr
+            # 0.01 divided by 10 every 50k of 150k iterations, no weight decay; all of MNIST.
+            "distortions": ("R", "RTS", "P", "E"),
+            "models": ("cnn", "st-cnn-affine", "st-cnn-projective", "st-cnn-tps"),
+            "n_train": None, "n_test": None,
+            "cnn_channels": (32, 32), "loc_channels": (20, 20), "loc_hidden": 50,
+            "tps_lattice": 4, "st_out_size": 28,
+            "batch_size": 256, "steps": {"default": 150000}, "log_every": 500, "ckpt_every": 5000,
+            "optim": {"default": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "schedule": "step", "step_size": 50000, "gamma": 0.1}},
+            "aligner_kind": "affine", "aligner_strength": 0.5, "aligner_norm": "l2", "aligner_steps": 20000,
+            "n_examples": 8,
+        },
+    },
+    "03_ucn": {
+        # Universal Correspondence Network (Choy et al., NeurIPS 2016): the ablation of its Sec. 4
+        # (random vs hard negatives, then + convolutional spatial transformer) trained on warps of
+        # scikit-image photographs (exact dense ground truth), tested on held-out synthetic pairs,
+        # PF-WILLOW and TSS.
+        "smoke": {
+            "variants": ("random-negatives", "hard-negatives", "hard-negatives+st"),
+            "size": (32, 32), "pool_pairs": 4, "crops": 4, "kind": "affine", "strength": 0.4, "jitter": 0.1,
+            "trunk_widths": (8, 8, 8), "dim": 8, "st_kernel": 3, "st_dilation": 1,
+            "batch_size": 2, "points": 16, "margin": 1.0, "radius_px": 4.0,
+            "steps": 2, "optimizer": "adam", "momentum": 0.9, "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0,
+            "log_every": 1, "ckpt_every": 0,
+            "test_pairs": 2, "test_points": 16,
+            "willow_limit": 4, "max_side": 64, "tss_max_side": 64, "tss_subsets": ("JODS",), "tss_limit": 1,
+        },
+        "lab": {
+            "variants": ("random-negatives", "hard-negatives", "hard-negatives+st"),
+            # 192 pairs (any warp family, strength 0.5) cut from 64 random crops of 4 photographs, 128 px
+            "size": (128, 128), "pool_pairs": 192, "crops": 64, "kind": "mixed", "strength": 0.5, "jitter": 0.2,
+            "trunk_widths": (16, 48, 96), "dim": 64, "st_kernel": 3, "st_dilation": 1,
+            # thousands of correspondences per batch (UCN's point): 4 pairs x 256 positives, 1 negative each
+            "batch_size": 4, "points": 256, "margin": 1.0, "radius_px": 8.0,
+            "steps": 150, "optimizer": "adam", "momentum": 0.9, "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 0,
+            "log_every": 25, "ckpt_every": 50,
+            "test_pairs": 24, "test_points": 64,
+            "willow_limit": None, "max_side": 160, "tss_max_side": 160, "tss_subsets": ("FG3DCar", "JODS", "PASCAL"), "tss_limit": None,
+        },
+        "paper": {
+            "variants": ("random-negatives", "hard-negatives", "hard-negatives+st"),
+            # The paper trains on real annotated pairs (KITTI; PASCAL and CUB-2011 keypoints) with
+            # ImageNet-pretrained GoogLeNet layers as the trunk (Sec. 4), loss Eq. 1, hard negatives and
+            # the conv spatial transformer. Here: synthetic warps of the same photographs at 256 px, a
+            # larger trunk and Caffe-style SGD (our choices; pass a pretrained trunk to UCN(trunk=...)
+            # to follow the paper). The pool is held in memory (~2.5 GB at 256 px).
+            "size": (256, 256), "pool_pairs": 1000, "crops": 500, "kind": "mixed", "strength": 0.5, "jitter": 0.2,
+            "trunk_widths": (64, 128, 256), "dim": 128, "st_kernel": 3, "st_dilation": 1,
+            "batch_size": 8, "points": 1024, "margin": 1.0, "radius_px": 16.0,  # margin 1 with unit features (our choice)
+            "steps": 20000, "optimizer": "sgd", "momentum": 0.9, "lr": 1e-3, "weight_decay": 5e-4, "schedule": "cosine", "warmup_steps": 500,
+            "log_every": 100, "ckpt_every": 1000,
+            "test_pairs": 200, "test_points": 256,
+            "willow_limit": None, "max_side": None, "tss_max_side": None, "tss_subsets": ("FG3DCar", "JODS", "PASCAL"), "tss_limit": None,
+        },
+    },
 }
 
 

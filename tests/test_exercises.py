@@ -307,3 +307,29 @@ def test_check_margin_hinge_verdicts():
     assert check_margin_hinge(lambda p, n, m: torch.clamp(m + n - p, min=0).sum()).startswith("wrong")  # sum
     assert "scalar tensor" in check_margin_hinge(lambda p, n, m: float(torch.clamp(m + n - p, min=0).mean().detach()))
     assert "raised" in check_margin_hinge(lambda p, n, m: 1 / 0)
+
+
+def test_check_affine_grid_verdicts():
+    import torch.nn.functional as F
+
+    from corrlib.exercises import check_affine_grid
+    from corrlib.geometry import affine_grid
+
+    assert check_affine_grid(lambda t, s: affine_grid(t, s)).startswith("pass")
+    assert "align_corners=True" in check_affine_grid(lambda t, s: F.affine_grid(t, [t.shape[0], 1, *s], align_corners=True))
+    assert "(x, y)" in check_affine_grid(lambda t, s: affine_grid(t, s).flip(-1))
+    assert check_affine_grid(lambda t, s: affine_grid(t, s)[:, :-1]).startswith("wrong: expected a tensor of shape")
+
+
+def test_check_contrastive_loss_verdicts():
+    import torch
+
+    from corrlib.exercises import check_contrastive_loss
+
+    def right(d, s, m):
+        return (s * d**2 + (~s) * torch.clamp(m - d, min=0) ** 2).sum() / (2 * len(d))
+
+    assert check_contrastive_loss(right).startswith("pass")
+    assert check_contrastive_loss(lambda d, s, m: 2 * right(d, s, m)).startswith("wrong")  # mean instead of 1/(2N)
+    assert check_contrastive_loss(lambda d, s, m: ((s * d**2 + (~s) * (m - d) ** 2).sum() / (2 * len(d)))).startswith("wrong")  # no clamp
+    assert check_contrastive_loss(lambda d, s, m: None).startswith("wrong")
