@@ -27,6 +27,7 @@ from corrlib.metrics import PCKEvaluator, evaluate_tss_results, get_protocol, ts
 __all__ = [
     "DATASETS",
     "CorrespondenceMethod",
+    "DescriptorMethod",
     "HandcraftedMethod",
     "IdentityMethod",
     "KeypointResult",
@@ -120,30 +121,31 @@ class IdentityMethod(CorrespondenceMethod):
         return (_scale_points(base, (h, w), trg_img.shape[-2:]) - base).permute(2, 0, 1)
 
 
-class HandcraftedMethod(CorrespondenceMethod):
-    """Nearest-neighbour matching of a hand-crafted dense descriptor (no regulariser).
+class DescriptorMethod(CorrespondenceMethod):
+    """Dense descriptors matched by nearest neighbour, computed once per image.
 
-    Descriptors are computed once per image (cached by file name, ``cache_size`` images), after
-    resizing the image so its longer side is ``max_side`` (None: original resolution).
+    Subclasses implement ``_describe_image(img) -> (desc (C, h, w), FeatureGrid in original
+    pixels)``; :meth:`describe` caches it by image key (``cache_size`` images), :meth:`match`
+    transfers keypoints with :func:`corrlib.matching.transfer_keypoints` (``matcher``) and
+    :meth:`flow` gives dense nearest-neighbour flow.
     """
 
-    def __init__(self, descriptor: str, max_side: int | None = None, matcher: str = "argmax_subpixel", cache_size: int = 128, **kwargs):
-        from corrlib.models import handcrafted
+    def __init__(self, matcher: str = "argmax_subpixel", cache_size: int = 128):
+        from corrlib.matching import MATCHERS
 
-        check_choice(descriptor, "descriptor", handcrafted.DESCRIPTORS)
-        self.name = descriptor
-        self.description = f"dense {descriptor} descriptors, nearest neighbour ({matcher})"
-        self.max_side, self.matcher, self.kwargs = max_side, matcher, kwargs
-        self._hc = handcrafted
-        self._cache: OrderedDict = OrderedDict()
+        self.matcher = check_choice(matcher, "matcher", MATCHERS)
         self.cache_size = cache_size
+        self._cache: OrderedDict = OrderedDict()
+
+    def _describe_image(self, img: torch.Tensor):
+        raise NotImplementedError
 
     def describe(self, img: torch.Tensor, key=None):
         """``(desc (C, h, w), FeatureGrid in original pixels)`` of one image, cached by ``key``."""
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        out = self._hc.describe(img, self.name, max_side=self.max_side, **self.kwargs)
+        out = self._describe_image(img)
         if key is not None:
             self._cache[key] = out
             if len(self._cache) > self.cache_size:
@@ -162,12 +164,35 @@ class HandcraftedMethod(CorrespondenceMethod):
         return pred[0]
 
     def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
+        from corrlib.models.handcrafted import flow_from_descriptors
+
         ds, gs = self.describe(src_img, src_key)
         dt, gt = self.describe(trg_img, trg_key)
-        return self._hc.flow_from_descriptors(ds, gs, dt, gt, tuple(src_img.shape[-2:]))
+        return flow_from_descriptors(ds, gs, dt, gt, tuple(src_img.shape[-2:]))
 
 
-class LearnedPatchMethod(HandcraftedMethod):
+class HandcraftedMethod(DescriptorMethod):
+    """Nearest-neighbour matching of a hand-crafted dense descriptor (no regulariser).
+
+    Descriptors are computed once per image (cached by file name, ``cache_size`` images), after
+    resizing the image so its longer side is ``max_side`` (None: original resolution).
+    """
+
+    def __init__(self, descriptor: str, max_side: int | None = None, matcher: str = "argmax_subpixel", cache_size: int = 128, **kwargs):
+        from corrlib.models import handcrafted
+
+        check_choice(descriptor, "descriptor", handcrafted.DESCRIPTORS)
+        super().__init__(matcher, cache_size)
+        self.name = descriptor
+        self.description = f"dense {descriptor} descriptors, nearest neighbour ({matcher})"
+        self.max_side, self.kwargs = max_side, kwargs
+        self._hc = handcrafted
+
+    def _describe_image(self, img: torch.Tensor):
+        return self._hc.describe(img, self.name, max_side=self.max_side, **self.kwargs)
+
+
+class LearnedPatchMethod(DescriptorMethod):
     """A patch network from chapter 01 used as a dense descriptor (MC-CNN fast or DeepDesc).
 
     ``checkpoint`` is a file written by :func:`corrlib.recipes.patch.export_patch_model` (chapter
@@ -192,10 +217,8 @@ class LearnedPatchMethod(HandcraftedMethod):
             raise ValueError(f"{checkpoint} holds a '{self.model.arch}' model, not '{arch}'; pass the matching checkpoint.")
         self.name = self.model.arch
         self.description = f"{self.name} features from {checkpoint}, nearest neighbour ({matcher})"
-        self.max_side, self.matcher, self.stride = max_side, matcher, stride
-        self._cache = OrderedDict()
-        self.cache_size = cache_size
-        self.kwargs = {}
+        super().__init__(matcher, cache_size)
+        self.max_side, self.stride = max_side, stride
 
     @torch.no_grad()
     def _describe_image(self, img: torch.Tensor):
@@ -220,24 +243,6 @@ class LearnedPatchMethod(HandcraftedMethod):
         desc = torch.cat([self.model.describe(patches[i : i + 1024]) for i in range(0, len(patches), 1024)])
         # window j spans original pixels [j*s - p/2, j*s + p/2): centre at j*s - 0.5
         return desc.T.reshape(-1, h, w), FeatureGrid((-0.5, -0.5), (float(s), float(s))).in_original(ratio)
-
-    def describe(self, img: torch.Tensor, key=None):
-        if key is not None and key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        out = self._describe_image(img)
-        if key is not None:
-            self._cache[key] = out
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return out
-
-    def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
-        from corrlib.models.handcrafted import flow_from_descriptors
-
-        ds, gs = self.describe(src_img, src_key)
-        dt, gt = self.describe(trg_img, trg_key)
-        return flow_from_descriptors(ds, gs, dt, gt, tuple(src_img.shape[-2:]))
 
 
 register_method("identity", lambda **kw: IdentityMethod())
@@ -450,7 +455,7 @@ def evaluate_tss(
 from corrlib.models.backbones import BACKBONES as _BACKBONES  # noqa: E402 (kept with its section)
 
 
-class BackboneMethod(HandcraftedMethod):
+class BackboneMethod(DescriptorMethod):
     """Nearest-neighbour matching of CNN backbone features (:mod:`corrlib.models.backbones`).
 
     Each image is resized (bilinear, antialiased) so its longer side is ``max_side`` and each side
@@ -501,9 +506,8 @@ class BackboneMethod(HandcraftedMethod):
         self.description = f"{model.arch} {what} features ({model.weights_source}), nearest neighbour ({matcher})"
         if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < self.stride):
             raise ValueError(f"Argument max_side must be None or an int >= the stride {self.stride}, got {max_side!r}.")
-        self.max_side, self.matcher = max_side, matcher
-        self._cache = OrderedDict()
-        self.cache_size = cache_size
+        DescriptorMethod.__init__(self, matcher, cache_size)
+        self.max_side = max_side
         self.kwargs = {}
 
     @torch.no_grad()
@@ -524,25 +528,6 @@ class BackboneMethod(HandcraftedMethod):
         feat = (out if self.model.concat else out[self.tap])[0].float().cpu()  # (C, h', w')
         grid = FeatureGrid.for_map(tuple(feat.shape[-2:]), size).in_original((size[1] / w, size[0] / h))
         return feat, grid
-
-    def describe(self, img: torch.Tensor, key=None):
-        """``(feat (C, h, w), FeatureGrid in original pixels)`` of one image, cached by ``key``."""
-        if key is not None and key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        out = self._describe_image(img)
-        if key is not None:
-            self._cache[key] = out
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return out
-
-    def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
-        from corrlib.models.handcrafted import flow_from_descriptors
-
-        ds, gs = self.describe(src_img, src_key)
-        dt, gt = self.describe(trg_img, trg_key)
-        return flow_from_descriptors(ds, gs, dt, gt, tuple(src_img.shape[-2:]))
 
 
 __all__ += ["BackboneMethod"]
@@ -582,9 +567,8 @@ class UCNMethod(LearnedPatchMethod):
         source = checkpoint if checkpoint is not None else "an in-memory model"
         what = "UCN" if variant is None else f"UCN ({variant})"
         self.description = f"{what} features from {source}, nearest neighbour ({matcher})"
-        self.max_side, self.matcher, self.stride = max_side, matcher, model.stride
-        self._cache = OrderedDict()
-        self.cache_size = cache_size
+        DescriptorMethod.__init__(self, matcher, cache_size)
+        self.max_side, self.stride = max_side, model.stride
         self.kwargs = {}
 
     @torch.no_grad()
