@@ -28,3 +28,24 @@ def data_root() -> Path:
             "that holds PF-WILLOW/, PF-PASCAL/, TSS/ (see the README)."
         )
     pytest.skip(f"real data not found: set CORRLIB_DATA=... (see README); looked at {where}")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test (restored after): tiny models and tensors run far
+    faster single-threaded on a busy 2-core machine than with OpenMP spinning on both cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def warm_optimizer():
+    """The first ``torch.optim`` optimizer of a process imports ``torch._dynamo`` (seconds, once):
+    pay it in set-up so that no single test carries it."""
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])

@@ -34,6 +34,8 @@ from corrlib.train import (
 REPO = Path(__file__).resolve().parents[1]
 W_TRUE = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])  # (4, 1)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def make_model(seed: int = 0) -> nn.Module:
     """A tiny regressor with dropout, so the global RNG matters to the result."""
@@ -77,15 +79,6 @@ def no_seconds(history):
 def torch_lazy_imports():
     """Pay once, outside the tests, what torch imports on the first optimizer step (about 1.5 s)."""
     import torch._dynamo  # noqa: F401
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: faster for these tiny models on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def disturb_global_rng():

@@ -14,14 +14,7 @@ from corrlib.data import digits as D
 from corrlib.data._common import DatasetNotFoundError
 from corrlib.geometry import homography_from_points, homography_grid, tps_grid
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP overhead on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------

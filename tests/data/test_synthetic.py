@@ -7,7 +7,8 @@ import torch
 
 from corrlib.data.synthetic import SKIMAGE_PHOTOS, SyntheticPairs, skimage_photos
 from corrlib.geometry import pixel_grid, transfer_kps_with_flow, warp_with_flow
-from corrlib.geometry import pixel_grid as corrlib_pixel_grid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = (48, 64)  # (H, W): small, so every test stays well under a second
 KINDS = ("affine", "homography", "tps", "mixed")
@@ -17,16 +18,6 @@ def _smooth_image(h: int, w: int) -> torch.Tensor:
     """A float RGB image of gentle ramps and waves (bilinear resampling keeps it accurate)."""
     y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     return torch.stack((x, y, 0.5 + 0.4 * torch.sin(6 * x) * torch.cos(5 * y)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread avoids OpenMP overhead on a busy 2-core machine (the
-    TPS inverse's many tiny float64 ops ran 50x slower with 2 threads under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +227,7 @@ def test_mask_is_warped_with_the_image():
     agree = (s["trg_mask"] == (s["trg_img"][0] > 0.5))[inside]
     assert agree.float().mean() > 0.99  # only boundary pixels may differ by rounding
     h, w = SIZE
-    pts = corrlib_pixel_grid(SIZE) + s["trg_flow"].permute(1, 2, 0)
+    pts = pixel_grid(SIZE) + s["trg_flow"].permute(1, 2, 0)
     beyond = (pts[..., 0] < -0.5) | (pts[..., 0] > w - 0.5) | (pts[..., 1] < -0.5) | (pts[..., 1] > h - 0.5)
     assert not s["trg_mask"][beyond].any()  # beyond the source image's edge: background
 

@@ -39,14 +39,7 @@ SMALL = {
     **{name: {"patch_size": 32, "width_mult": 0.125} for name in (*DEEPCOMPARE_KINDS, "deepdesc")},
 }
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread avoids oversubscribing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(n: int, p: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,22 +9,9 @@ import torch.nn.functional as F
 from corrlib.geometry import tps_grid
 from corrlib.models import stn
 
+pytestmark = pytest.mark.usefixtures("one_thread", "warm_optimizer")
+
 KINDS = stn.STN_KINDS
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP overhead on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _warm_optimizer():
-    """The first optimizer of a process imports torch._dynamo (seconds, once): pay it in set-up."""
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
 def _image(b=2, s=28, seed=0) -> torch.Tensor:

@@ -11,20 +11,7 @@ import torch
 from corrlib.presets import get_config
 from corrlib.recipes import stn as recipe
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP overhead on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _warm_optimizer():
-    """The first optimizer of a process imports torch._dynamo (seconds, once): pay it in set-up."""
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+pytestmark = pytest.mark.usefixtures("one_thread", "warm_optimizer")
 
 
 @pytest.fixture(scope="module")
