@@ -403,7 +403,7 @@ def evaluate_tss(
     """
     import tempfile
 
-    from corrlib.data import TSS, resolve_data_root
+    from corrlib.data import TSS, iter_tss, resolve_data_root
     from corrlib.data.flo import write_flo
 
     if isinstance(method, str):
@@ -418,14 +418,8 @@ def evaluate_tss(
     rows, per_subset, csvs = [], {}, {}
     for subset in subsets:
         ds = TSS(root, subsets=(subset,))
-        done_pairs: set[str] = set()
-        for i in tqdm(range(len(ds)), desc=f"{method.name} on TSS/{subset}", disable=not progress, leave=False):
-            s = ds[i]
-            if limit is not None and s["pair"] not in done_pairs and len(done_pairs) >= limit:
-                continue
-            done_pairs.add(s["pair"])
-            one, two = f"{subset}/{s['pair']}/image1", f"{subset}/{s['pair']}/image2"
-            key_a, key_b = (one, two) if s["direction"] == "1to2" else (two, one)
+        items = iter_tss(ds, limit)
+        for s, key_a, key_b in tqdm(items, desc=f"{method.name} on TSS/{subset}", disable=not progress, leave=False):
             flow = method.flow(s["src_img"], s["trg_img"], src_key=key_a, trg_key=key_b)
             name = "flow1.flo" if s["direction"] == "1to2" else "flow2.flo"
             d = out / subset / s["pair"]
@@ -591,3 +585,105 @@ class UCNMethod(LearnedPatchMethod):
 
 register_method("ucn", lambda **kw: UCNMethod(**kw))
 __all__ += ["UCNMethod"]
+
+
+# ---------------------------------------------------------------------------- chapter 06: SFNet
+
+
+class SFNetMethod(CorrespondenceMethod):
+    """SFNet (chapter 06): dense semantic flow from a trained :class:`corrlib.models.sfnet.SFNet`.
+
+    Both images are resized (bilinear, antialiased; aspect ratio not kept, as SFNet does) to
+    ``image_size`` (default: the size the model was trained at), the flow source->target is
+    computed on the correlation grid with the model's argmax (or ``argmax``), upsampled to the
+    resized source and mapped back to original pixels: keypoints move by the flow sampled at
+    their position (bilinear), and :meth:`flow` gives the dense flow on the original source
+    grid. The frozen trunk's features are cached per image (``cache_size`` images).
+    ``checkpoint``: a file of :func:`corrlib.recipes.sfnet.export_sfnet`; ``model``: an SFNet.
+    ``max_side`` (the CLI's ``--max-side``) is ``image_size=(max_side, max_side)``.
+    Lee et al., *SFNet: Learning Object-aware Semantic Correspondence*, CVPR 2019.
+    """
+
+    def __init__(
+        self, checkpoint=None, image_size=None, argmax: str | None = None, cache_size: int = 128, model=None,
+        device: str = "cpu", max_side: int | None = None,
+    ):
+        from corrlib.models.sfnet import ARGMAX_MODES
+
+        if max_side is not None:
+            if image_size is not None:
+                raise ValueError("Give image_size or max_side, not both.")
+            image_size = (int(max_side), int(max_side))
+        if model is None:
+            if checkpoint is None or not Path(checkpoint).is_file():
+                raise FileNotFoundError(
+                    "Method 'sfnet' needs a trained checkpoint: pass checkpoint=... (CLI: --checkpoint FILE). "
+                    "Notebook 06 exports one per variant to <out_dir>/checkpoints/06_sfnet/<preset>/<variant>.pt "
+                    f"(out_dir defaults to runs/); got {checkpoint!r}."
+                )
+            from corrlib.recipes.sfnet import load_sfnet
+
+            model = load_sfnet(checkpoint, device=device)
+        if argmax is not None:
+            check_choice(argmax, "argmax", ARGMAX_MODES)
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        size = image_size or getattr(model, "image_size", None) or (320, 320)
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        model.grid_size(size)  # raises if not a multiple of the grid stride
+        self.image_size, self.argmax = size, argmax
+        self.name = "sfnet"
+        variant = getattr(model, "variant", None)
+        what = "SFNet" if variant is None else f"SFNet ({variant})"
+        self.description = f"{what} on {model.trunk.arch} ({model.trunk.weights_source}), {size[0]}x{size[1]}, {argmax or model.argmax} argmax"
+        self.cache_size = cache_size
+        self._cache: OrderedDict = OrderedDict()
+
+    @torch.no_grad()
+    def _features(self, img: torch.Tensor, key=None) -> dict:
+        import torch.nn.functional as F
+
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        check_image(img, "image", batched=False)
+        x = img.float() / 255 if img.dtype == torch.uint8 else img.float()
+        if tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x[None], size=self.image_size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+        feats = self.model.trunk_features(x[None].to(self.device))
+        if key is not None:
+            self._cache[key] = feats
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return feats
+
+    @torch.no_grad()
+    def resized_flow(self, src_img, trg_img, *, src_key=None, trg_key=None) -> torch.Tensor:
+        """Flow ``(2, S, S)`` src->trg in pixels of the resized images (``image_size``)."""
+        out = self.model.forward_features(self._features(src_img, src_key), self._features(trg_img, trg_key), self.image_size, self.argmax)
+        return out.flow_pixels("st", self.image_size)[0].float().cpu()
+
+    def match(self, src_img, trg_img, src_kps, *, src_key=None, trg_key=None):
+        from corrlib.geometry import transfer_kps_with_flow
+
+        check_shape(src_kps, ("N", 2), "src_kps")
+        flow = self.resized_flow(src_img, trg_img, src_key=src_key, trg_key=trg_key)
+        kps = _scale_points(src_kps.float(), src_img.shape[-2:], self.image_size)
+        moved = transfer_kps_with_flow(flow[None], kps[None])[0]
+        return _scale_points(moved, self.image_size, trg_img.shape[-2:])
+
+    def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
+        import torch.nn.functional as F
+
+        from corrlib.geometry import pixel_grid
+
+        flow = self.resized_flow(src_img, trg_img, src_key=src_key, trg_key=trg_key)
+        target = pixel_grid(self.image_size).permute(2, 0, 1) + flow  # (2, S, S) resized-trg pixels
+        hs, ws = src_img.shape[-2:]
+        target = F.interpolate(target[None], size=(hs, ws), mode="bilinear", align_corners=False)[0]
+        target = _scale_points(target.permute(1, 2, 0), self.image_size, trg_img.shape[-2:])
+        return target.permute(2, 0, 1) - pixel_grid((hs, ws)).permute(2, 0, 1)
+
+
+register_method("sfnet", lambda **kw: SFNetMethod(**kw))
+__all__ += ["SFNetMethod"]

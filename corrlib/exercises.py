@@ -12,7 +12,17 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_affine_grid", "check_census", "check_contrastive_loss", "check_fpr95", "check_margin_hinge", "check_pck", "check_zncc"]
+__all__ = [
+    "check_affine_grid",
+    "check_census",
+    "check_contrastive_loss",
+    "check_fpr95",
+    "check_kernel_soft_argmax",
+    "check_margin_hinge",
+    "check_pck",
+    "check_smoothness_loss",
+    "check_zncc",
+]
 
 
 def _run(fn: Callable, *args):
@@ -172,3 +182,52 @@ def check_contrastive_loss(fn: Callable[[torch.Tensor, torch.Tensor, float], tor
         return (f"wrong: got {value:.4f}, expected {want:.4f}: positives cost d^2, negatives max(0, m - d)^2 "
                 "(zero beyond the margin), and the sum is divided by 2N.")
     return "pass: your loss matches UCN's correspondence contrastive loss, including a negative beyond the margin."
+
+
+def check_kernel_soft_argmax(fn: Callable[[torch.Tensor, float, float], torch.Tensor]) -> str:
+    """``fn(scores (H, W), sigma, beta) -> (2,)`` (x, y): SFNet's kernel soft argmax of one score map.
+
+    Gaussian window of ``sigma`` cells centred on the hard argmax, multiplied with the scores, then
+    a softmax with temperature ``beta`` and the expected cell.
+    """
+    from corrlib.matching import kernel_soft_argmax
+
+    scores = torch.zeros(12, 16)
+    scores[3, 4], scores[9, 13], scores[4, 5] = 1.0, 0.97, 0.9  # a second peak far away, a neighbour near
+    want = kernel_soft_argmax(scores[None, None], 2.0, 0.05)[0, 0]
+    got, err = _run(fn, scores.clone(), 2.0, 0.05)
+    if err:
+        return err
+    try:
+        got = torch.as_tensor(got, dtype=torch.float32).detach().cpu().reshape(-1)
+    except Exception:
+        return f"wrong: expected (x, y), got {type(got).__name__}."
+    if got.numel() != 2:
+        return f"wrong: expected two numbers (x, y), got {got.numel()}."
+    if torch.allclose(got, want.flip(0), atol=1e-3) and not torch.allclose(got, want, atol=1e-3):
+        return "wrong: your (x, y) are swapped: x is the column, y the row."
+    if not torch.allclose(got, want, atol=1e-3):
+        return (f"wrong: got ({got[0]:.3f}, {got[1]:.3f}), expected ({want[0]:.3f}, {want[1]:.3f}); "
+                "centre the Gaussian on the hard argmax and divide the windowed scores by beta before the softmax.")
+    return "pass: your kernel soft argmax ignores the distant second peak and weighs the near neighbour, as SFNet's does."
+
+
+def check_smoothness_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> str:
+    """``fn(flow (B, 2, h, w), mask (B, 1, h, w)) -> sum M (|dF/dx| + |dF/dy|) / (sum M + 1)``, batch mean."""
+    from corrlib.losses import flow_smoothness_loss
+
+    g = torch.Generator().manual_seed(0)
+    flow = torch.randn(2, 2, 6, 7, generator=g)
+    mask = (torch.rand(2, 1, 6, 7, generator=g) > 0.4).float()
+    want = float(flow_smoothness_loss(flow, mask))
+    got, err = _run(fn, flow.clone(), mask.clone())
+    if err:
+        return err
+    value, err = _as_float(got.detach() if isinstance(got, torch.Tensor) else got)
+    if err:
+        return err
+    if not abs(value - want) <= 1e-4:
+        return (f"wrong: got {value:.4f}, expected {want:.4f}: use central differences (torch.gradient), "
+                "L1 over both flow components and both directions, weight by the mask, divide by (sum of the mask + 1) "
+                "per pair, then average over the batch.")
+    return "pass: your smoothness term matches corrlib's flow_smoothness_loss."

@@ -10,6 +10,14 @@ is still attached to the graph, never ``nan``.
 * :func:`label_hinge`: DeepCompare (Zagoruyko & Komodakis, CVPR 2015), decision values.
 * :func:`contrastive_hinge`: DeepDesc (Simo-Serra et al., ICCV 2015), L2 distances.
 * :func:`hard_mining`: DeepDesc's mining of the hardest positives and negatives.
+
+Dense-flow losses (SFNet, Lee et al., CVPR 2019), on flows ``(B, 2, h, w)`` in cells of the
+feature grid they live on (a cell is one pixel of the ``(h, w)`` grid, (x, y) order) and soft
+masks ``(B, 1, h, w)`` in ``[0, 1]``:
+
+* :func:`mask_consistency_loss`: a warped foreground mask must equal the other mask.
+* :func:`flow_consistency_loss`: forward then backward flow returns to the start (foreground).
+* :func:`flow_smoothness_loss`: first-order total variation of the flow (foreground).
 """
 
 from __future__ import annotations
@@ -19,13 +27,18 @@ import math
 import torch
 
 from corrlib._check import check_choice, check_shape
+from corrlib.geometry import flow_to_grid
 
 __all__ = [
     "as_signed_labels",
     "contrastive_hinge",
+    "flow_consistency_loss",
+    "flow_smoothness_loss",
     "hard_mining",
     "label_hinge",
     "margin_ranking_hinge",
+    "mask_consistency_loss",
+    "warp_by_flow",
 ]
 
 REDUCTIONS = ("mean", "none")
@@ -180,3 +193,80 @@ def hard_mining(
             kept[index[hardest]] = True
     return per_pair_loss[kept].mean(), kept
 
+
+
+# ----------------------------------------------------------------------- dense-flow losses (SFNet)
+
+
+def warp_by_flow(field: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """``out(p) = field(p + flow(p))``, bilinear, zero outside: ``(B, C, h', w')``, ``(B, 2, h, w)`` -> ``(B, C, h, w)``.
+
+    ``flow`` is in cells of the ``field``'s grid (x then y). Unlike
+    :func:`corrlib.geometry.warp_with_flow` (border replication), a point that leaves the grid
+    reads 0: a mask warped out of the frame is background, as SFNet needs. Differentiable in
+    both arguments.
+    """
+    b = check_shape(field, ("B", "C", "H", "W"), "field")["B"]
+    check_shape(flow, (b, 2, "h", "w"), "flow")
+    grid = flow_to_grid(flow, tuple(field.shape[-2:])).to(field.dtype)
+    return torch.nn.functional.grid_sample(field, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _check_flow_mask(flow: torch.Tensor, mask: torch.Tensor, fname: str, mname: str) -> None:
+    d = check_shape(flow, ("B", 2, "h", "w"), fname)
+    check_shape(mask, (d["B"], 1, d["h"], d["w"]), mname)
+
+
+def mask_consistency_loss(
+    flow_st: torch.Tensor, flow_ts: torch.Tensor, mask_s: torch.Tensor, mask_t: torch.Tensor
+) -> torch.Tensor:
+    """SFNet's mask consistency (Lee et al., CVPR 2019): warped masks must equal the other mask.
+
+    ``L_mask = sum over both directions of mean_p (M_s(p) - M_t(p + F_st(p)))^2``, averaged over
+    the batch. ``flow_st (B, 2, hs, ws)`` lives on the source grid and points into the target
+    (cells), ``flow_ts (B, 2, ht, wt)`` the reverse; ``mask_s (B, 1, hs, ws)``, ``mask_t (B, 1,
+    ht, wt)`` in ``[0, 1]`` (1 = foreground). Masks are targets (not differentiated).
+    """
+    _check_flow_mask(flow_st, mask_s, "flow_st", "mask_s")
+    _check_flow_mask(flow_ts, mask_t, "flow_ts", "mask_t")
+    mask_s, mask_t = mask_s.detach().to(flow_st.dtype), mask_t.detach().to(flow_st.dtype)
+    est_s = warp_by_flow(mask_t, flow_st)  # the target mask seen from the source
+    est_t = warp_by_flow(mask_s, flow_ts)
+    return ((est_s - mask_s) ** 2).mean(dim=(1, 2, 3)).mean() + ((est_t - mask_t) ** 2).mean(dim=(1, 2, 3)).mean()
+
+
+def _fg_mean(per_pixel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sum_p M(p) x(p) / (sum_p M(p) + 1)`` per pair, then the batch mean (SFNet's normalisation)."""
+    return ((mask * per_pixel).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) + 1.0)).mean()
+
+
+def flow_consistency_loss(
+    flow_st: torch.Tensor, flow_ts: torch.Tensor, mask_s: torch.Tensor, mask_t: torch.Tensor
+) -> torch.Tensor:
+    """SFNet's flow consistency: going there and back must return to the start, on the foreground.
+
+    ``L_flow = sum over both directions of sum_p M_s(p) |F_st(p) + F_ts(p + F_st(p))|^2 /
+    (sum_p M_s(p) + 1)``, averaged over the batch. Shapes as :func:`mask_consistency_loss`;
+    the flows must be in the same units (SFNet measures them in normalised ``[-1, 1]`` units,
+    which is what its loss weights assume).
+    """
+    _check_flow_mask(flow_st, mask_s, "flow_st", "mask_s")
+    _check_flow_mask(flow_ts, mask_t, "flow_ts", "mask_t")
+    mask_s, mask_t = mask_s.detach().to(flow_st.dtype), mask_t.detach().to(flow_st.dtype)
+    cyc_s = flow_st + warp_by_flow(flow_ts, flow_st)
+    cyc_t = flow_ts + warp_by_flow(flow_st, flow_ts)
+    return _fg_mean((cyc_s**2).sum(1, keepdim=True), mask_s) + _fg_mean((cyc_t**2).sum(1, keepdim=True), mask_t)
+
+
+def flow_smoothness_loss(flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Foreground total variation of a flow: ``sum_p M(p) (|dF/dx| + |dF/dy|) / (sum_p M(p) + 1)``.
+
+    Central differences (``(F(x+1) - F(x-1)) / 2``, one-sided at the border) of both
+    components, L1; ``flow (B, 2, h, w)``, ``mask (B, 1, h, w)``; averaged over the batch. SFNet
+    adds this term for both directions.
+    """
+    _check_flow_mask(flow, mask, "flow", "mask")
+    mask = mask.detach().to(flow.dtype)
+    dx = torch.gradient(flow, dim=3)[0] if flow.shape[3] > 1 else torch.zeros_like(flow)
+    dy = torch.gradient(flow, dim=2)[0] if flow.shape[2] > 1 else torch.zeros_like(flow)
+    return _fg_mean((dx.abs() + dy.abs()).sum(1, keepdim=True), mask)

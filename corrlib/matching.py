@@ -128,11 +128,16 @@ def soft_argmax(corr: torch.Tensor, beta: float = 0.02) -> torch.Tensor:
         tensor([[[2., 1.]]])
     """
     check_shape(corr, ("B", "S", "Ht", "Wt"), "corr")
-    b, s, h, w = corr.shape
     if beta <= 0:
         raise ValueError(f"Argument beta must be positive, got {beta}.")
-    p = F.softmax(corr.flatten(2) / beta, dim=-1).reshape(b, s, h, w)
-    xs, ys = _cell_coords(h, w, corr)
+    return _expected_cell(corr / beta)
+
+
+def _expected_cell(logits: torch.Tensor) -> torch.Tensor:
+    """Expected (x, y) cell under ``softmax`` over the last two dims of ``logits (B, S, Ht, Wt)``."""
+    b, s, h, w = logits.shape
+    p = F.softmax(logits.flatten(2), dim=-1).reshape(b, s, h, w)
+    xs, ys = _cell_coords(h, w, logits)
     return torch.stack(((p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)), dim=-1)
 
 
@@ -151,12 +156,14 @@ def kernel_soft_argmax(corr: torch.Tensor, sigma: float = 5.0, beta: float = 0.0
     h, w = corr.shape[-2:]
     if sigma <= 0:
         raise ValueError(f"Argument sigma must be positive, got {sigma}.")
+    if beta <= 0:
+        raise ValueError(f"Argument beta must be positive, got {beta}.")
     peak = hard_argmax(corr).detach()  # (B, S, 2)
     xs, ys = _cell_coords(h, w, corr)
-    dx2 = (xs.view(1, 1, 1, w) - peak[..., 0, None, None]) ** 2
-    dy2 = (ys.view(1, 1, h, 1) - peak[..., 1, None, None]) ** 2
-    kernel = torch.exp(-(dx2 + dy2) / (2 * sigma**2))
-    return soft_argmax(kernel * corr, beta)
+    # the Gaussian is separable: two small factors instead of a full (B, S, Ht, Wt) kernel
+    kx = torch.exp(-((xs.view(1, 1, 1, w) - peak[..., 0, None, None]) ** 2) / (2 * sigma**2)) / beta
+    ky = torch.exp(-((ys.view(1, 1, h, 1) - peak[..., 1, None, None]) ** 2) / (2 * sigma**2))
+    return _expected_cell(corr * ky * kx)
 
 
 class KernelSoftArgmax(torch.nn.Module):

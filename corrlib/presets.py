@@ -171,6 +171,58 @@ CHAPTERS: dict[str, dict[str, dict]] = {
             "willow_limit": None, "max_side": None, "tss_max_side": None, "tss_subsets": ("FG3DCar", "JODS", "PASCAL"), "tss_limit": None,
         },
     },
+
+    "06_sfnet": {
+        # SFNet (Lee et al., CVPR 2019): a frozen backbone, adaptation layers, kernel soft argmax,
+        # trained from foreground masks of warped images; the ablations of its Sec. 5 (argmax kind,
+        # each loss term removed). Offline the masks come from Fashion-MNIST objects composited on
+        # scikit-image photographs (corrlib.data.FashionComposites); "paper" uses PASCAL VOC 2012.
+        "smoke": {
+            "variants": ("full", "soft-argmax", "no-mask-loss", "no-flow-loss", "no-smooth-loss"),
+            "source": "fashion", "images": 8, "pairs": 8, "test_images": 4, "test_pairs": 4, "cache_features": True, "jitter": 0.0,
+            "size": (64, 64), "kind": "affine", "strength": 0.5,
+            "arch": "offline", "weights": "offline", "kernels": (3, 3), "blocks": 1,
+            "sigma": 5.0, "beta": 0.02, "mask_threshold": 0.1, "loss_weights": None,
+            "batch_size": 2, "steps": {"default": 3}, "lr": 1e-3, "schedule": "constant", "step_size": None, "gamma": 0.1,
+            "log_every": 1, "ckpt_every": 2, "interrupt_at": 2,
+            "willow_limit": 6, "tss_subsets": ("JODS",), "tss_limit": 1, "eval_size": (64, 64),
+            "n_examples": 2,
+        },
+        "lab": {
+            "variants": ("full", "soft-argmax", "no-mask-loss", "no-flow-loss", "no-smooth-loss"),
+            # 600 composites (160 px objects on 192 px crops of real photographs), one affine warp each
+            # the trunk's features of the pool are computed once (no photometric jitter then)
+            "source": "fashion", "images": 600, "pairs": 600, "test_images": 64, "test_pairs": 64, "cache_features": True, "jitter": 0.0,
+            "size": (192, 192), "kind": "affine", "strength": 0.5,
+            # offline backbone (strides 4, 8) on a 24 x 24 grid; 3x3 adaptation (5x5 costs 2x here);
+            # every variant trains the same 200 steps (about 45 s each on a 2-core CPU)
+            "arch": "offline", "weights": "auto", "kernels": (3, 3), "blocks": 2,
+            "sigma": 5.0, "beta": 0.02, "mask_threshold": 0.1, "loss_weights": None,
+            "batch_size": 8, "steps": {"default": 200}, "lr": 1e-3, "schedule": "cosine", "step_size": None, "gamma": 0.1,
+            "log_every": 20, "ckpt_every": 80, "interrupt_at": 100,
+            "willow_limit": None, "tss_subsets": ("FG3DCar", "JODS", "PASCAL"), "tss_limit": None,
+            "eval_size": (192, 192), "n_examples": 3,
+        },
+        "paper": {
+            "variants": ("full", "soft-argmax", "no-mask-loss", "no-flow-loss", "no-smooth-loss"),
+            # PASCAL VOC 2012 segmentation masks (the paper's data), 320 x 320, affine warps;
+            # authors' code: Adam, lr 3e-5, batch 16, 40 epochs (lr x 0.2 at epoch 30), frozen
+            # ImageNet ResNet-101 (layer3, layer4), two residual adaptation blocks (5x5, 3x3),
+            # sigma 5, beta 0.02 (inverse 50), weights mask 3 / flow 16 / smooth 0.5. Our warp family
+            # (corrlib.geometry.sample_random_warp, strength 0.5) replaces theta = I + N(0, 0.15^2).
+            # training draws fresh warps every step, with flips and photometric jitter (online: the
+            # trunk runs in every step); "pairs" is only the pool shown in the notebook
+            "source": "voc", "images": 1464, "pairs": 64, "test_images": 200, "test_pairs": 200, "cache_features": False, "jitter": 0.1,
+            "size": (320, 320), "kind": "affine", "strength": 0.5,
+            "arch": "resnet101", "weights": "imagenet", "kernels": (5, 3), "blocks": 2,
+            "sigma": 5.0, "beta": 0.02, "mask_threshold": 0.1, "loss_weights": None,
+            # 1464 VOC train images / 16 = 92 steps an epoch: 40 epochs, lr x 0.2 after epoch 30
+            "batch_size": 16, "steps": {"default": 3660}, "lr": 3e-5, "schedule": "step", "step_size": 2745, "gamma": 0.2,
+            "log_every": 50, "ckpt_every": 500, "interrupt_at": None,
+            "willow_limit": None, "tss_subsets": ("FG3DCar", "JODS", "PASCAL"), "tss_limit": None,
+            "eval_size": (320, 320), "n_examples": 3,
+        },
+    },
 }
 
 

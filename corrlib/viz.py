@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["flow_image", "plot_matches", "plot_pair_flow", "to_numpy_image"]
+__all__ = ["LiveLossPlot", "flow_image", "plot_matches", "plot_pair_flow", "to_numpy_image"]
 
 
 def to_numpy_image(img: torch.Tensor):
@@ -76,3 +76,52 @@ def plot_pair_flow(src_img, trg_img, flow, valid=None, warped=None, axes=None, t
         ax.set_title(t, fontsize=8)
         ax.set_axis_off()
     return axes
+
+
+class LiveLossPlot:
+    """A training ``on_log`` callback that redraws the curves of ``keys`` in place (Jupyter).
+
+    Pass it as ``on_log=`` to :class:`corrlib.train.Trainer` (or a recipe's ``train_*``): each
+    new history row updates one figure through an IPython display handle; outside IPython the
+    figure is kept and drawn by :meth:`show`. A missing key is skipped until it appears.
+    """
+
+    def __init__(self, keys=("loss",), title: str | None = None, figsize=(4.5, 2.4), logy: bool = False):
+        self.keys = (keys,) if isinstance(keys, str) else tuple(keys)
+        self.title, self.figsize, self.logy = title, figsize, logy
+        self.fig = None
+        self._handle = None
+
+    def __call__(self, history: list[dict]) -> None:
+        import matplotlib.pyplot as plt
+
+        if self.fig is None:
+            self.fig, self.ax = plt.subplots(figsize=self.figsize)
+            plt.close(self.fig)  # drawn through the display handle only
+        self.ax.clear()
+        for key in self.keys:
+            rows = [r for r in history if key in r]
+            if rows:
+                self.ax.plot([r["step"] for r in rows], [r[key] for r in rows], "-", label=key)
+        self.ax.set_xlabel("step")
+        if self.logy:
+            self.ax.set_yscale("log")
+        if self.title:
+            self.ax.set_title(self.title)
+        if self.ax.lines:
+            self.ax.legend(fontsize=7)
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:  # pragma: no cover - IPython ships with Jupyter
+            return
+        if get_ipython() is None:
+            return
+        if self._handle is None:
+            self._handle = display(self.fig, display_id=True)
+        else:
+            self._handle.update(self.fig)
+
+    def show(self):
+        """The figure (for scripts: ``plot.show().savefig(...)``)."""
+        return self.fig

@@ -15,3 +15,15 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import corrlib, torch, papermill, nbval; print(f'corrlib {corrlib.__version__}, torch {torch.__version__}')"
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+# Chapter 06 trains on Fashion-MNIST objects (offline mask source). Debian ships them; install the
+# package when we may (root, apt), else say how to get them. Nothing else needs system packages.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ ! -d "${CORRLIB_DATA:-/nonexistent}/FashionMNIST/raw" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }) \
+      && echo "installed Debian's dataset-fashion-mnist (chapter 06)" \
+      || echo "WARNING: could not install dataset-fashion-mnist; chapter 06 needs Fashion-MNIST (see README, Data)."
+  else
+    echo "NOTE: chapter 06 needs Fashion-MNIST: 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or" \
+         "python -c \"import torchvision; torchvision.datasets.FashionMNIST('\$CORRLIB_DATA', download=True)\"."
+  fi
+fi

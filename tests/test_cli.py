@@ -57,3 +57,16 @@ def test_eval_tss(data_root, tmp_path):
     assert code == 0
     meta = json.loads((tmp_path / "metrics.json").read_text())
     assert set(meta["per_subset"]) == {"FG3DCar", "JODS", "PASCAL"}
+
+
+def test_eval_sfnet_checkpoint_on_tss(data_root, tmp_path):
+    from corrlib.presets import get_config
+    from corrlib.recipes import sfnet as recipe
+
+    cfg = get_config("06_sfnet", "smoke")
+    ckpt = recipe.export_sfnet(tmp_path / "sfnet.pt", recipe.build_model(cfg), cfg, "untrained")
+    out = tmp_path / "out"
+    code = main(["eval", "--method", "sfnet", "--checkpoint", str(ckpt), "--dataset", "tss", "--data-root", str(data_root),
+                 "--out", str(out), "--max-side", "64", "--limit", "1", "--no-progress"])
+    assert code == 0
+    assert any(out.rglob("flow1.flo")) and any(out.rglob("scores.csv"))

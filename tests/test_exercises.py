@@ -333,3 +333,52 @@ def test_check_contrastive_loss_verdicts():
     assert check_contrastive_loss(lambda d, s, m: 2 * right(d, s, m)).startswith("wrong")  # mean instead of 1/(2N)
     assert check_contrastive_loss(lambda d, s, m: ((s * d**2 + (~s) * (m - d) ** 2).sum() / (2 * len(d)))).startswith("wrong")  # no clamp
     assert check_contrastive_loss(lambda d, s, m: None).startswith("wrong")
+
+
+def test_check_kernel_soft_argmax_verdicts():
+    import torch.nn.functional as F
+
+    from corrlib.exercises import check_kernel_soft_argmax
+
+    def right(scores, sigma, beta):
+        h, w = scores.shape
+        idx = int(scores.argmax())
+        py, px = divmod(idx, w)
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+        k = torch.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2 * sigma**2))
+        p = F.softmax((k * scores).flatten() / beta, 0).reshape(h, w)
+        return torch.stack(((p * xs).sum(), (p * ys).sum()))
+
+    def plain_soft(scores, sigma, beta):
+        h, w = scores.shape
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+        p = F.softmax(scores.flatten() / beta, 0).reshape(h, w)
+        return torch.stack(((p * xs).sum(), (p * ys).sum()))
+
+    def todo(scores, sigma, beta):
+        raise NotImplementedError
+
+    assert check_kernel_soft_argmax(right).startswith("pass")
+    assert check_kernel_soft_argmax(lambda s, a, b: right(s, a, b).flip(0)).startswith("wrong: your (x, y) are swapped")
+    assert check_kernel_soft_argmax(plain_soft).startswith("wrong")
+    assert check_kernel_soft_argmax(todo).startswith("not attempted")
+    assert check_kernel_soft_argmax(lambda s, a, b: "x").startswith("wrong")
+
+
+def test_check_smoothness_loss_verdicts():
+    from corrlib.exercises import check_smoothness_loss
+
+    def right(flow, mask):
+        dx = torch.gradient(flow, dim=3)[0]
+        dy = torch.gradient(flow, dim=2)[0]
+        per = (dx.abs() + dy.abs()).sum(1, keepdim=True)
+        return ((mask * per).sum((1, 2, 3)) / (mask.sum((1, 2, 3)) + 1)).mean()
+
+    def forward_diff(flow, mask):
+        dx = torch.zeros_like(flow)
+        dx[..., :-1] = flow[..., 1:] - flow[..., :-1]
+        return ((mask * dx.abs().sum(1, keepdim=True)).sum((1, 2, 3)) / (mask.sum((1, 2, 3)) + 1)).mean()
+
+    assert check_smoothness_loss(right).startswith("pass")
+    assert check_smoothness_loss(forward_diff).startswith("wrong")
+    assert check_smoothness_loss(lambda f, m: (_ for _ in ()).throw(NotImplementedError())).startswith("not attempted")

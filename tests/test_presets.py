@@ -153,3 +153,18 @@ def test_smoke_is_smaller_than_lab_and_lab_not_larger_than_paper():
     assert s_tss < l_tss <= p_tss
     assert set(smoke["tss_subsets"]) < set(lab["tss_subsets"]) <= set(paper["tss_subsets"])
     assert smoke["methods"] == lab["methods"] == paper["methods"]  # every method is exercised
+
+
+def test_sfnet_presets_share_keys_and_paper_follows_the_authors_settings():
+    from corrlib.models.sfnet import PAPER
+    from corrlib.recipes.sfnet import VARIANTS
+
+    cfgs = {p: get_config("06_sfnet", p) for p in PRESETS}
+    keys = {p: set(c) for p, c in cfgs.items()}
+    assert keys["smoke"] == keys["lab"] == keys["paper"]
+    for c in cfgs.values():
+        assert set(c["variants"]) <= set(VARIANTS) and all(s % 8 == 0 for s in c["size"])
+    paper = cfgs["paper"]
+    assert (paper["lr"], paper["batch_size"], paper["sigma"], paper["beta"]) == (PAPER["lr"], PAPER["batch_size"], PAPER["sigma"], PAPER["beta"])
+    assert paper["kernels"] == PAPER["kernels"] and tuple(paper["size"]) == PAPER["image_size"] and paper["source"] == "voc"
+    assert paper["arch"] == PAPER["arch"] and paper["weights"] == "imagenet"

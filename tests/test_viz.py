@@ -190,3 +190,14 @@ def test_plot_pair_flow_into_given_axes():
     out = plot_pair_flow(src, src, torch.zeros(2, 20, 30), axes=row)
     assert out is row
     assert [len(ax.images) for ax in axes.flat] == [0, 0, 0, 1, 1, 1]
+
+
+def test_live_loss_plot_draws_each_key_once_available():
+    from corrlib.viz import LiveLossPlot
+
+    plot = LiveLossPlot(keys=("loss", "epe_px"), title="t")
+    plot([{"step": 1, "loss": 2.0}])
+    assert [ln.get_label() for ln in plot.ax.lines] == ["loss"]
+    plot([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "epe_px": 3.0}])
+    assert [ln.get_label() for ln in plot.ax.lines] == ["loss", "epe_px"]
+    assert list(plot.ax.lines[0].get_xdata()) == [1, 2] and plot.show() is plot.fig

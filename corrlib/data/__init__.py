@@ -40,6 +40,22 @@ from corrlib.data.digits import (
 )
 from corrlib.data.flo import read_flo, write_flo
 from corrlib.data.images import read_image, read_mask
+from corrlib.data.masked import (
+    FASHION_CLASSES,
+    FASHION_MASK_THRESHOLD,
+    HELDOUT_BACKGROUNDS,
+    TRAIN_BACKGROUNDS,
+    VOC_CLASSES,
+    VOC_FILENAME,
+    VOC_MD5,
+    VOC_URL,
+    FashionComposites,
+    VOCMasks,
+    fashion_mask,
+    load_backgrounds,
+    masked_pairs,
+    read_voc_segmentation,
+)
 from corrlib.data.patches import (
     ALOE_GT_SCALE,
     OPENCV_SAMPLES,
@@ -64,8 +80,13 @@ from corrlib.data.pfpascal import (
 )
 from corrlib.data.pfwillow import PFWillow, read_pfwillow_kps
 from corrlib.data.spair import SPAIR_CATEGORIES, SPair71k
-from corrlib.data.synthetic import SKIMAGE_PHOTOS, SyntheticPairs, skimage_photos
-from corrlib.data.tss import TSS, TSS_SUBSETS, TSSPair, read_tss_flow
+from corrlib.data.synthetic import (
+    SKIMAGE_PHOTOS,
+    SyntheticPairs,
+    photometric_jitter,
+    skimage_photos,
+)
+from corrlib.data.tss import TSS, TSS_SUBSETS, TSSPair, iter_tss, read_tss_flow
 
 __all__ = [
     "ALOE_GT_SCALE",
@@ -74,18 +95,27 @@ __all__ = [
     "DISTORTIONS",
     "DISTORTION_CANVAS",
     "DISTORTION_PARAMS",
+    "FASHION_CLASSES",
+    "FASHION_MASK_THRESHOLD",
     "FASHION_MNIST_DEBIAN",
+    "HELDOUT_BACKGROUNDS",
     "OPENCV_SAMPLES",
     "PFPASCAL_CATEGORIES",
     "PHOTOTOUR_NAMES",
     "SKIMAGE_PHOTOS",
     "SPAIR_CATEGORIES",
     "TEST_ONLY_SPLIT",
+    "TRAIN_BACKGROUNDS",
     "TSS",
     "TSS_SUBSETS",
+    "VOC_CLASSES",
+    "VOC_FILENAME",
+    "VOC_MD5",
+    "VOC_URL",
     "DatasetNotFoundError",
     "DigitSet",
     "DistortedDigits",
+    "FashionComposites",
     "HomographyPair",
     "KeypointPair",
     "PFPascal",
@@ -97,19 +127,25 @@ __all__ = [
     "StereoPair",
     "SyntheticPairs",
     "TSSPair",
+    "VOCMasks",
     "distort_digits",
     "distortion_grid",
     "download_and_extract",
     "download_url",
     "extract_archive",
+    "fashion_mask",
+    "iter_tss",
     "keypoint_bbox",
     "load_aloe",
+    "load_backgrounds",
     "load_fashion_mnist",
     "load_graffiti",
     "load_mnist",
     "load_motorcycle",
+    "masked_pairs",
     "matlab_to_zero_based",
     "pair_overlap",
+    "photometric_jitter",
     "read_flo",
     "read_idx",
     "read_image",
@@ -118,6 +154,7 @@ __all__ = [
     "read_pfpascal_annotation",
     "read_pfwillow_kps",
     "read_tss_flow",
+    "read_voc_segmentation",
     "require_file",
     "require_folder",
     "resolve_data_root",

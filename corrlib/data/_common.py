@@ -5,8 +5,8 @@ for all, e.g. ``../shared/data`` holds ``PF-WILLOW/``, ``PF-PASCAL/``, ``TSS/``,
 ``root=None`` means :func:`resolve_data_root`: the ``CORRLIB_DATA`` environment variable.
 
 Downloads use only the standard library (``urllib``): resumable through an HTTP ``Range`` request
-into a ``.part`` file, verified with SHA-256, then renamed atomically, so an interrupted or
-corrupt download never looks like a finished one.
+into a ``.part`` file, verified with SHA-256 (or MD5 where only that is published), then renamed
+atomically, so an interrupted or corrupt download never looks like a finished one.
 """
 
 from __future__ import annotations
@@ -190,22 +190,49 @@ def _manual_instructions(url: str, dest: Path) -> str:
     )
 
 
-def _check_hash(path: Path, url: str, sha256: str | None) -> None:
-    actual = sha256_file(path)
-    if sha256 is None:
+def _digests(path: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """Hex digests ``{name: hex}`` of a file for hashlib algorithms ``names``, in one read."""
+    hashes = {name: hashlib.new(name, usedforsecurity=False) for name in names}
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            for h in hashes.values():
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashes.items()}
+
+
+def _expected(sha256: str | None, md5: str | None) -> dict[str, str]:
+    """The published checksums to verify: ``{"sha256": ..., "md5": ...}`` (given ones only)."""
+    return {name: v.lower() for name, v in (("sha256", sha256), ("md5", md5)) if v is not None}
+
+
+def _matches(path: Path, sha256: str | None, md5: str | None) -> bool:
+    expected = _expected(sha256, md5)
+    if not expected:
+        return True
+    return _digests(path, tuple(expected)) == expected
+
+
+def _check_hash(path: Path, url: str, sha256: str | None, md5: str | None = None) -> None:
+    expected = _expected(sha256, md5)
+    if not expected:
+        actual = sha256_file(path)
         warnings.warn(
             f"Downloaded {url} has SHA-256 {actual}; no published checksum exists for this file, "
             "so its integrity could not be verified. Keep this hash to detect later changes.",
             UserWarning,
             stacklevel=3,
         )
-    elif actual.lower() != sha256.lower():
-        path.unlink(missing_ok=True)
-        raise ValueError(
-            f"Checksum mismatch for {url}: expected SHA-256 {sha256.lower()}, got {actual}. "
-            "The corrupt file was deleted; download again. If it keeps happening the file on "
-            "the server has changed: check the dataset's web page."
-        )
+        return
+    actual = _digests(path, tuple(expected))
+    for name, want in expected.items():
+        if actual[name] != want:
+            path.unlink(missing_ok=True)
+            label = {"sha256": "SHA-256", "md5": "MD5"}[name]
+            raise ValueError(
+                f"Checksum mismatch for {url}: expected {label} {want}, got {actual[name]}. "
+                "The corrupt file was deleted; download again. If it keeps happening the file on "
+                "the server has changed: check the dataset's web page."
+            )
 
 
 def download_url(
@@ -213,6 +240,7 @@ def download_url(
     dest_path: str | os.PathLike,
     sha256: str | None = None,
     *,
+    md5: str | None = None,
     timeout: float = 30,
     progress: bool = True,
 ) -> Path:
@@ -221,15 +249,17 @@ def download_url(
     Bytes go to ``dest_path + ".part"``; a leftover ``.part`` from an interrupted run is resumed
     with an HTTP ``Range`` request (restarted if the server ignores it). The finished file is
     checked against ``sha256`` (mismatch: deleted, ``ValueError`` naming both hashes) and only then
-    renamed to ``dest_path``. With ``sha256=None`` the computed hash is reported in a
-    ``UserWarning``, as there is no published checksum to compare with. An existing
-    ``dest_path`` that matches ``sha256`` (or any, when ``sha256`` is None) is kept: no download.
+    renamed to ``dest_path``. ``md5`` is checked the same way, for files whose publisher gives only
+    an MD5 (both may be given; each given one must match); an MD5 match counts as verified, so it
+    gives no warning. With neither, the computed SHA-256 is reported in a ``UserWarning``, as
+    there is no published checksum to compare with. An existing ``dest_path`` that matches the
+    given checksums (or any file, when none is given) is kept: no download.
     Network failures raise ``DatasetNotFoundError`` with manual download instructions; the
     ``.part`` file is kept so the next call resumes.
     """
     dest = Path(dest_path)
     if dest.is_file():
-        if sha256 is None or sha256_file(dest).lower() == sha256.lower():
+        if _matches(dest, sha256, md5):
             return dest
         dest.unlink()  # wrong content: fetch it again
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +310,7 @@ def download_url(
                 f"Could not download {url} ({type(err).__name__}: {err}); are you offline? "
                 + _manual_instructions(url, dest)
             ) from err
-    _check_hash(part, url, sha256)
+    _check_hash(part, url, sha256, md5)
     os.replace(part, dest)
     return dest
 
@@ -373,6 +403,7 @@ def download_and_extract(
     filename: str,
     sha256: str | None = None,
     *,
+    md5: str | None = None,
     marker: str | None = None,
     progress: bool = True,
 ) -> Path:
@@ -380,13 +411,14 @@ def download_and_extract(
 
     Skipped when the marker folder ``root/marker`` already exists (default: the archive name
     without its extension, e.g. ``PF-dataset`` for ``PF-dataset.zip``), so calling it again costs
-    nothing. The archive is kept next to what it extracted. Returns the marker folder.
+    nothing. The archive is kept next to what it extracted. ``sha256`` and ``md5`` are checked as
+    in :func:`download_url`. Returns the marker folder.
     """
     root = Path(root)
     target = root / (marker if marker is not None else _archive_stem(filename))
     if target.is_dir():
         return target
-    archive = download_url(url, root / filename, sha256, progress=progress)
+    archive = download_url(url, root / filename, sha256, md5=md5, progress=progress)
     extract_archive(archive, root)
     if not target.is_dir():
         raise DatasetNotFoundError(
@@ -486,13 +518,7 @@ class PairDataset(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> Any:
-        n = len(self)
-        i = int(index)
-        if not -n <= i < n:
-            raise IndexError(
-                f"{self.NAME} {self.split} has {n} items; index {index} is out of range."
-            )
-        item = self._load(i % n)
+        item = self._load(item_index(index, len(self), f"{self.NAME} {self.split}"))
         return self.transform(item) if self.transform is not None else item
 
     def _load(self, index: int) -> dict[str, Any]:  # pragma: no cover - overridden
@@ -508,6 +534,14 @@ class PairDataset(torch.utils.data.Dataset):
         return (
             f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, len={len(self)})"
         )
+
+
+def item_index(index: int, n: int, what: str) -> int:
+    """``index`` (negative counts from the end) as ``0 <= i < n``; ``IndexError`` naming ``what`` otherwise."""
+    i = int(index)
+    if not -n <= i < n:
+        raise IndexError(f"{what} has {n} items; index {index} is out of range.")
+    return i % n
 
 
 def make_pair_item(

@@ -8,6 +8,7 @@ Offline image sources: scikit-image's bundled photographs (:data:`SKIMAGE_PHOTOS
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -24,7 +25,7 @@ from corrlib.geometry import (
     sample_random_warp,
 )
 
-__all__ = ["SKIMAGE_PHOTOS", "SyntheticPairs", "skimage_photos"]
+__all__ = ["SKIMAGE_PHOTOS", "SyntheticPairs", "photometric_jitter", "skimage_photos"]
 
 #: scikit-image photographs that ship with the package (no download needed).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel")
@@ -42,6 +43,19 @@ def skimage_photos(names: Sequence[str] = SKIMAGE_PHOTOS) -> list[torch.Tensor]:
         arr = getattr(skimage.data, name)()
         out.append(torch.from_numpy(arr[..., :3].copy()).permute(2, 0, 1).contiguous())
     return out
+
+
+def photometric_jitter(img: torch.Tensor, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random photometric change of ``img (3, H, W)`` float in ``[0, 1]``: gain, per-channel gain, gamma.
+
+    Five uniform draws in ``[-amount, amount]`` from ``generator``: a global gain ``1 + u0``,
+    channel gains ``1 + u/2`` and a gamma ``exp(u4)``; ``amount=0`` returns ``img`` unchanged.
+    """
+    if amount <= 0:
+        return img
+    u = (torch.rand(5, generator=generator) * 2 - 1) * amount
+    gain = (1 + u[0]) * (1 + 0.5 * u[1:4])
+    return (img * gain.reshape(3, 1, 1).to(img.dtype)).clamp(0, 1).pow(math.exp(float(u[4])))
 
 
 def _resize_crop(img: torch.Tensor, size: tuple[int, int], gen: torch.Generator) -> torch.Tensor:

@@ -20,7 +20,7 @@ from corrlib.data._common import PairDataset, download_and_extract, resolve_data
 from corrlib.data.flo import UNKNOWN_FLOW_THRESHOLD, read_flo
 from corrlib.data.images import read_mask
 
-__all__ = ["TSS", "TSS_SUBSETS", "TSS_URL", "TSSPair", "read_tss_flow"]
+__all__ = ["TSS", "TSS_SUBSETS", "TSS_URL", "TSSPair", "iter_tss", "read_tss_flow"]
 
 TSS_URL = "http://taniai.space/projects/cvpr16_dccs/data/TSS_CVPR2016.zip"
 TSS_SUBSETS = ("FG3DCar", "JODS", "PASCAL")
@@ -206,3 +206,21 @@ class TSS(PairDataset):
             "pair_index": k,
             "category": p.subset,
         }
+
+
+def iter_tss(dataset: TSS, limit: int | None = None):
+    """Yield ``(sample, src_key, trg_key)`` for the items of ``dataset``, at most ``limit`` pairs.
+
+    Both directions of a pair are kept together; the keys name the images
+    (``"<subset>/<pair>/image1"``) so a method can cache per-image work across directions.
+    """
+    pairs: set[tuple[str, str]] = set()
+    for i in range(len(dataset)):
+        s = dataset[i]
+        subset = s["subset"]
+        key = (subset, s["pair"])
+        if limit is not None and key not in pairs and len(pairs) >= limit:
+            continue
+        pairs.add(key)
+        one, two = f"{subset}/{s['pair']}/image1", f"{subset}/{s['pair']}/image2"
+        yield (s, one, two) if s["direction"] == "1to2" else (s, two, one)

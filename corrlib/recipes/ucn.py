@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from corrlib._check import check_choice
-from corrlib.data import SyntheticPairs, skimage_photos
+from corrlib.data import SyntheticPairs, photometric_jitter, skimage_photos
 from corrlib.matching import FeatureGrid, sample_descriptors
 from corrlib.models.ucn import (
     UCN,
@@ -188,15 +188,6 @@ def heldout_pool(cfg: dict, seed: int = 0) -> PairPool:
     )
 
 
-def _jitter(img: torch.Tensor, amount: float, g: torch.Generator) -> torch.Tensor:
-    """Photometric jitter of ``(3, H, W)`` in [0, 1]: gain, per-channel gain, gamma."""
-    if amount <= 0:
-        return img
-    u = (torch.rand(5, generator=g) * 2 - 1) * amount
-    gain = (1 + u[0]) * (1 + 0.5 * u[1:4])
-    return (img * gain.reshape(3, 1, 1)).clamp(0, 1).pow(math.exp(u[4]))
-
-
 def _sample_points(valid: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     """``(n, 2)`` integer pixels (x, y) drawn uniformly among ``valid (H, W)``."""
     w = valid.shape[-1]
@@ -231,8 +222,8 @@ def make_batch_fn(pool: PairPool, grid: FeatureGrid, cfg: dict) -> Callable:
             a, b, flow, valid = pool.pair(i, rev)
             p = _sample_points(valid, n, g)  # (P, 2) pixels in a
             q = p + flow[:, p[:, 1].long(), p[:, 0].long()].T  # exact at integer pixels
-            src.append(_jitter(a, cfg["jitter"], g))
-            trg.append(_jitter(b, cfg["jitter"], g))
+            src.append(photometric_jitter(a, cfg["jitter"], g))
+            trg.append(photometric_jitter(b, cfg["jitter"], g))
             ps.append(grid.to_cells(p))
             pt.append(grid.to_cells(q))
         pos_trg = torch.stack(pt)

@@ -1,0 +1,358 @@
+"""SFNet: semantic flow learned from foreground masks (Lee, Kim, Ponce, Ham, CVPR 2019).
+
+A frozen backbone gives two feature levels (ResNet-101 ``layer3`` = conv4-23, stride 16, and
+``layer4`` = conv5-3, stride 32); trainable *adaptation layers* refine each level; each level
+gives an all-pairs correlation of L2-normalised features, clipped at zero; the two are
+multiplied (a match must be good at both levels) and each score map is L2-normalised. The
+*kernel soft argmax* turns every score map into a sub-cell match, differentiably, which gives a
+dense flow in both directions. Training needs only foreground masks: with the flows, each
+image's mask is warped onto the other (:func:`corrlib.losses.mask_consistency_loss`), the
+two flows must undo each other on the foreground (:func:`corrlib.losses.flow_consistency_loss`)
+and be smooth there (:func:`corrlib.losses.flow_smoothness_loss`); :func:`sfnet_loss` sums
+them with the weights of :data:`LOSS_WEIGHTS`.
+
+Conventions: images ``(B, 3, H, W)`` float in ``[0, 1]``; the correlation grid has
+``(h, w) = (H / grid_stride, W / grid_stride)`` cells placed by
+:meth:`corrlib.matching.FeatureGrid.for_map`; flows ``(B, 2, h, w)`` live on their source's
+grid, point into the other image, (x, y) order, in cells unless a name says pixels. Taps finer
+than the grid are average-pooled to it before adaptation; coarser taps are adapted, then
+upsampled (bilinear), as SFNet does with conv5-3.
+
+The paper's settings (:data:`PAPER`, from the authors' public code, since the paper's tables
+could not be read here): sigma = 5 cells, beta = 0.02 (softmax temperature; inverse 50),
+loss weights mask 3, flow 16, smoothness 0.5 on flows in normalised ``[-1, 1]`` units, masks
+resized to the grid and binarised at 0.1, two residual adaptation blocks per level (5x5
+convolutions for conv4-23, 3x3 for conv5-3), 320 x 320 images.
+
+Example:
+    >>> from corrlib.models.backbones import backbone
+    >>> net = SFNet(backbone("resnet18", weights="none", taps=("layer3", "layer4")))
+    >>> out = net(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
+    >>> tuple(out.flow_st.shape), tuple(out.corr.shape), net.grid_stride
+    ((1, 2, 4, 4), (1, 16, 4, 4), 16)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from corrlib._check import check_choice, check_shape
+from corrlib.correlation import dense_correlation, l2_normalize
+from corrlib.losses import flow_consistency_loss, flow_smoothness_loss, mask_consistency_loss
+from corrlib.matching import FeatureGrid, hard_argmax, kernel_soft_argmax, soft_argmax
+from corrlib.models.backbones import Backbone, backbone
+
+__all__ = [
+    "ARGMAX_MODES",
+    "LOSS_WEIGHTS",
+    "OFFLINE_GRID_STRIDE",
+    "OFFLINE_TAPS",
+    "PAPER",
+    "AdaptationBlock",
+    "SFNet",
+    "SFNetOutput",
+    "flow_cells_to_normalized",
+    "mask_to_grid",
+    "sfnet",
+    "sfnet_loss",
+]
+
+#: How a score map becomes a match: SFNet's kernel soft argmax, a plain soft argmax, a hard argmax.
+ARGMAX_MODES = ("kernel", "soft", "hard")
+#: SFNet's loss weights (authors' code): mask consistency, flow consistency, smoothness.
+LOSS_WEIGHTS = {"mask": 3.0, "flow": 16.0, "smooth": 0.5}
+#: The paper's model and training settings (from the authors' public code).
+PAPER = {
+    "arch": "resnet101",
+    "taps": ("layer3", "layer4"),
+    "kernels": (5, 3),
+    "blocks": 2,
+    "sigma": 5.0,
+    "beta": 0.02,
+    "image_size": (320, 320),
+    "mask_threshold": 0.1,
+    "affine_std": 0.15,
+    "lr": 3e-5,
+    "batch_size": 16,
+    "epochs": 40,
+}
+#: Taps of the offline fallback backbone (strides 4 and 8) that play conv4-23 and conv5-3.
+OFFLINE_TAPS = ("block2", "block3")
+#: Correlation grid stride on the offline backbone: a 192 x 192 image gives 24 x 24 cells,
+#: close to the paper's 20 x 20 at 320 x 320 (so sigma = 5 cells covers a similar share).
+OFFLINE_GRID_STRIDE = 8
+
+
+class AdaptationBlock(nn.Module):
+    """One residual adaptation block: ``f + ReLU(BN(conv_k(f)))``, channels kept.
+
+    ``(B, C, h, w)`` -> ``(B, C, h, w)``; ``kernel`` odd (padding keeps the size).
+    """
+
+    def __init__(self, channels: int, kernel: int = 3):
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"Argument kernel must be a positive odd int, got {kernel}.")
+        self.conv = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return f + F.relu(self.bn(self.conv(f)))
+
+
+@dataclass
+class SFNetOutput:
+    """What :meth:`SFNet.forward` returns.
+
+    ``corr_st (B, hs*ws, ht, wt)``: each source cell's normalised score map over the target;
+    ``corr_ts (B, ht*wt, hs, ws)`` the reverse; ``flow_st (B, 2, hs, ws)`` and ``flow_ts (B, 2,
+    ht, wt)`` in cells; ``grid_src``/``grid_trg``: :class:`FeatureGrid` of each image (pixels).
+    """
+
+    corr_st: torch.Tensor
+    corr_ts: torch.Tensor
+    flow_st: torch.Tensor
+    flow_ts: torch.Tensor
+    grid_src: FeatureGrid
+    grid_trg: FeatureGrid
+
+    @property
+    def corr(self) -> torch.Tensor:
+        """Alias of :attr:`corr_st`."""
+        return self.corr_st
+
+    def flow_pixels(self, direction: str = "st", size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Flow in pixels ``(B, 2, H, W)`` upsampled (bilinear) to the image ``size`` of its source.
+
+        ``direction`` ``"st"`` (source -> target) or ``"ts"``. ``size=None`` keeps the grid
+        (``(B, 2, h, w)``, pixels). Upsampling with ``align_corners=False`` puts each cell at its
+        :class:`FeatureGrid` centre, so the result is consistent with :meth:`FeatureGrid.to_pixels`.
+        """
+        check_choice(direction, "direction", ("st", "ts"))
+        flow, grid_src, grid_trg = (self.flow_st, self.grid_src, self.grid_trg) if direction == "st" else (
+            self.flow_ts, self.grid_trg, self.grid_src)
+        step = flow.new_tensor(grid_trg.step).view(1, 2, 1, 1)
+        # a flow in target cells: pixel displacement = target position - source position
+        h, w = flow.shape[-2:]
+        cells = torch.stack(torch.meshgrid(torch.arange(w, dtype=flow.dtype, device=flow.device),
+                                           torch.arange(h, dtype=flow.dtype, device=flow.device), indexing="xy"))
+        src_px = grid_src.to_pixels(cells.permute(1, 2, 0)).permute(2, 0, 1)[None]
+        trg_px = flow.new_tensor(grid_trg.origin).view(1, 2, 1, 1) + step * (cells[None] + flow)
+        out = trg_px - src_px
+        if size is None:
+            return out
+        return F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def mask_to_grid(mask: torch.Tensor, size: tuple[int, int], threshold: float | None = 0.1) -> torch.Tensor:
+    """Foreground masks ``(B, H, W)`` or ``(B, 1, H, W)`` -> ``(B, 1, h, w)`` on the correlation grid.
+
+    Area-averaged to ``size`` (the fraction of foreground in each cell), then binarised at
+    ``threshold`` (SFNet uses 0.1: a cell with any real share of the object counts);
+    ``threshold=None`` keeps the fractions.
+    """
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    check_shape(mask, ("B", 1, "H", "W"), "mask")
+    frac = F.adaptive_avg_pool2d(mask.float(), tuple(size))
+    return frac if threshold is None else (frac > threshold).to(frac.dtype)
+
+
+def flow_cells_to_normalized(flow: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """A flow ``(B, 2, h, w)`` in cells of a grid of ``grid_size = (h', w')`` -> ``[-1, 1]`` units.
+
+    One cell is ``2 / w'`` (x) and ``2 / h'`` (y) normalised units (``align_corners=False``).
+    """
+    check_shape(flow, ("B", 2, "h", "w"), "flow")
+    h, w = grid_size
+    return flow * flow.new_tensor([2.0 / w, 2.0 / h]).view(1, 2, 1, 1)
+
+
+class SFNet(nn.Module):
+    """SFNet on a frozen :class:`~corrlib.models.backbones.Backbone` with two (or more) taps.
+
+    Args:
+        trunk: the backbone; its parameters are frozen and it stays in ``eval()`` mode.
+        kernels: adaptation convolution size per tap (paper: 5 for conv4-23, 3 for conv5-3).
+        blocks: residual :class:`AdaptationBlock` s per tap (paper: 2; 0 = no adaptation).
+        grid_stride: stride of the correlation grid in pixels (default: the finest tap's).
+        sigma, beta: kernel soft argmax window (cells) and softmax temperature.
+        argmax: one of :data:`ARGMAX_MODES` (``"hard"`` has no gradient: inference only).
+    """
+
+    def __init__(
+        self,
+        trunk: Backbone,
+        *,
+        kernels: Sequence[int] = (5, 3),
+        blocks: int = 2,
+        grid_stride: int | None = None,
+        sigma: float = 5.0,
+        beta: float = 0.02,
+        argmax: str = "kernel",
+    ):
+        super().__init__()
+        if not isinstance(trunk, Backbone) or trunk.concat:
+            raise TypeError("Argument trunk must be a corrlib Backbone built with concat=False (SFNet correlates each tap).")
+        check_choice(argmax, "argmax", ARGMAX_MODES)
+        if len(kernels) != len(trunk.taps):
+            raise ValueError(f"Argument kernels needs one size per tap {trunk.taps}, got {tuple(kernels)}.")
+        if sigma <= 0 or beta <= 0 or blocks < 0:
+            raise ValueError(f"Arguments sigma > 0, beta > 0 and blocks >= 0 are required, got {sigma}, {beta}, {blocks}.")
+        self.trunk = trunk.requires_grad_(False).eval()
+        self.taps = tuple(trunk.taps)
+        self.grid_stride = int(grid_stride or min(trunk.strides.values()))
+        self.adapt = nn.ModuleDict({
+            t: nn.Sequential(*[AdaptationBlock(trunk.channels[t], k) for _ in range(blocks)])
+            for t, k in zip(self.taps, kernels)
+        })
+        self.sigma, self.beta, self.argmax = float(sigma), float(beta), argmax
+        self.config = {"kernels": tuple(int(k) for k in kernels), "blocks": int(blocks), "grid_stride": self.grid_stride,
+                       "sigma": self.sigma, "beta": self.beta, "argmax": argmax}
+
+    def train(self, mode: bool = True) -> SFNet:
+        super().train(mode)
+        self.trunk.eval()  # frozen: batch norm statistics never move
+        return self
+
+    def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """Cells ``(h, w)`` of the correlation grid for an ``(H, W)`` image (sides must divide)."""
+        h, w = image_size
+        s = self.grid_stride
+        if h % s or w % s:
+            raise ValueError(f"Image size {tuple(image_size)} must be a multiple of the grid stride {s}; resize the images.")
+        return h // s, w // s
+
+    @torch.no_grad()
+    def trunk_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Frozen backbone features ``{tap: (B, C, h_tap, w_tap)}``; taps finer than the grid pooled to it.
+
+        Cache these to train many steps on fixed images: the trunk never changes.
+        """
+        size = self.grid_size(tuple(images.shape[-2:]))
+        feats = self.trunk(images)
+        return {t: F.adaptive_avg_pool2d(f, size) if f.shape[-1] > size[1] else f for t, f in feats.items()}
+
+    def adapted(self, feats: dict[str, torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
+        """Adaptation layers, then every tap at the grid ``size`` and L2-normalised: ``[(B, C_t, h, w)]``."""
+        out = []
+        for t in self.taps:
+            f = self.adapt[t](feats[t])
+            if tuple(f.shape[-2:]) != tuple(size):
+                f = F.interpolate(f, size=tuple(size), mode="bilinear", align_corners=False)
+            out.append(l2_normalize(f))
+        return out
+
+    @staticmethod
+    def correlate(fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
+        """Product over levels of ``ReLU(cosine)``: ``(B, ha*wa, hb, wb)`` (not yet normalised)."""
+        corr = None
+        for a, b in zip(fa, fb):
+            c = F.relu(dense_correlation(a, b, normalize=False))
+            corr = c if corr is None else corr * c
+        return corr
+
+    def match(self, corr: torch.Tensor, argmax: str | None = None) -> torch.Tensor:
+        """Score maps ``(B, S, h, w)`` -> matches ``(B, S, 2)`` (cells) by ``argmax`` (default: the model's)."""
+        mode = argmax or self.argmax
+        check_choice(mode, "argmax", ARGMAX_MODES)
+        if mode == "kernel":
+            return kernel_soft_argmax(corr, self.sigma, self.beta)
+        if mode == "soft":
+            return soft_argmax(corr, self.beta)
+        return hard_argmax(corr)
+
+    def forward_features(
+        self,
+        feats_src: dict[str, torch.Tensor],
+        feats_trg: dict[str, torch.Tensor],
+        image_size: tuple[int, int],
+        argmax: str | None = None,
+    ) -> SFNetOutput:
+        """:meth:`forward` from cached :meth:`trunk_features` of images of ``image_size`` (both)."""
+        size = self.grid_size(image_size)
+        fs, ft = self.adapted(feats_src, size), self.adapted(feats_trg, size)
+        raw = self.correlate(fs, ft)  # (B, hs*ws, ht, wt)
+        b, h, w = raw.shape[0], *size
+        corr_st = raw / (raw.flatten(2).norm(dim=-1)[..., None, None] + 1e-6)
+        raw_ts = raw.reshape(b, h * w, h * w).transpose(1, 2).reshape(b, h * w, h, w)
+        corr_ts = raw_ts / (raw_ts.flatten(2).norm(dim=-1)[..., None, None] + 1e-6)
+        cells = torch.stack(torch.meshgrid(torch.arange(w, dtype=raw.dtype, device=raw.device),
+                                           torch.arange(h, dtype=raw.dtype, device=raw.device), indexing="xy"))
+        flow_st = self.match(corr_st, argmax).transpose(1, 2).reshape(b, 2, h, w) - cells
+        flow_ts = self.match(corr_ts, argmax).transpose(1, 2).reshape(b, 2, h, w) - cells
+        grid = FeatureGrid.for_map(size, tuple(image_size))
+        return SFNetOutput(corr_st, corr_ts, flow_st, flow_ts, grid, grid)
+
+    def forward(self, src: torch.Tensor, trg: torch.Tensor, argmax: str | None = None) -> SFNetOutput:
+        """Dense flows both ways between ``src`` and ``trg`` ``(B, 3, H, W)`` (same size, multiple of the grid stride)."""
+        b = check_shape(src, ("B", 3, "H", "W"), "src")["B"]
+        check_shape(trg, (b, 3, src.shape[2], src.shape[3]), "trg")
+        size = tuple(src.shape[-2:])
+        both = self.trunk_features(torch.cat((src, trg)))
+        fa = {t: f[:b] for t, f in both.items()}
+        fb = {t: f[b:] for t, f in both.items()}
+        return self.forward_features(fa, fb, size, argmax)
+
+
+def sfnet_loss(
+    out: SFNetOutput,
+    mask_src: torch.Tensor,
+    mask_trg: torch.Tensor,
+    weights: dict[str, float] | None = None,
+    mask_threshold: float | None = 0.1,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """SFNet's objective ``w_mask L_mask + w_flow L_flow + w_smooth L_smooth`` and its terms.
+
+    ``mask_src``/``mask_trg``: foreground ``(B, H, W)`` (image resolution; moved to the grid by
+    :func:`mask_to_grid`). Flows enter the losses in normalised ``[-1, 1]`` units, the units
+    the paper's weights (:data:`LOSS_WEIGHTS`, the default) were set for. A weight of 0 drops
+    its term (the ablation). Returns ``(loss, {"mask": ..., "flow": ..., "smooth": ...})``
+    (unweighted values, floats).
+    """
+    w = dict(LOSS_WEIGHTS if weights is None else weights)
+    for k in w:
+        check_choice(k, "weights", tuple(LOSS_WEIGHTS))
+    size = tuple(out.flow_st.shape[-2:])
+    ms, mt = mask_to_grid(mask_src, size, mask_threshold), mask_to_grid(mask_trg, size, mask_threshold)
+    f_st = flow_cells_to_normalized(out.flow_st, size)
+    f_ts = flow_cells_to_normalized(out.flow_ts, size)
+    terms = {
+        "mask": mask_consistency_loss(out.flow_st, out.flow_ts, ms, mt),
+        "flow": flow_consistency_loss(f_st, f_ts, ms, mt),
+        "smooth": flow_smoothness_loss(f_st, ms) + flow_smoothness_loss(f_ts, mt),
+    }
+    loss = sum(w.get(k, 0.0) * v for k, v in terms.items())
+    return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def sfnet(
+    arch: str = "resnet101",
+    *,
+    weights: str = "auto",
+    taps: Sequence[str] | None = None,
+    kernels: Sequence[int] | None = None,
+    **kwargs,
+) -> SFNet:
+    """Build an :class:`SFNet` on :func:`corrlib.models.backbones.backbone` ``(arch, weights)``.
+
+    ``taps`` default to ``layer3, layer4`` (ResNets) or :data:`OFFLINE_TAPS`. With
+    ``weights="auto"`` and no ImageNet file, the backbone falls back (loudly) to the offline
+    network; SFNet then uses its :data:`OFFLINE_TAPS` (strides 4 and 8) and a grid of stride
+:data:`OFFLINE_GRID_STRIDE`.
+    ``kernels`` default to the paper's ``(5, 3)``; ``kwargs`` go to :class:`SFNet`.
+    """
+    default_taps = OFFLINE_TAPS if arch == "offline" else ("layer3", "layer4")
+    trunk = backbone(arch, taps=tuple(taps or default_taps), weights=weights)
+    if trunk.arch != arch:  # the offline fallback happened: use its two taps
+        trunk = backbone("offline", taps=OFFLINE_TAPS, weights="offline")
+        trunk.weights_source = f"{trunk.weights_source} (fallback for {arch})"
+    if trunk.arch == "offline":
+        kwargs.setdefault("grid_stride", OFFLINE_GRID_STRIDE)
+    n = len(trunk.taps)
+    return SFNet(trunk, kernels=tuple(kernels or (5, 3)[:n] + (3,) * max(0, n - 2)), **kwargs)
