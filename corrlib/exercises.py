@@ -227,7 +227,7 @@ def check_smoothness_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
     if err:
         return err
     if not abs(value - want) <= 1e-4:
-        return (f"wrong: got {value:.4f}, expected {want:.4f}: use central differences (torch.gradient), "
+        return (f"wrong: got {value:.4f}, expected {want:.4f}: use forward differences (F(x+1) - F(x), zero in the last column and row), "
                 "L1 over both flow components and both directions, weight by the mask, divide by (sum of the mask + 1) "
                 "per pair, then average over the batch.")
     return "pass: your smoothness term matches corrlib's flow_smoothness_loss."

@@ -241,32 +241,42 @@ def _fg_mean(per_pixel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def flow_consistency_loss(
-    flow_st: torch.Tensor, flow_ts: torch.Tensor, mask_s: torch.Tensor, mask_t: torch.Tensor
+    flow_st: torch.Tensor,
+    flow_ts: torch.Tensor,
+    mask_s: torch.Tensor,
+    mask_t: torch.Tensor,
+    scale: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
     """SFNet's flow consistency: going there and back must return to the start, on the foreground.
 
-    ``L_flow = sum over both directions of sum_p M_s(p) |F_st(p) + F_ts(p + F_st(p))|^2 /
-    (sum_p M_s(p) + 1)``, averaged over the batch. Shapes as :func:`mask_consistency_loss`;
-    the flows must be in the same units (SFNet measures them in normalised ``[-1, 1]`` units,
-    which is what its loss weights assume).
+    ``L_flow = sum over both directions of sum_p M_s(p) |s * (F_st(p) + F_ts(p + F_st(p)))|^2 /
+    (sum_p M_s(p) + 1)``, averaged over the batch. Shapes as :func:`mask_consistency_loss`; both
+    flows are in CELLS (the lookup ``p + F_st(p)`` needs them), and the cycle residual is
+    multiplied by ``scale = (s_x, s_y)`` per axis before squaring: SFNet measures it in
+    normalised ``[-1, 1]`` units (``scale = (2 / w, 2 / h)``), which its loss weights assume.
     """
     _check_flow_mask(flow_st, mask_s, "flow_st", "mask_s")
     _check_flow_mask(flow_ts, mask_t, "flow_ts", "mask_t")
     mask_s, mask_t = mask_s.detach().to(flow_st.dtype), mask_t.detach().to(flow_st.dtype)
-    cyc_s = flow_st + warp_by_flow(flow_ts, flow_st)
-    cyc_t = flow_ts + warp_by_flow(flow_st, flow_ts)
+    s = flow_st.new_tensor(scale).view(1, 2, 1, 1)
+    cyc_s = (flow_st + warp_by_flow(flow_ts, flow_st)) * s
+    cyc_t = (flow_ts + warp_by_flow(flow_st, flow_ts)) * s
     return _fg_mean((cyc_s**2).sum(1, keepdim=True), mask_s) + _fg_mean((cyc_t**2).sum(1, keepdim=True), mask_t)
 
 
 def flow_smoothness_loss(flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Foreground total variation of a flow: ``sum_p M(p) (|dF/dx| + |dF/dy|) / (sum_p M(p) + 1)``.
+    """Foreground total variation of a flow: ``sum_p M(p) (|dF/dx| + |dF/dy|)(p) / (sum_p M(p) + 1)``.
 
-    Central differences (``(F(x+1) - F(x-1)) / 2``, one-sided at the border) of both
-    components, L1; ``flow (B, 2, h, w)``, ``mask (B, 1, h, w)``; averaged over the batch. SFNet
-    adds this term for both directions.
+    Forward differences (``F(x+1) - F(x)``, zero in the last column/row) of both components,
+    L1, at every cell ``p`` whose mask is set; ``flow (B, 2, h, w)``, ``mask (B, 1, h, w)``;
+    averaged over the batch. SFNet adds this term for both directions. (The authors' code uses
+    central differences ``(F(x+1) - F(x-1)) / 2``, which are blind to a flow that alternates
+    from one cell to the next, exactly the noise this term should remove; we use forward ones.)
     """
     _check_flow_mask(flow, mask, "flow", "mask")
     mask = mask.detach().to(flow.dtype)
-    dx = torch.gradient(flow, dim=3)[0] if flow.shape[3] > 1 else torch.zeros_like(flow)
-    dy = torch.gradient(flow, dim=2)[0] if flow.shape[2] > 1 else torch.zeros_like(flow)
+    dx = torch.zeros_like(flow)
+    dy = torch.zeros_like(flow)
+    dx[..., :, :-1] = flow[..., :, 1:] - flow[..., :, :-1]
+    dy[..., :-1, :] = flow[..., 1:, :] - flow[..., :-1, :]
     return _fg_mean((dx.abs() + dy.abs()).sum(1, keepdim=True), mask)

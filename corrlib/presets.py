@@ -179,7 +179,7 @@ CHAPTERS: dict[str, dict[str, dict]] = {
         # scikit-image photographs (corrlib.data.FashionComposites); "paper" uses PASCAL VOC 2012.
         "smoke": {
             "variants": ("full", "soft-argmax", "no-mask-loss", "no-flow-loss", "no-smooth-loss"),
-            "source": "fashion", "images": 8, "pairs": 8, "test_images": 4, "test_pairs": 4, "cache_features": True, "jitter": 0.0,
+            "source": "fashion", "images": 8, "pairs": 8, "test_images": 4, "test_pairs": 4, "cache_features": True, "jitter": 0.0, "train_trunk": False,
             "size": (64, 64), "kind": "affine", "strength": 0.5,
             "arch": "offline", "weights": "offline", "kernels": (3, 3), "blocks": 1,
             "sigma": 5.0, "beta": 0.02, "mask_threshold": 0.1, "loss_weights": None,
@@ -192,7 +192,7 @@ CHAPTERS: dict[str, dict[str, dict]] = {
             "variants": ("full", "soft-argmax", "no-mask-loss", "no-flow-loss", "no-smooth-loss"),
             # 600 composites (160 px objects on 192 px crops of real photographs), one affine warp each
             # the trunk's features of the pool are computed once (no photometric jitter then)
-            "source": "fashion", "images": 600, "pairs": 600, "test_images": 64, "test_pairs": 64, "cache_features": True, "jitter": 0.0,
+            "source": "fashion", "images": 600, "pairs": 600, "test_images": 64, "test_pairs": 64, "cache_features": True, "jitter": 0.0, "train_trunk": False,
             "size": (192, 192), "kind": "affine", "strength": 0.5,
             # offline backbone (strides 4, 8) on a 24 x 24 grid; 3x3 adaptation (5x5 costs 2x here);
             # every variant trains the same 200 steps (about 45 s each on a 2-core CPU)
@@ -212,7 +212,7 @@ CHAPTERS: dict[str, dict[str, dict]] = {
             # (corrlib.geometry.sample_random_warp, strength 0.5) replaces theta = I + N(0, 0.15^2).
             # training draws fresh warps every step, with flips and photometric jitter (online: the
             # trunk runs in every step); "pairs" is only the pool shown in the notebook
-            "source": "voc", "images": 1464, "pairs": 64, "test_images": 200, "test_pairs": 200, "cache_features": False, "jitter": 0.1,
+            "source": "voc", "images": 1464, "pairs": 64, "test_images": 200, "test_pairs": 200, "cache_features": False, "jitter": 0.1, "train_trunk": False,
             "size": (320, 320), "kind": "affine", "strength": 0.5,
             "arch": "resnet101", "weights": "imagenet", "kernels": (5, 3), "blocks": 2,
             "sigma": 5.0, "beta": 0.02, "mask_threshold": 0.1, "loss_weights": None,

@@ -221,21 +221,31 @@ class SFNet(nn.Module):
         return self
 
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """Cells ``(h, w)`` of the correlation grid for an ``(H, W)`` image (sides must divide)."""
+        """Cells ``(h, w)`` of the correlation grid for an ``(H, W)`` image.
+
+        Both sides must be multiples of the grid stride and of the coarsest tap's stride (else
+        that tap's map, upsampled to the grid, would be misaligned with the finer one).
+        """
         h, w = image_size
         s = self.grid_stride
-        if h % s or w % s:
-            raise ValueError(f"Image size {tuple(image_size)} must be a multiple of the grid stride {s}; resize the images.")
+        m = max(s, *self.trunk.strides.values())
+        if h % m or w % m:
+            raise ValueError(
+                f"Image size {tuple(image_size)} must be a multiple of {m} (the grid stride {s} and the coarsest "
+                f"tap stride of {self.trunk.arch}); resize the images, e.g. to {(max(m, round(h / m) * m), max(m, round(w / m) * m))}."
+            )
         return h // s, w // s
 
-    @torch.no_grad()
     def trunk_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Frozen backbone features ``{tap: (B, C, h_tap, w_tap)}``; taps finer than the grid pooled to it.
+        """Backbone features ``{tap: (B, C, h_tap, w_tap)}``; taps finer than the grid pooled to it.
 
-        Cache these to train many steps on fixed images: the trunk never changes.
+        The trunk is frozen (SFNet's setting): no graph is built, and the features can be cached
+        to train many steps on fixed images. After ``model.trunk.requires_grad_(True)`` (a
+        fine-tuning experiment, not the paper) gradients flow into the trunk too.
         """
         size = self.grid_size(tuple(images.shape[-2:]))
-        feats = self.trunk(images)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trunk.trainable):
+            feats = self.trunk(images)
         return {t: F.adaptive_avg_pool2d(f, size) if f.shape[-1] > size[1] else f for t, f in feats.items()}
 
     def adapted(self, feats: dict[str, torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
@@ -322,9 +332,10 @@ def sfnet_loss(
     ms, mt = mask_to_grid(mask_src, size, mask_threshold), mask_to_grid(mask_trg, size, mask_threshold)
     f_st = flow_cells_to_normalized(out.flow_st, size)
     f_ts = flow_cells_to_normalized(out.flow_ts, size)
+    unit = (2.0 / size[1], 2.0 / size[0])  # one cell in normalised units (x, y)
     terms = {
         "mask": mask_consistency_loss(out.flow_st, out.flow_ts, ms, mt),
-        "flow": flow_consistency_loss(f_st, f_ts, ms, mt),
+        "flow": flow_consistency_loss(out.flow_st, out.flow_ts, ms, mt, scale=unit),
         "smooth": flow_smoothness_loss(f_st, ms) + flow_smoothness_loss(f_ts, mt),
     }
     loss = sum(w.get(k, 0.0) * v for k, v in terms.items())

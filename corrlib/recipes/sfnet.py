@@ -180,13 +180,21 @@ ONLINE_PAIRS = 2**62
 
 
 def _flip_pair(item: dict) -> dict:
-    """Mirror a pair left-right (both images, masks, the flow and its x component)."""
+    """Mirror a pair left-right: images, masks, both flows (x component negated) and keypoints."""
     out = dict(item)
     for k in ("src_img", "trg_img", "src_mask", "trg_mask", "flow_valid", "trg_flow_valid"):
         out[k] = item[k].flip(-1)
-    flow = item["flow"].flip(-1).clone()
-    flow[0] = -flow[0]
-    out["flow"] = flow
+    for k in ("flow", "trg_flow"):
+        if k in item:
+            flow = item[k].flip(-1).clone()
+            flow[0] = -flow[0]
+            out[k] = flow
+    w = item["src_img"].shape[-1]
+    for k in ("src_kps", "trg_kps"):
+        if k in item and len(item[k]):
+            kps = item[k].clone()
+            kps[:, 0] = w - 1 - kps[:, 0]
+            out[k] = kps
     return out
 
 
@@ -284,13 +292,18 @@ def train_sfnet(
 
     ``pool``: a :class:`PairPool` with cached trunk features of a model of the same ``cfg`` (the
     trunk is frozen and identical for every variant), or an online source of :func:`build_online`
-    (the trunk runs in every step). Resumes from ``ckpt_path``; ``stop_after`` ends this call
+    (the trunk runs in every step). ``cfg["train_trunk"]`` (an experiment, not the paper) also
+    fine-tunes the trunk; it needs online data. Resumes from ``ckpt_path``; ``stop_after`` ends this call
     early (an interruption: call again to resume). The log has the loss terms and ``epe_px``,
     the flow's error on foreground pixels of the pairs (ground truth used only to measure).
     """
     argmax, weights = variant_settings(variant, cfg.get("loss_weights"))
     seed_everything(seed)
     model = build_model(cfg, argmax=argmax)
+    if cfg.get("train_trunk", False):  # fine-tune the trunk too (an experiment; SFNet freezes it)
+        if isinstance(pool, PairPool):
+            raise ValueError("cfg['train_trunk'] needs online training data (build_online): cached trunk features cannot change.")
+        model.trunk.requires_grad_(True)
     n_steps = steps or cfg["steps"].get(variant, cfg["steps"]["default"])
     config = TrainConfig(
         steps=n_steps, lr=cfg["lr"], optimizer="adam", schedule=cfg["schedule"],
@@ -339,7 +352,7 @@ def export_sfnet(path, model: SFNet, cfg: dict, variant: str | None = None, metr
         "adapt": model.adapt.state_dict(),
         "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)},
     }
-    if cfg["weights"] == "none":
+    if cfg["weights"] == "none" or model.trunk.trainable:  # random or fine-tuned: not rebuildable from its source
         state["trunk"] = model.trunk.state_dict()
     return save_checkpoint(path, state)
 
@@ -440,4 +453,6 @@ def evaluate_mask_transfer(method, data_root=None, subsets=("FG3DCar", "JODS", "
         ious += sub
         if sub:
             per[subset] = float(sum(sub) / len(sub))
+    if not ious:
+        raise ValueError(f"No TSS pair was evaluated in {root} for subsets {tuple(subsets)} with limit={limit}; give a limit >= 1 and existing subsets.")
     return {"iou": sum(ious) / len(ious), "identity_iou": sum(ids) / len(ids), "rows": len(ious), "per_subset": per}

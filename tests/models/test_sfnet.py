@@ -71,6 +71,27 @@ def test_flow_consistency_zero_for_inverse_flows_on_the_foreground():
     assert ok.item() < 1e-9 and bad.item() == pytest.approx(2 * 8 * n / (n + 1), rel=1e-5)
 
 
+def test_flow_consistency_composes_a_zoom_and_its_inverse():
+    """A zoom and its exact inverse cancel after the lookup, at any residual scale."""
+    n, c = 20, 9.5
+    xs = torch.arange(n, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"))[None]  # (1, 2, n, n) cells (x, y)
+    f_st, f_ts = 0.25 * (grid - c), -0.2 * (grid - c)  # q = c + 1.25 (p - c) and back
+    m = torch.zeros(1, 1, n, n)
+    m[..., 5:15, 5:15] = 1  # lands inside the grid after the zoom
+    assert flow_consistency_loss(f_st, f_ts, m, m, scale=(0.1, 0.1)).item() < 1e-10
+    assert flow_consistency_loss(f_st, 0.5 * f_ts, m, m, scale=(0.1, 0.1)).item() > 1e-4
+    # the same flows through sfnet_loss's units: exact inverse flows give a zero flow term
+    assert flow_consistency_loss(f_st, f_ts, m, m, scale=(2 / n, 2 / n)).item() < 1e-10
+
+
+def test_smoothness_sees_a_one_cell_zigzag():
+    flow = torch.zeros(1, 2, 12, 12)
+    flow[:, 0, :, ::2] = 1.0  # alternates 1, 0, 1, 0 along x: central differences would say 0
+    m = _box_mask()
+    assert flow_smoothness_loss(flow, m).item() > 0.9
+
+
 def test_smoothness_is_the_slope_of_a_linear_flow():
     flow = torch.zeros(1, 2, 12, 12)
     flow[:, 0] = 0.25 * torch.arange(12.0)  # dF_x/dx = 0.25 everywhere (one-sided at the borders too)
@@ -149,7 +170,7 @@ def test_trunk_frozen_adaptation_trains_and_train_keeps_trunk_in_eval():
 
 
 def test_grid_size_error_names_the_fix(net):
-    with pytest.raises(ValueError, match="multiple of the grid stride 16"):
+    with pytest.raises(ValueError, match=r"multiple of 32 \(the grid stride 16"):
         net(torch.rand(1, 3, 70, 64), torch.rand(1, 3, 70, 64))
 
 

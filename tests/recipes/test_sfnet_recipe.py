@@ -55,6 +55,12 @@ def test_batches_are_resumable_and_directions_swap(cfg, pools):
     b = fn(3, torch.Generator().manual_seed(7))
     assert torch.equal(a["mask_src"], b["mask_src"]) and a["feats_src"]["block2"].dtype == torch.float32
     assert a["mask_src"].shape == (cfg["batch_size"], 64, 64)
+    # over a few steps both directions occur: a reversed row carries the pool's target mask as its source
+    rows = [fn(s, torch.Generator().manual_seed(s)) for s in range(6)]
+    masks = {tuple(b["mask_src"][i].flatten()[::97].tolist()) for b in rows for i in range(cfg["batch_size"])}
+    trg = {tuple(m.float().flatten()[::97].tolist()) for m in train.trg_mask}
+    src = {tuple(m.float().flatten()[::97].tolist()) for m in train.src_mask}
+    assert masks & trg - src and masks & src - trg
     with pytest.raises(ValueError, match="cache_features"):
         recipe.make_batch_fn(recipe.PairPool(*[getattr(train, k) for k in ("src", "trg", "src_mask", "trg_mask", "flow", "flow_valid")]), cfg)
 
@@ -182,3 +188,15 @@ def test_online_training_resumes_exactly(tmp_path):
     assert hist[-1]["step"] == 4
     for p, q in zip(whole.adapt.parameters(), resumed.adapt.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
+
+
+@needs_fashion
+def test_train_trunk_needs_online_data_and_moves_the_trunk(cfg, pools):
+    train, _ = pools
+    c = {**cfg, "train_trunk": True, "steps": {"default": 2}}
+    with pytest.raises(ValueError, match="online"):
+        recipe.train_sfnet("full", c, train, device="cpu")
+    before = recipe.build_model(c).trunk.state_dict()
+    model, _, _ = recipe.train_sfnet("full", c, recipe.build_online(c, "train"), device="cpu")
+    after = model.trunk.state_dict()
+    assert any(not torch.equal(before[k], after[k].cpu()) for k in before if before[k].is_floating_point())
