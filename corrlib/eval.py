@@ -99,6 +99,25 @@ def _scale_points(pts: torch.Tensor, from_size, to_size) -> torch.Tensor:
     return (pts + 0.5) * s - 0.5
 
 
+def _network_input(img: torch.Tensor, *, size=None, max_side: int | None = None, stride: int = 1) -> torch.Tensor:
+    """``img (3, H, W)`` uint8 or float -> float ``(3, H', W')`` in ``[0, 1]`` for a network.
+
+    ``size``: exactly ``(H', W')``; else the longer side scaled to ``max_side`` (None: kept) and
+    both sides rounded to multiples of ``stride`` (at least one stride). Bilinear, antialiased.
+    """
+    import torch.nn.functional as F
+
+    check_image(img, "image", batched=False)
+    x = img.float() / 255 if img.dtype == torch.uint8 else img.float()
+    h, w = x.shape[-2:]
+    if size is None:
+        scale = 1.0 if max_side is None else max_side / max(h, w)
+        size = (max(stride, round(h * scale / stride) * stride), max(stride, round(w * scale / stride) * stride))
+    if tuple(size) != (h, w):
+        x = F.interpolate(x[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+    return x
+
+
 class IdentityMethod(CorrespondenceMethod):
     """The no-motion baseline: each source point maps to the same relative position in the target.
 
@@ -506,18 +525,12 @@ class BackboneMethod(DescriptorMethod):
 
     @torch.no_grad()
     def _describe_image(self, img: torch.Tensor):
-        import torch.nn.functional as F
 
         from corrlib.matching import FeatureGrid
 
-        check_image(img, "image", batched=False)
-        rgb = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-        h, w = rgb.shape[-2:]
-        s = self.stride
-        scale = 1.0 if self.max_side is None else self.max_side / max(h, w)
-        size = (max(s, round(h * scale / s) * s), max(s, round(w * scale / s) * s))
-        if size != (h, w):
-            rgb = F.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+        h, w = img.shape[-2:]
+        rgb = _network_input(img, max_side=self.max_side, stride=self.stride)
+        size = tuple(rgb.shape[-2:])
         out = self.model(rgb[None].to(self.device))
         feat = (out if self.model.concat else out[self.tap])[0].float().cpu()  # (C, h', w')
         grid = FeatureGrid.for_map(tuple(feat.shape[-2:]), size).in_original((size[1] / w, size[0] / h))
@@ -567,16 +580,10 @@ class UCNMethod(LearnedPatchMethod):
 
     @torch.no_grad()
     def _describe_image(self, img: torch.Tensor):
-        import torch.nn.functional as F
 
-        check_image(img, "image", batched=False)
-        x = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-        h, w = x.shape[-2:]
-        scale = 1.0 if self.max_side is None else self.max_side / max(h, w)
-        s = self.stride
-        size = (max(s, round(h * scale / s) * s), max(s, round(w * scale / s) * s))
-        if size != (h, w):
-            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+        h, w = img.shape[-2:]
+        x = _network_input(img, max_side=self.max_side, stride=self.stride)
+        size = tuple(x.shape[-2:])
         p = next(self.model.parameters(), None)
         feat, _ = self.model(x[None].to(p.device if p is not None else "cpu"))
         grid = self.model.feature_grid(size).in_original((size[1] / w, size[0] / h))
@@ -641,15 +648,11 @@ class SFNetMethod(CorrespondenceMethod):
 
     @torch.no_grad()
     def _features(self, img: torch.Tensor, key=None) -> dict:
-        import torch.nn.functional as F
 
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        check_image(img, "image", batched=False)
-        x = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x[None], size=self.image_size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+        x = _network_input(img, size=self.image_size)
         feats = self.model.trunk_features(x[None].to(self.device))
         if key is not None:
             self._cache[key] = feats
