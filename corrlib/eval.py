@@ -525,7 +525,6 @@ class BackboneMethod(DescriptorMethod):
 
     @torch.no_grad()
     def _describe_image(self, img: torch.Tensor):
-
         from corrlib.matching import FeatureGrid
 
         h, w = img.shape[-2:]
@@ -580,7 +579,6 @@ class UCNMethod(LearnedPatchMethod):
 
     @torch.no_grad()
     def _describe_image(self, img: torch.Tensor):
-
         h, w = img.shape[-2:]
         x = _network_input(img, max_side=self.max_side, stride=self.stride)
         size = tuple(x.shape[-2:])
@@ -648,7 +646,6 @@ class SFNetMethod(CorrespondenceMethod):
 
     @torch.no_grad()
     def _features(self, img: torch.Tensor, key=None) -> dict:
-
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
