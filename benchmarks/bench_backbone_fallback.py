@@ -41,7 +41,11 @@ class _Blank(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s = self.ds[i]
-        return dict(s, src_img=torch.full_like(s["src_img"], 128), trg_img=torch.full_like(s["trg_img"], 128))
+        return dict(
+            s,
+            src_img=torch.full_like(s["src_img"], 128),
+            trg_img=torch.full_like(s["trg_img"], 128),
+        )
 
 
 class _Every(torch.utils.data.Dataset):
@@ -62,9 +66,15 @@ OPTIONS = {
     "identity": ("identity", {}),
     "(a) resnet18 layer3, random init": ("backbone-resnet18", {"weights": "none", "tap": "layer3"}),
     "(a) resnet50 layer3, random init": ("backbone-resnet50", {"weights": "none", "tap": "layer3"}),
-    "(a) resnet101 layer3, random init": ("backbone-resnet101", {"weights": "none", "tap": "layer3"}),
+    "(a) resnet101 layer3, random init": (
+        "backbone-resnet101",
+        {"weights": "none", "tap": "layer3"},
+    ),
     "(a) vgg16 conv4_3, random init": ("backbone-vgg16", {"weights": "none", "tap": "conv4_3"}),
-    "control: (a) resnet101 on BLANK images": ("backbone-resnet101", {"weights": "none", "tap": "layer3"}),
+    "control: (a) resnet101 on BLANK images": (
+        "backbone-resnet101",
+        {"weights": "none", "tap": "layer3"},
+    ),
     "(b) daisy": ("daisy", {"max_side": 320}),
     "(b) sift": ("sift", {"max_side": 320}),
     "(c) offline block3": ("backbone-offline", {"weights": "offline", "tap": "block3"}),
@@ -92,7 +102,9 @@ def run(options: dict, data_root=None, every: int = 1) -> list[dict]:
                 "PCK@0.1": res.pck(0.1),
                 "PCK@0.15": res.pck(0.15),
                 "seconds": time.perf_counter() - t0,
-                "weights": getattr(method, "weights_source", "none (hand-crafted)" if name != "identity" else "-"),
+                "weights": getattr(
+                    method, "weights_source", "none (hand-crafted)" if name != "identity" else "-"
+                ),
             }
         )
         print(_row(rows[-1]), flush=True)
@@ -117,7 +129,10 @@ def main() -> None:
     if args.only:
         keys = args.only.split(",")
         options = {k: v for k, v in OPTIONS.items() if any(s in k for s in keys)}
-    print(f"PF-WILLOW, every {args.every} pair(s), pf-willow protocol, max_side 320, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"PF-WILLOW, every {args.every} pair(s), pf-willow protocol, max_side 320, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print("| option | PCK@0.05 | PCK@0.1 | PCK@0.15 | time (s) | weights |")
     print("|---|---|---|---|---|---|")
     rows = run(options, args.data_root, args.every)

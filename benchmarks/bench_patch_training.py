@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from corrlib.presets import get_config
+from corrlib.recipes import get_config
 from corrlib.recipes.patch import build_model, patch_loss, patch_size_for
 
 
@@ -25,16 +25,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_config("01_patch", args.preset)
-    bs = cfg["batch_size"]
+    bs = cfg.batch_size
     print(f"preset {args.preset}: batch {bs}, torch threads {torch.get_num_threads()}")
     print(f"{'architecture':16s} {'patch':>5s} {'params':>9s} {'pairs/s':>9s}")
-    for arch in cfg["archs"]:
+    for arch in cfg.archs:
         size = patch_size_for(arch, cfg)
         model = build_model(arch, cfg)
         opt = torch.optim.Adam(model.parameters(), 1e-3)
         g = torch.Generator().manual_seed(0)
-        batch = {"a": torch.rand(bs, 1, size, size, generator=g), "b": torch.rand(bs, 1, size, size, generator=g),
-                 "label": torch.arange(bs) < bs // 2}
+        batch = {
+            "a": torch.rand(bs, 1, size, size, generator=g),
+            "b": torch.rand(bs, 1, size, size, generator=g),
+            "label": torch.arange(bs) < bs // 2,
+        }
         for i in range(args.steps + 3):
             if i == 3:
                 t0 = time.perf_counter()

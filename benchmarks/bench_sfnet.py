@@ -38,7 +38,9 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(arch: str, path: str, size: int, batch: int, steps: int, kernels: tuple[int, int]) -> dict:
+def run_one(
+    arch: str, path: str, size: int, batch: int, steps: int, kernels: tuple[int, int]
+) -> dict:
     from corrlib.models.backbones import backbone
     from corrlib.models.sfnet import OFFLINE_TAPS, SFNet, sfnet_loss
 
@@ -85,15 +87,24 @@ def run_one(arch: str, path: str, size: int, batch: int, steps: int, kernels: tu
         fn()
     sec = (time.perf_counter() - t0) / steps
     return {
-        "arch": arch, "path": path, "size": size, "batch": batch, "grid": f"{h}x{w}", "threads": torch.get_num_threads(),
-        "sec_per_step": sec, "pairs_per_s": batch / sec,
-        "peak_extra_mb": max(0.0, _peak_mb() - base), "peak_grew": _peak_mb() > peak_before,
+        "arch": arch,
+        "path": path,
+        "size": size,
+        "batch": batch,
+        "grid": f"{h}x{w}",
+        "threads": torch.get_num_threads(),
+        "sec_per_step": sec,
+        "pairs_per_s": batch / sec,
+        "peak_extra_mb": max(0.0, _peak_mb() - base),
+        "peak_grew": _peak_mb() > peak_before,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
@@ -105,20 +116,47 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        res = run_one(args.one[0], args.one[1], args.size, args.batch, args.steps, tuple(args.kernels))
+        res = run_one(
+            args.one[0], args.one[1], args.size, args.batch, args.steps, tuple(args.kernels)
+        )
         print(json.dumps(res))
         return
-    print(f"SFNet at {args.size}x{args.size}, batch {args.batch}, kernels {args.kernels}, {args.steps} timed steps, one subprocess each")
-    print(f"{'backbone':10s} {'path':9s} {'grid':>6s} {'s/step':>7s} {'pairs/s':>8s} {'peak MB':>8s}")
+    print(
+        f"SFNet at {args.size}x{args.size}, batch {args.batch}, kernels {args.kernels}, "
+        f"{args.steps} timed steps, one subprocess each"
+    )
+    print(
+        f"{'backbone':10s} {'path':9s} {'grid':>6s} {'s/step':>7s} {'pairs/s':>8s} {'peak MB':>8s}"
+    )
     for arch in args.arch:
         for path in ("corr+ksa", "step"):
-            cmd = [sys.executable, __file__, "--one", arch, path, "--size", str(args.size), "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--kernels", *map(str, args.kernels)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                arch,
+                path,
+                "--size",
+                str(args.size),
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+                "--kernels",
+                *map(str, args.kernels),
+            ]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            out = (
+                subprocess.run(cmd, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             r = json.loads(out)
-            print(f"{arch:10s} {path:9s} {r['grid']:>6s} {r['sec_per_step']:7.3f} {r['pairs_per_s']:8.2f} {r['peak_extra_mb']:8.0f}")
+            print(
+                f"{arch:10s} {path:9s} {r['grid']:>6s} {r['sec_per_step']:7.3f} "
+                f"{r['pairs_per_s']:8.2f} {r['peak_extra_mb']:8.0f}"
+            )
 
 
 if __name__ == "__main__":

@@ -6,11 +6,19 @@ was given; an unknown string option lists the valid values; a non-tensor raises 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["check_choice", "check_image", "check_shape", "check_tensor"]
+__all__ = [
+    "check_choice",
+    "check_float",
+    "check_image",
+    "check_int",
+    "check_shape",
+    "check_tensor",
+]
 
 
 def check_tensor(x: object, name: str) -> torch.Tensor:
@@ -86,17 +94,21 @@ def check_choice(value: str, name: str, valid: Iterable[str]) -> str:
     return value
 
 
-def check_image(img: torch.Tensor, name: str = "image", batched: bool | None = None) -> torch.Tensor:
+def check_image(
+    img: torch.Tensor, name: str = "image", batched: bool | None = None
+) -> torch.Tensor:
     """Check an RGB image tensor: ``(3, H, W)`` or ``(B, 3, H, W)`` (``batched`` forces one).
 
     A grey (1 channel) or RGBA (4 channel) image is refused with a message that says how to
     convert it; returns ``img``.
 
     Example:
-        >>> check_image(torch.zeros(1, 8, 8), "src")
+        >>> check_image(torch.zeros(1, 8, 8), "src")  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        ValueError: Argument src must have 3 channels (RGB) in dim 0, got 1 channels (shape (1, 8, 8)); a grey image: repeat it, e.g. img.expand(3, -1, -1), or load it with corrlib.data.read_image.
+        ValueError: Argument src must have 3 channels (RGB) in dim 0, got 1 channels (shape (1, 8,
+        8)); a grey image: repeat it, e.g. img.expand(3, -1, -1), or load it with
+        corrlib.data.read_image.
     """
     check_tensor(img, name)
     if batched is None:
@@ -107,7 +119,11 @@ def check_image(img: torch.Tensor, name: str = "image", batched: bool | None = N
         raise ValueError(f"Argument {name} must have shape {shape}, got shape {tuple(img.shape)}.")
     c = img.shape[-3]
     if c != 3:
-        expand, alpha = ("img.expand(-1, 3, -1, -1)", "img[:, :3]") if batched else ("img.expand(3, -1, -1)", "img[:3]")
+        expand, alpha = (
+            ("img.expand(-1, 3, -1, -1)", "img[:, :3]")
+            if batched
+            else ("img.expand(3, -1, -1)", "img[:3]")
+        )
         fix = {
             1: f"a grey image: repeat it, e.g. {expand}, or load it with corrlib.data.read_image",
             4: f"an RGBA image: drop alpha with {alpha}, or load it with corrlib.data.read_image",
@@ -117,3 +133,56 @@ def check_image(img: torch.Tensor, name: str = "image", batched: bool | None = N
             f"(shape {tuple(img.shape)}); {fix}."
         )
     return img
+
+
+def check_int(value: object, name: str, low: int, high: int | None = None) -> int:
+    """Raise ``ValueError`` unless ``value`` is an int (not a bool) in ``[low, high]``; return it.
+
+    Example:
+        >>> check_int(3, "steps", 1)
+        3
+        >>> check_int(0, "steps", 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument steps must be an int >= 1, got 0.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"Argument {name} must be an int {rng}, got {value!r}.")
+    return value
+
+
+def check_float(
+    value: object,
+    name: str,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Raise ``ValueError`` unless ``value`` is a finite number in the interval; return it.
+
+    ``low_open``/``high_open`` exclude the end points.
+
+    Example:
+        >>> check_float(0.5, "lr", 0.0, low_open=True)
+        0.5
+        >>> check_float(0.0, "lr", 0.0, low_open=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument lr must be a number in (0.0, inf), got 0.0.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        lo = f"{'(' if low_open else '['}{low}"
+        hi = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
+        raise ValueError(f"Argument {name} must be a number in {lo}, {hi}, got {value!r}.")
+    return value

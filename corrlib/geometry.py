@@ -17,13 +17,14 @@ Conventions (used everywhere in corrlib):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from corrlib._check import check_choice, check_shape, check_tensor
+from corrlib._check import check_choice, check_int, check_shape, check_tensor
 
 __all__ = [
     "WARP_KINDS",
@@ -37,8 +38,10 @@ __all__ = [
     "pixel_grid",
     "pixel_to_normalized",
     "sample_random_warp",
+    "tps_basis",
     "tps_fit",
     "tps_grid",
+    "tps_lattice",
     "tps_transform",
     "transfer_kps_with_flow",
     "transfer_kps_with_inverse_flow",
@@ -117,7 +120,8 @@ def affine_grid(theta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ``k`` pixels in x is ``theta[:, 0, 2] = 2 k / W``.
 
     Example:
-        >>> theta = torch.tensor([[[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]]])  # 1 px right in a 4-wide image
+        >>> # 1 px right in a 4-wide image
+        >>> theta = torch.tensor([[[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]]])
         >>> affine_grid(theta, (2, 4))[0, 0, :, 0]
         tensor([-0.2500,  0.2500,  0.7500,  1.2500])
     """
@@ -142,12 +146,15 @@ def homography_grid(h: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     affine ``h`` (last row ``0 0 1``) gives the same grid as :func:`affine_grid` of ``h[:, :2]``.
     """
     b = check_shape(h, ("B", 3, 3), "h")["B"]
-    base = _normalized_grid(size, device=h.device, dtype=h.dtype).reshape(1, -1, 2).expand(b, -1, -1)
+    base = (
+        _normalized_grid(size, device=h.device, dtype=h.dtype).reshape(1, -1, 2).expand(b, -1, -1)
+    )
     return _apply_homography(h, base).reshape(b, size[0], size[1], 2)
 
 
 def _hartley_transform(pts: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, 3)`` similarity moving the centroid of ``pts (B, N, 2)`` to 0, mean radius sqrt 2."""
+    """``(B, 3, 3)`` similarity moving the centroid of ``pts (B, N, 2)`` to 0, mean radius
+    sqrt 2."""
     c = pts.mean(dim=1)  # (B, 2)
     r = (pts - c[:, None]).norm(dim=-1).mean(dim=1).clamp_min(1e-12)  # (B,)
     s = math.sqrt(2) / r
@@ -289,7 +296,11 @@ def tps_grid(ctrl: torch.Tensor, target: torch.Tensor, size: tuple[int, int]) ->
     """
     params = tps_fit(ctrl, target)
     b = ctrl.shape[0]
-    base = _normalized_grid(size, device=ctrl.device, dtype=ctrl.dtype).reshape(1, -1, 2).expand(b, -1, -1)
+    base = (
+        _normalized_grid(size, device=ctrl.device, dtype=ctrl.dtype)
+        .reshape(1, -1, 2)
+        .expand(b, -1, -1)
+    )
     return tps_transform(base, ctrl, params).reshape(b, size[0], size[1], 2)
 
 
@@ -340,9 +351,15 @@ def warp_with_flow(
     finite = torch.isfinite(flow).all(dim=1, keepdim=True)
     flow = torch.where(finite, flow, torch.zeros_like(flow))
     grid = flow_to_grid(flow, (hi, wi))
-    out = F.grid_sample(image, grid.to(image.dtype), mode=mode, padding_mode="border", align_corners=False)
-    pts = pixel_grid(flow.shape[-2:], device=flow.device, dtype=flow.dtype) + flow.permute(0, 2, 3, 1)
-    inside = (pts[..., 0] >= 0) & (pts[..., 0] <= wi - 1) & (pts[..., 1] >= 0) & (pts[..., 1] <= hi - 1)
+    out = F.grid_sample(
+        image, grid.to(image.dtype), mode=mode, padding_mode="border", align_corners=False
+    )
+    pts = pixel_grid(flow.shape[-2:], device=flow.device, dtype=flow.dtype) + flow.permute(
+        0, 2, 3, 1
+    )
+    inside = (
+        (pts[..., 0] >= 0) & (pts[..., 0] <= wi - 1) & (pts[..., 1] >= 0) & (pts[..., 1] <= hi - 1)
+    )
     return out, inside.unsqueeze(1) & finite
 
 
@@ -435,10 +452,14 @@ def transfer_kps_with_inverse_flow(
         det = a * d - bb * c
         good = det.abs() > 1e-3
         det = torch.where(good, det, torch.ones_like(det))
-        step = torch.stack(((d * r[..., 0] - bb * r[..., 1]) / det, (a * r[..., 1] - c * r[..., 0]) / det), -1)
+        step = torch.stack(
+            ((d * r[..., 0] - bb * r[..., 1]) / det, (a * r[..., 1] - c * r[..., 0]) / det), -1
+        )
         cand = x - torch.where(good[..., None], step, r)
         cand_err = residual(cand).norm(dim=-1)
-        better = (cand_err < err) & supported(cand) & torch.isfinite(cand_err)  # err < 0: never refine
+        better = (
+            (cand_err < err) & supported(cand) & torch.isfinite(cand_err)
+        )  # err < 0: never refine
         x = torch.where(better[..., None], cand, x)
         err = torch.where(better, cand_err, err)
     x = torch.where(ok_flat.any(dim=1)[:, None, None], x, torch.full_like(x, float("nan")))
@@ -490,11 +511,17 @@ class RandomWarp:
     def inverse(self) -> RandomWarp:
         """The reverse warp (input -> output); approximate for ``tps`` (see the class)."""
         if self.kind != "tps":
-            return RandomWarp(self.kind, matrix=torch.linalg.inv(self.matrix.double()).to(self.matrix.dtype))
+            return RandomWarp(
+                self.kind, matrix=torch.linalg.inv(self.matrix.double()).to(self.matrix.dtype)
+            )
         # dense reverse fit: map a 16x16 lattice over [-1, 1]^2 forward and fit the TPS back
         b = self.ctrl.shape[0]
         axis = torch.linspace(-1, 1, 16, device=self.ctrl.device, dtype=torch.float64)
-        lattice = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1).reshape(1, -1, 2).expand(b, -1, -1)
+        lattice = (
+            torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1)
+            .reshape(1, -1, 2)
+            .expand(b, -1, -1)
+        )
         params = tps_fit(self.ctrl.double(), self.target.double())
         moved = tps_transform(lattice, self.ctrl.double(), params)
         dtype = self.ctrl.dtype
@@ -566,7 +593,9 @@ def sample_random_warp(
         m[:, :2, 2] = t
         m[:, 2, 2] = 1
         return RandomWarp("affine", matrix=m.to(dtype))
-    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+    corners = torch.tensor(
+        [[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64
+    )
     if kind == "homography":
         src = corners.expand(batch, -1, -1)
         dst = src + u(batch, 4, 2, r=0.35 * s)
@@ -574,5 +603,77 @@ def sample_random_warp(
             return RandomWarp("homography", matrix=torch.zeros(0, 3, 3, dtype=dtype))
         return RandomWarp("homography", matrix=homography_from_points(src, dst).to(dtype))
     axis = torch.linspace(-1, 1, 3, dtype=torch.float64)
-    lattice = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1).reshape(1, 9, 2).expand(batch, -1, -1)
-    return RandomWarp("tps", ctrl=lattice.to(dtype).clone(), target=(lattice + u(batch, 9, 2, r=0.25 * s)).to(dtype))
+    lattice = (
+        torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1)
+        .reshape(1, 9, 2)
+        .expand(batch, -1, -1)
+    )
+    return RandomWarp(
+        "tps",
+        ctrl=lattice.to(dtype).clone(),
+        target=(lattice + u(batch, 9, 2, r=0.25 * s)).to(dtype),
+    )
+
+
+_DEFAULT_LATTICE = 4  # 4x4 = 16 control points, as the paper's TPS
+
+
+def _size2(size) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if not (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(s, int) and s > 0 for s in size)
+    ):
+        raise ValueError(
+            f"Argument size must be a positive int or an (H, W) pair of them, got {size!r}."
+        )
+    return int(size[0]), int(size[1])
+
+
+def tps_lattice(k: int = _DEFAULT_LATTICE, *, dtype=torch.float32) -> torch.Tensor:
+    """``(k*k, 2)`` control points (x, y) of a ``k x k`` lattice spanning ``[-1, 1]^2``, row-major.
+
+    Example:
+        >>> tps_lattice(2)
+        tensor([[-1., -1.],
+                [ 1., -1.],
+                [-1.,  1.],
+                [ 1.,  1.]])
+    """
+    check_int(k, "k", 2)
+    axis = torch.linspace(-1.0, 1.0, k, dtype=dtype)
+    return torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1).reshape(-1, 2)
+
+
+@functools.lru_cache(maxsize=16)
+def _tps_basis_cached(ctrl_key: tuple, size: tuple[int, int]) -> torch.Tensor:
+    ctrl = torch.tensor(ctrl_key, dtype=torch.float64)
+    k = ctrl.shape[0]
+    onehot = torch.zeros(k, k, 2, dtype=torch.float64)
+    onehot[torch.arange(k), torch.arange(k), 0] = 1.0  # target j = unit x at point j, 0 elsewhere
+    grid = tps_grid(ctrl.expand(k, -1, -1).contiguous(), onehot, size)  # (K, H, W, 2)
+    return grid[..., 0].reshape(k, -1).T.contiguous()  # (H*W, K)
+
+
+def tps_basis(ctrl: torch.Tensor, size) -> torch.Tensor:
+    """The thin-plate-spline grid as a linear map of its target points: ``(H*W, K)`` float64.
+
+    ``ctrl (K, 2)``: control points in normalised output coordinates. For targets
+    ``target (B, K, 2)``, ``basis @ target`` reshaped to ``(B, H, W, 2)`` equals
+    ``corrlib.geometry.tps_grid(ctrl, target, size)`` (the spline's coefficients are a linear
+    solve against the targets). Computed with ``tps_grid`` on unit targets, cached per
+    ``(ctrl, size)``.
+
+    Example:
+        >>> ctrl = tps_lattice(3, dtype=torch.float64)
+        >>> basis = tps_basis(ctrl, (5, 5))
+        >>> pixels = pixel_grid((5, 5), dtype=torch.float64)
+        >>> torch.allclose(basis @ ctrl, pixel_to_normalized(pixels, (5, 5)).reshape(-1, 2))
+        True
+    """
+    check_shape(ctrl, ("K", 2), "ctrl")
+    size = _size2(size)
+    key = tuple(tuple(float(v) for v in row) for row in ctrl.detach().double().cpu().tolist())
+    return _tps_basis_cached(key, size).clone()

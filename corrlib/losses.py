@@ -57,7 +57,9 @@ def _zero(x: torch.Tensor) -> torch.Tensor:
     return x.sum() * 0.0
 
 
-def as_signed_labels(label: torch.Tensor, name: str = "label", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def as_signed_labels(
+    label: torch.Tensor, name: str = "label", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Match labels ``(B,)`` as ``y in {-1, +1}`` (``+1`` = the pair matches).
 
     Accepts ``bool`` (``True`` = match), values in ``{0, 1}`` (``1`` = match) or in ``{-1, +1}``;
@@ -86,7 +88,9 @@ def as_signed_labels(label: torch.Tensor, name: str = "label", dtype: torch.dtyp
     )
 
 
-def margin_ranking_hinge(s_pos: torch.Tensor, s_neg: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+def margin_ranking_hinge(
+    s_pos: torch.Tensor, s_neg: torch.Tensor, margin: float = 0.2
+) -> torch.Tensor:
     """Hinge loss of MC-CNN fast: ``mean(max(0, margin + s_neg - s_pos))``.
 
     ``s_pos (B,)`` are the similarities of matching pairs and ``s_neg (B,)`` of non-matching
@@ -140,7 +144,8 @@ def contrastive_hinge(
     descriptors*, ICCV 2015 (margin C = 4).
 
     Example:
-        >>> contrastive_hinge(torch.tensor([1.0, 1.0, 5.0]), torch.tensor([1, 0, 0]), reduction="none")
+        >>> dist, same = torch.tensor([1.0, 1.0, 5.0]), torch.tensor([1, 0, 0])
+        >>> contrastive_hinge(dist, same, reduction="none")
         tensor([1., 3., 0.])
     """
     b = _check_scores(dist, "dist")
@@ -180,7 +185,9 @@ def hard_mining(
     check_shape(label, (b,), "label")
     for name, ratio in (("ratio_pos", ratio_pos), ("ratio_neg", ratio_neg)):
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 1:
-            raise ValueError(f"Argument {name} must be a number >= 1 (1 = no mining), got {ratio!r}.")
+            raise ValueError(
+                f"Argument {name} must be a number >= 1 (1 = no mining), got {ratio!r}."
+            )
     kept = torch.zeros(b, dtype=torch.bool, device=per_pair_loss.device)
     if b == 0:
         return _zero(per_pair_loss), kept
@@ -194,12 +201,12 @@ def hard_mining(
     return per_pair_loss[kept].mean(), kept
 
 
-
 # ----------------------------------------------------------------------- dense-flow losses (SFNet)
 
 
 def warp_by_flow(field: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """``out(p) = field(p + flow(p))``, bilinear, zero outside: ``(B, C, h', w')``, ``(B, 2, h, w)`` -> ``(B, C, h, w)``.
+    """``out(p) = field(p + flow(p))``, bilinear, zero outside: ``(B, C, h', w')``,
+    ``(B, 2, h, w)`` -> ``(B, C, h, w)``.
 
     ``flow`` is in cells of the ``field``'s grid (x then y). Unlike
     :func:`corrlib.geometry.warp_with_flow` (border replication), a point that leaves the grid
@@ -209,7 +216,9 @@ def warp_by_flow(field: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     b = check_shape(field, ("B", "C", "H", "W"), "field")["B"]
     check_shape(flow, (b, 2, "h", "w"), "flow")
     grid = flow_to_grid(flow, tuple(field.shape[-2:])).to(field.dtype)
-    return torch.nn.functional.grid_sample(field, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.nn.functional.grid_sample(
+        field, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
 
 
 def _check_flow_mask(flow: torch.Tensor, mask: torch.Tensor, fname: str, mname: str) -> None:
@@ -232,11 +241,14 @@ def mask_consistency_loss(
     mask_s, mask_t = mask_s.detach().to(flow_st.dtype), mask_t.detach().to(flow_st.dtype)
     est_s = warp_by_flow(mask_t, flow_st)  # the target mask seen from the source
     est_t = warp_by_flow(mask_s, flow_ts)
-    return ((est_s - mask_s) ** 2).mean(dim=(1, 2, 3)).mean() + ((est_t - mask_t) ** 2).mean(dim=(1, 2, 3)).mean()
+    return ((est_s - mask_s) ** 2).mean(dim=(1, 2, 3)).mean() + ((est_t - mask_t) ** 2).mean(
+        dim=(1, 2, 3)
+    ).mean()
 
 
 def _fg_mean(per_pixel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``sum_p M(p) x(p) / (sum_p M(p) + 1)`` per pair, then the batch mean (SFNet's normalisation)."""
+    """``sum_p M(p) x(p) / (sum_p M(p) + 1)`` per pair, then the batch mean (SFNet's
+    normalisation)."""
     return ((mask * per_pixel).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) + 1.0)).mean()
 
 
@@ -261,11 +273,14 @@ def flow_consistency_loss(
     s = flow_st.new_tensor(scale).view(1, 2, 1, 1)
     cyc_s = (flow_st + warp_by_flow(flow_ts, flow_st)) * s
     cyc_t = (flow_ts + warp_by_flow(flow_st, flow_ts)) * s
-    return _fg_mean((cyc_s**2).sum(1, keepdim=True), mask_s) + _fg_mean((cyc_t**2).sum(1, keepdim=True), mask_t)
+    return _fg_mean((cyc_s**2).sum(1, keepdim=True), mask_s) + _fg_mean(
+        (cyc_t**2).sum(1, keepdim=True), mask_t
+    )
 
 
 def flow_smoothness_loss(flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Foreground total variation of a flow: ``sum_p M(p) (|dF/dx| + |dF/dy|)(p) / (sum_p M(p) + 1)``.
+    """Foreground total variation of a flow:
+    ``sum_p M(p) (|dF/dx| + |dF/dy|)(p) / (sum_p M(p) + 1)``.
 
     Forward differences (``F(x+1) - F(x)``, zero in the last column/row) of both components,
     L1, at every cell ``p`` whose mask is set; ``flow (B, 2, h, w)``, ``mask (B, 1, h, w)``;

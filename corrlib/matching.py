@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from corrlib._check import check_choice, check_shape
-from corrlib.correlation import l2_normalize
+from corrlib.correlation import l2_normalize, nearest_neighbour_vectors
 
 __all__ = [
     "MATCHERS",
@@ -61,7 +61,8 @@ class FeatureGrid:
         (h, w), (hi, wi) = map_size, image_size
         if min(h, w, hi, wi) <= 0:
             raise ValueError(
-                f"Arguments map_size and image_size must be positive, got {tuple(map_size)} and {tuple(image_size)}."
+                "Arguments map_size and image_size must be positive, "
+                f"got {tuple(map_size)} and {tuple(image_size)}."
             )
         sx, sy = wi / w, hi / h
         return FeatureGrid(((sx - 1) / 2, (sy - 1) / 2), (sx, sy))
@@ -102,7 +103,11 @@ def _cell_coords(h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torc
 def hard_argmax(corr: torch.Tensor) -> torch.Tensor:
     """Cell of the maximum of each score map: ``corr (B, S, Ht, Wt)`` -> ``(B, S, 2)`` (x, y).
 
-    Ties go to the first cell in row-major order. Not differentiable.
+    Exact ties (bitwise equal scores) go to the first cell in row-major order; near-ties are
+    decided by the last bits of ``corr``, which depend on how it was computed (BLAS, chunk
+    shape, CPU). :func:`corrlib.correlation.nearest_neighbour_vectors` (used by
+    :func:`transfer_keypoints`) and :func:`corrlib.correlation.dense_nearest_neighbour` choose
+    from the features instead, with a tie rule that does not. Not differentiable.
 
     Example:
         >>> corr = torch.zeros(1, 1, 3, 4); corr[0, 0, 2, 1] = 1.0  # row y=2, column x=1
@@ -134,7 +139,7 @@ def soft_argmax(corr: torch.Tensor, beta: float = 0.02) -> torch.Tensor:
 
 
 def _expected_cell(logits: torch.Tensor) -> torch.Tensor:
-    """Expected (x, y) cell under ``softmax`` over the last two dims of ``logits (B, S, Ht, Wt)``."""
+    """Expected (x, y) cell under ``softmax`` over the last dims of ``logits (B, S, Ht, Wt)``."""
     b, s, h, w = logits.shape
     p = F.softmax(logits.flatten(2), dim=-1).reshape(b, s, h, w)
     xs, ys = _cell_coords(h, w, logits)
@@ -226,7 +231,9 @@ def refine_subpixel(
             i = (cy + oy).clamp(0, h - 1) * w + (cx + ox).clamp(0, w - 1)
             return torch.gather(flat, 2, i[..., None])[..., 0]
 
-        def vertex(lo: torch.Tensor, mid: torch.Tensor, hi: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        def vertex(
+            lo: torch.Tensor, mid: torch.Tensor, hi: torch.Tensor, inside: torch.Tensor
+        ) -> torch.Tensor:
             den = lo - 2 * mid + hi
             ok = inside & (den < 0)
             den = torch.where(ok, den, -torch.ones_like(den))
@@ -304,6 +311,10 @@ def transfer_keypoints(
     ``normalize``) and reduced by ``matcher`` (one of ``MATCHERS``): ``argmax`` (cell centre),
     ``argmax_subpixel`` (argmax + :func:`refine_subpixel`, quadratic), ``soft_argmax``
     (temperature ``beta``) or ``kernel_soft_argmax`` (window ``sigma`` cells, temperature ``beta``).
+    The cell of ``argmax`` and ``argmax_subpixel`` is
+    :func:`corrlib.correlation.nearest_neighbour_vectors`'s: scores within ``1e-6`` (relative)
+    of the best are ties and go to the first cell in row-major order, the same whatever other
+    keypoints come in the batch, the CPU or the BLAS.
     Returns ``(kps_trg (B, N, 2) pixels in the target, score (B, N) best similarity)``; zero
     keypoints give empty tensors.
     """
@@ -314,16 +325,17 @@ def transfer_keypoints(
     check_shape(kps_src, (b, "N", 2), "kps_src")
     if kps_src.shape[1] == 0:
         return kps_src.new_zeros(b, 0, 2), f_src.new_zeros(b, 0)
-    desc = sample_descriptors(f_src, grid_src.to_cells(kps_src.to(f_src.dtype)))  # (B, N, C)
-    trg = f_trg
+    sampled = sample_descriptors(f_src, grid_src.to_cells(kps_src.to(f_src.dtype)))  # (B, N, C)
+    desc, trg = sampled, f_trg
     if normalize:
-        desc, trg = l2_normalize(desc, dim=-1), l2_normalize(f_trg)
+        desc, trg = l2_normalize(sampled, dim=-1), l2_normalize(f_trg)
     corr = torch.einsum("bnc,bct->bnt", desc, trg.flatten(2)).reshape(b, -1, ht, wt)
     score = corr.flatten(2).max(dim=-1).values
-    if matcher == "argmax":
-        cells = hard_argmax(corr)
-    elif matcher == "argmax_subpixel":
-        cells = refine_subpixel(corr, hard_argmax(corr))
+    if matcher in ("argmax", "argmax_subpixel"):
+        idx, _ = nearest_neighbour_vectors(sampled.detach(), f_trg.detach(), normalize=normalize)
+        cells = torch.stack((idx % wt, idx // wt), dim=-1).to(corr.dtype)
+        if matcher == "argmax_subpixel":
+            cells = refine_subpixel(corr, cells)
     elif matcher == "soft_argmax":
         cells = soft_argmax(corr, beta)
     else:

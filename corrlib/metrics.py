@@ -14,7 +14,7 @@ so that :func:`evaluate_tss_results` reproduces the kit's ``scores.csv``.
 
 Convention: pixels are 0-based ``(x, y)`` (see :mod:`corrlib.geometry`). Keypoints are
 ``(N, 2)`` or ``(B, N, 2)`` tensors; TSS flows are ``(H, W, 2)`` numpy arrays (as
-:func:`corrlib.data.flo.read_flo` returns them) or ``(2, H, W)`` tensors, ``u`` then ``v``,
+:func:`corrlib.flo.read_flo` returns them) or ``(2, H, W)`` tensors, ``u`` then ``v``,
 with unknown flow stored as ``1e10`` (anything above ``1e9`` in magnitude).
 """
 
@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from corrlib._check import check_choice, check_shape, check_tensor
-from corrlib.data.flo import UNKNOWN_FLOW_THRESHOLD, read_flo
+from corrlib.flo import UNKNOWN_FLOW_THRESHOLD, read_flo
 
 __all__ = [
     "PCK_AGGREGATIONS",
@@ -110,7 +110,9 @@ class PCKProtocol:
         check_choice(self.aggregation, "aggregation", PCK_AGGREGATIONS)
         alphas = tuple(float(a) for a in self.alphas)
         if not alphas or not all(a > 0 for a in alphas):
-            raise ValueError(f"Argument alphas must be a non-empty tuple of positive numbers, got {self.alphas}.")
+            raise ValueError(
+                f"Argument alphas must be a non-empty tuple of positive numbers, got {self.alphas}."
+            )
         object.__setattr__(self, "alphas", alphas)
         if self.legacy_padded_box and self.normalizer != "kps_box":
             raise ValueError(
@@ -119,7 +121,8 @@ class PCKProtocol:
             )
         if self.headline_alpha is not None and float(self.headline_alpha) not in alphas:
             raise ValueError(
-                f"Argument headline_alpha must be one of alphas {alphas}, got {self.headline_alpha}."
+                f"Argument headline_alpha must be one of alphas {alphas}, got "
+                f"{self.headline_alpha}."
             )
 
     @property
@@ -294,7 +297,9 @@ def pck(
     for x, name in ((pred, "pred"), (gt, "gt")):
         check_tensor(x, name)
         if x.dim() not in (2, 3) or x.shape[-1] != 2:
-            raise ValueError(f"Argument {name} must have shape (N, 2) or (B, N, 2), got shape {tuple(x.shape)}.")
+            raise ValueError(
+                f"Argument {name} must have shape (N, 2) or (B, N, 2), got shape {tuple(x.shape)}."
+            )
     if pred.shape != gt.shape:
         raise ValueError(
             f"Arguments pred and gt must hold the same keypoints, got pred shape "
@@ -312,11 +317,15 @@ def pck(
         check_tensor(valid, "valid")
         expected = (b, n) if batched else (n,)
         if tuple(valid.shape) != expected:
-            raise ValueError(f"Argument valid must have shape {expected}, got shape {tuple(valid.shape)}.")
+            raise ValueError(
+                f"Argument valid must have shape {expected}, got shape {tuple(valid.shape)}."
+            )
         valid = valid.bool().reshape(b, n)
     thr = torch.as_tensor(threshold, dtype=dtype, device=dist.device).reshape(-1, 1)  # (B or 1, 1)
     if thr.shape[0] not in (1, b):
-        raise ValueError(f"Argument threshold must be a number or have shape ({b},), got {threshold!r}.")
+        raise ValueError(
+            f"Argument threshold must be a number or have shape ({b},), got {threshold!r}."
+        )
     correct = ((dist <= thr) & valid).sum(-1).to(dtype)
     out = correct / valid.sum(-1).to(dtype)  # 0 / 0 -> NaN for an empty pair
     return out if batched else out[0]
@@ -337,7 +346,8 @@ class PCKEvaluator:
 
     >>> ev = PCKEvaluator("pf-pascal")  # L = max(H, W) = 200 px of the trg image
     >>> pred = torch.tensor([[10.0, 10.0], [90.0, 10.0]])  # src kps moved into trg
-    >>> row = ev.add(pred, torch.tensor([[12.0, 10.0], [10.0, 10.0]]), category="car", image_size=(100, 200))
+    >>> gt = torch.tensor([[12.0, 10.0], [10.0, 10.0]])
+    >>> row = ev.add(pred, gt, category="car", image_size=(100, 200))
     >>> ev.summary()["alphas"]["0.1"]["all"]  # errors 2 and 80 px against 20 px
     0.5
     """
@@ -492,7 +502,8 @@ def _flow_hw2(flow: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     flow = np.asarray(flow)
     if flow.ndim != 3 or flow.shape[2] != 2:
         raise ValueError(
-            f"Argument {name} must be an (H, W, 2) array or a (2, H, W) tensor, got shape {flow.shape}."
+            f"Argument {name} must be an (H, W, 2) array or a (2, H, W) tensor, got shape "
+            f"{flow.shape}."
         )
     return flow.astype(np.float32, copy=False)
 
@@ -567,7 +578,8 @@ def mask_iou(mask: np.ndarray | torch.Tensor, mask_gt: np.ndarray | torch.Tensor
     g = mask_gt.detach().cpu().numpy() if isinstance(mask_gt, torch.Tensor) else np.asarray(mask_gt)
     if m.shape != g.shape or m.ndim != 2:
         raise ValueError(
-            f"Arguments mask and mask_gt must be (H, W) of one size, got shapes {m.shape} and {g.shape}."
+            f"Arguments mask and mask_gt must be (H, W) of one size, got shapes {m.shape} and "
+            f"{g.shape}."
         )
     if m.dtype != g.dtype or m.dtype.kind not in "bu":
         m, g = m != 0, g != 0
@@ -802,7 +814,11 @@ def evaluate_tss_results(
         )
         for direction, f, gt, m, mgt, other_size, (src, ref) in directions:
             seg = mask_iou(m, mgt) if m is not None else 0.0  # the kit scores what is missing as 0
-            acc = tss_flow_accuracy(f, gt, other_size) if f is not None else np.zeros(len(TSS_THRESHOLDS))
+            acc = (
+                tss_flow_accuracy(f, gt, other_size)
+                if f is not None
+                else np.zeros(len(TSS_THRESHOLDS))
+            )
             row = {"pair": folder.name, "direction": direction, "src": src, "ref": ref}
             row.update({"seg_iou": seg, "flip": flip})
             row.update({f"T{t}": float(a) for t, a in zip(TSS_THRESHOLDS, acc)})
@@ -823,7 +839,9 @@ def tss_scores_csv(rows: Sequence[dict]) -> str:
     lines = [",".join(["Row", "Src", "Ref", "SegIUR", "Flip", *keys])]
 
     def line(label: str, src: str, ref: str, values: Sequence[float], flip: int) -> str:
-        return ",".join([label, src, ref, f"{values[0]:f}", str(flip), *(f"{v:f}" for v in values[1:])])
+        return ",".join(
+            [label, src, ref, f"{values[0]:f}", str(flip), *(f"{v:f}" for v in values[1:])]
+        )
 
     def mean(sel: list[dict]) -> list[float]:
         cols = ["seg_iou", *keys]
@@ -856,7 +874,9 @@ def _scores_labels(scores: object, labels: object) -> tuple[np.ndarray, np.ndarr
     if s.ndim != 1:
         raise ValueError(f"Argument scores must have shape (N,), got shape {s.shape}.")
     if lab.shape != s.shape:
-        raise ValueError(f"Argument labels must have shape {s.shape} like scores, got shape {lab.shape}.")
+        raise ValueError(
+            f"Argument labels must have shape {s.shape} like scores, got shape {lab.shape}."
+        )
     if lab.dtype != np.bool_:
         if not np.isin(lab, (0, 1)).all():
             raise ValueError("Argument labels must be bool or 0/1 (1 = the pair matches).")
@@ -951,8 +971,9 @@ def bad_pixel_rate(
     Middlebury's "bad 1.0" / "bad 2.0" (Scharstein & Szeliski, IJCV 2002; reported there as a
     percentage, here as a fraction in ``[0, 1]``): ``#{|disp - gt| > threshold} / #valid``.
     ``disp``, ``gt``: ``(H, W)`` or ``(B, H, W)`` (any shape, the same for both) disparities in
-    pixels; ``valid``: bool of the same shape or ``None`` (every pixel). Pixels where ``gt`` is not finite are never counted; a
-    non-finite ``disp`` counts as bad. NaN when no pixel is counted.
+    pixels; ``valid``: bool of the same shape or ``None`` (every pixel). Pixels where ``gt`` is
+    not finite are never counted; a non-finite ``disp`` counts as bad. NaN when no pixel is
+    counted.
 
     >>> bad_pixel_rate(torch.tensor([1.0, 2.0, 5.0]), torch.tensor([1.0, 3.5, 2.0]), None, 1.0)
     0.6666666666666666
@@ -960,7 +981,10 @@ def bad_pixel_rate(
     check_tensor(disp, "disp")
     check_tensor(gt, "gt")
     if gt.shape != disp.shape:
-        raise ValueError(f"Argument gt must have shape {tuple(disp.shape)} like disp, got shape {tuple(gt.shape)}.")
+        raise ValueError(
+            f"Argument gt must have shape {tuple(disp.shape)} like disp, got shape "
+            f"{tuple(gt.shape)}."
+        )
     if float(threshold) < 0:
         raise ValueError(f"Argument threshold must be >= 0, got {threshold}.")
     ok = torch.isfinite(gt)
@@ -968,7 +992,8 @@ def bad_pixel_rate(
         check_tensor(valid, "valid")
         if valid.shape != disp.shape:
             raise ValueError(
-                f"Argument valid must have shape {tuple(disp.shape)} like disp, got shape {tuple(valid.shape)}."
+                f"Argument valid must have shape {tuple(disp.shape)} like disp, got shape "
+                f"{tuple(valid.shape)}."
             )
         ok = ok & valid.bool()
     n = int(ok.sum())

@@ -28,7 +28,17 @@ __all__ = [
 ]
 
 #: Keys of one result row. ``published``/``published_source`` may be None (no sourced number).
-RESULT_FIELDS = ("chapter", "method", "dataset", "metric", "value", "protocol", "preset", "published", "published_source")
+RESULT_FIELDS = (
+    "chapter",
+    "method",
+    "dataset",
+    "metric",
+    "value",
+    "protocol",
+    "preset",
+    "published",
+    "published_source",
+)
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -46,7 +56,10 @@ def record_results(out_dir, chapter: str, rows: list[dict]) -> Path:
     for i, r in enumerate(rows):
         missing = [k for k in RESULT_FIELDS if k not in r]
         if missing:
-            raise ValueError(f"Result row {i} of chapter {chapter} lacks keys {missing}; every row needs {list(RESULT_FIELDS)}.")
+            raise ValueError(
+                f"Result row {i} of chapter {chapter} lacks keys {missing}; every row needs "
+                f"{list(RESULT_FIELDS)}."
+            )
         v = float(r["value"])
         clean.append({**r, "value": None if math.isnan(v) else v})
     path = Path(out_dir) / "metrics" / f"{chapter}.json"
@@ -62,7 +75,10 @@ def find_notebooks(notebook_dir=None) -> list[Path]:
     d = Path(notebook_dir) if notebook_dir is not None else NOTEBOOK_DIR
     nbs = sorted(p for p in d.glob("[0-9][0-9]_*.ipynb"))
     if not nbs:
-        raise FileNotFoundError(f"No notebooks named NN_*.ipynb in {d}; pass --notebooks-dir pointing at the repository's notebooks/.")
+        raise FileNotFoundError(
+            f"No notebooks named NN_*.ipynb in {d}; pass --notebooks-dir pointing at the "
+            "repository's notebooks/."
+        )
     return nbs
 
 
@@ -124,17 +140,33 @@ def run_series(
     if notebooks:
         nbs = [p for p in nbs if any(k in p.name for k in notebooks)]
         if not nbs:
-            raise ValueError(f"No notebook matches {notebooks}; available: {[p.name for p in find_notebooks(notebook_dir)]}.")
+            raise ValueError(
+                f"No notebook matches {notebooks}; available: "
+                f"{[p.name for p in find_notebooks(notebook_dir)]}."
+            )
     if data_root is not None:
         data_root = str(Path(data_root).resolve())
-    params = {"preset": preset, "data_root": data_root, "device": device, "seed": seed, "out_dir": str(out)}
+    params = {
+        "preset": preset,
+        "data_root": data_root,
+        "device": device,
+        "seed": seed,
+        "out_dir": str(out),
+    }
     seconds = {}
     for nb in nbs:
         dest = out / "notebooks" / nb.name
         log(f"[series] {nb.name} at preset={preset} ...")
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(dest), parameters=params, cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
+            pm.execute_notebook(
+                str(nb),
+                str(dest),
+                parameters=params,
+                cwd=str(nb.parent),
+                progress_bar=False,
+                kernel_name="python3",
+            )
         except pm.PapermillExecutionError as e:
             raise SeriesError(
                 f"Notebook {nb.name} failed in {_failed_cell(dest, nb)}: {e.ename}: {e.evalue}. "
@@ -151,7 +183,9 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def build_dashboard(rows: list[dict], out_dir, *, preset: str | None = None, seconds: dict | None = None) -> dict[str, Path]:
+def build_dashboard(
+    rows: list[dict], out_dir, *, preset: str | None = None, seconds: dict | None = None
+) -> dict[str, Path]:
     """Write ``results.json``, ``dashboard.md`` and ``dashboard.png`` under ``out_dir``."""
     import matplotlib
 
@@ -160,20 +194,30 @@ def build_dashboard(rows: list[dict], out_dir, *, preset: str | None = None, sec
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"preset": preset, "seconds": seconds or {}, "rows": rows}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps({"preset": preset, "seconds": seconds or {}, "rows": rows}, indent=1)
+    )
     lines = [f"# Results dashboard (preset: {preset})", ""]
     if seconds:
-        lines += ["| notebook | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in seconds.items()] + [""]
+        lines += (
+            ["| notebook | seconds |", "|---|---|"]
+            + [f"| {k} | {v} |" for k, v in seconds.items()]
+            + [""]
+        )
     lines += [
         "| chapter | dataset | metric | method | ours | published | protocol | published source |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['chapter']} | {r['dataset']} | {r['metric']} | {r['method']} | {_fmt(r['value'])} | "
-            f"{_fmt(r['published'])} | {r['protocol']} | {r['published_source'] or '-'} |"
+            f"| {r['chapter']} | {r['dataset']} | {r['metric']} | {r['method']} | "
+            f"{_fmt(r['value'])} | {_fmt(r['published'])} | {r['protocol']} | "
+            f"{r['published_source'] or '-'} |"
         )
-    lines += ["", "Published numbers are quoted only with their source; a blank means none could be sourced."]
+    lines += [
+        "",
+        "Published numbers are quoted only with their source; a blank means none could be sourced.",
+    ]
     (out / "dashboard.md").write_text("\n".join(lines) + "\n")
 
     groups: dict[tuple, list[dict]] = {}
@@ -182,9 +226,16 @@ def build_dashboard(rows: list[dict], out_dir, *, preset: str | None = None, sec
     ncols = 1 if len(groups) <= 4 else 2
     items = list(groups.items()) or [(("-", "-", "-"), [])]
     nrows = -(-len(items) // ncols)
-    heights = [0.9 + 0.22 * max(len(g) for _, g in items[r * ncols : (r + 1) * ncols]) for r in range(nrows)]
+    heights = [
+        0.9 + 0.22 * max(len(g) for _, g in items[r * ncols : (r + 1) * ncols])
+        for r in range(nrows)
+    ]
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(7 * ncols, sum(heights) + 0.6), gridspec_kw={"height_ratios": heights}, squeeze=False
+        nrows,
+        ncols,
+        figsize=(7 * ncols, sum(heights) + 0.6),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
     )
     for ax in axes.flat[len(items) :]:
         ax.set_axis_off()
@@ -193,7 +244,9 @@ def build_dashboard(rows: list[dict], out_dir, *, preset: str | None = None, sec
         ax.barh(y, [r["value"] or 0.0 for r in g], color="#4C72B0", label="ours")
         pub = [(yi, r["published"]) for yi, r in zip(y, g) if r["published"] is not None]
         if pub:
-            ax.plot([p for _, p in pub], [yi for yi, _ in pub], "D", color="#DD8452", label="published")
+            ax.plot(
+                [p for _, p in pub], [yi for yi, _ in pub], "D", color="#DD8452", label="published"
+            )
             ax.legend(fontsize=6, loc="lower right")
         ax.set_yticks(y, [f"{r['method']} (ch {r['chapter'][:2]})" for r in g], fontsize=7)
         ax.set_xlim(0, 1)
@@ -203,4 +256,8 @@ def build_dashboard(rows: list[dict], out_dir, *, preset: str | None = None, sec
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(out / "dashboard.png", dpi=90)
     plt.close(fig)
-    return {"json": out / "results.json", "markdown": out / "dashboard.md", "figure": out / "dashboard.png"}
+    return {
+        "json": out / "results.json",
+        "markdown": out / "dashboard.md",
+        "figure": out / "dashboard.png",
+    }

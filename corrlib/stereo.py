@@ -154,7 +154,8 @@ def _as_rgb(img: torch.Tensor, name: str) -> torch.Tensor:
     if img.dim() == 3 and img.shape[0] == 3:
         return img
     raise ValueError(
-        f"Argument {name} must have shape (H, W) (grey) or (3, H, W) (RGB), got shape {tuple(img.shape)}."
+        f"Argument {name} must have shape (H, W) (grey) or (3, H, W) (RGB), got shape "
+        f"{tuple(img.shape)}."
     )
 
 
@@ -173,11 +174,14 @@ def _descriptor_volume(left, right, max_disp, radius, window, describe) -> torch
     left, right = _as_rgb(left, "left"), _as_rgb(right, "right")
     if left.shape != right.shape:
         raise ValueError(
-            f"Arguments left and right must have the same shape, got {tuple(left.shape)} and {tuple(right.shape)}."
+            f"Arguments left and right must have the same shape, got {tuple(left.shape)} and "
+            f"{tuple(right.shape)}."
         )
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
         raise ValueError(f"Argument window must be an int >= 0, got {window!r}.")
-    d_l, _ = describe(left, radius=radius, step=1)  # (C, H - 2r, W - 2r), cell (i, j) = pixel (i + r, j + r)
+    d_l, _ = describe(
+        left, radius=radius, step=1
+    )  # (C, H - 2r, W - 2r), cell (i, j) = pixel (i + r, j + r)
     d_r, _ = describe(right, radius=radius, step=1)
     _check_max_disp(max_disp, d_l.shape[-1])
     inner = cost_volume_from_features(d_l[None], d_r[None], max_disp)  # (1, D, H - 2r, W - 2r)
@@ -198,12 +202,12 @@ def census_cost_volume(
     exists. ``window > 0`` averages the finite scores over a ``(2 window + 1)^2`` box (the
     correlation window of Zabih & Woodfill; 0: per pixel). Per pixel, every local maximum of the
     grey image has the all-ones code and matches every other one perfectly, so WTA on a
-    ``window=0`` volume is ambiguous there (about one pixel in ``(2 radius + 1)^2`` on noise). ``D = max_disp + 1``,
-    ``max_disp < W - 2 radius``.
+    ``window=0`` volume is ambiguous there (about one pixel in ``(2 radius + 1)^2`` on noise).
+    ``D = max_disp + 1``, ``max_disp < W - 2 radius``.
 
     Example:
         >>> img = torch.rand(40, 50, generator=torch.Generator().manual_seed(0))
-        >>> vol = census_cost_volume(img, img, max_disp=4, radius=2)
+        >>> vol = census_cost_volume(img, img, max_disp=4, radius=2, window=1)  # window: no ties
         >>> tuple(vol.shape), disparity_wta(vol)[0, 2:-2, 2:-2].unique().tolist()
         ((1, 5, 40, 50), [0.0])
     """

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from corrlib._check import check_choice
+from corrlib._check import check_choice, check_float, check_int
+from corrlib.checkpoint import atomic_open, load_checkpoint, save_checkpoint
 
 __all__ = [
     "TrainConfig",
@@ -89,10 +90,11 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     Example:
         >>> pick_device("cpu")
         device(type='cpu')
-        >>> pick_device("gpu")
+        >>> pick_device("gpu")  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        ValueError: Unknown value 'gpu' for argument device. Valid values are {auto, cpu, cuda, mps}.
+        ValueError: Unknown value 'gpu' for argument device. Valid values are {auto, cpu, cuda,
+        mps}.
     """
     name = str(device)
     check_choice(name.split(":")[0], "device", DEVICES)
@@ -105,12 +107,21 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"Argument device must look like 'cuda' or 'cuda:1', got '{name}'.") from None
+        raise ValueError(
+            f"Argument device must look like 'cuda' or 'cuda:1', got '{name}'."
+        ) from None
     available = _available_devices()
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"Argument device is '{name}' but that CUDA device is not available; available: {available}.")
+    if dev.type == "cuda" and (
+        not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ValueError(
+            f"Argument device is '{name}' but that CUDA device is not available; available: "
+            f"{available}."
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"Argument device is '{name}' but MPS is not available; available: {available}.")
+        raise ValueError(
+            f"Argument device is '{name}' but MPS is not available; available: {available}."
+        )
     return dev
 
 
@@ -122,7 +133,7 @@ def seed_everything(seed: int) -> None:
         >>> seed_everything(0); torch.equal(a, torch.rand(2))
         True
     """
-    _check_int(seed, "seed", 0, 2**32 - 1)
+    check_int(seed, "seed", 0, 2**32 - 1)
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (the global legacy RNG is what user code draws from)
     torch.manual_seed(seed)
@@ -169,7 +180,13 @@ def _set_rng_state(state: dict) -> None:
         torch.mps.set_rng_state(state["mps"])
     n = state["numpy"]
     np.random.set_state(  # noqa: NPY002
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
     )
     p = state["python"]
     gauss = p["gauss_next"] if p["has_gauss_next"] else None
@@ -179,116 +196,7 @@ def _set_rng_state(state: dict) -> None:
 # ------------------------------------------------------------------------------- checkpoints
 
 
-@contextlib.contextmanager
-def _atomic_open(path: Path):
-    """Open ``<path>.tmp-<pid>`` for writing; on success fsync it and ``os.replace`` it to ``path``.
-
-    On any error the temporary file is removed and ``path`` is left as it was.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if os.name == "posix":  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
-_SAFE_SCALARS = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.Size)
-
-
-def _check_safe(x, where: str) -> None:
-    """Raise ``TypeError`` naming the entry of a state that ``weights_only`` loading would refuse."""
-    if isinstance(x, torch.Tensor) or type(x) in _SAFE_SCALARS:
-        return
-    if isinstance(x, dict):
-        for k, v in x.items():
-            if type(k) not in (str, int):
-                raise TypeError(f"Checkpoint state{where} has a key of type {type(k).__name__}; use str or int keys.")
-            _check_safe(v, f"{where}[{k!r}]")
-        return
-    if type(x) in (list, tuple):
-        for i, v in enumerate(x):
-            _check_safe(v, f"{where}[{i}]")
-        return
-    raise TypeError(
-        f"Checkpoint state{where} is a {type(x).__name__}; a checkpoint holds only tensors, numbers, "
-        "strings, None and lists/tuples/dicts of them (convert numpy values with float() or "
-        "torch.as_tensor, store RNG states as tensors)."
-    )
-
-
-def save_checkpoint(path, state: dict) -> Path:
-    """Write ``state`` to ``path`` atomically (never a half-written file under that name).
-
-    The state is written to ``<name>.tmp-<pid>`` in the same folder, flushed and fsynced, then
-    renamed over ``path`` with ``os.replace``; parent folders are created. ``state`` may hold
-    only tensors, numbers, strings, ``None`` and lists/tuples/dicts of them (``TypeError``
-    naming the entry otherwise), so :func:`load_checkpoint` can use ``weights_only=True``.
-    """
-    if not isinstance(state, dict):
-        raise TypeError(f"Argument state must be a dict, got {type(state).__name__}.")
-    _check_safe(state, "")
-    path = Path(path)
-    with _atomic_open(path) as f:
-        torch.save(state, f)
-    return path
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
-
-    Raises ``FileNotFoundError`` if ``path`` does not exist and ``ValueError`` if it cannot be
-    read (truncated, corrupt or holding pickled objects); both name the path.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError:
-        raise
-    except Exception as e:
-        raise ValueError(
-            f"Checkpoint {path} cannot be read: it is truncated or corrupt (or holds objects other "
-            f"than tensors, numbers, strings, lists and dicts). Delete it or restore the previous "
-            f"one. ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from e
-    if not isinstance(state, dict):
-        raise ValueError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict; delete it or restore the previous one.")
-    return state
-
-
 # ------------------------------------------------------------------------------------ config
-
-
-def _check_int(value, name: str, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"Argument {name} must be an int {rng}, got {value!r}.")
-
-
-def _check_float(value, name: str, low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low)
-    ok = ok and (high is None or (value < high if high_open else value <= high))
-    if not ok:
-        lo = f"{'(' if low_open else '['}{low}"
-        hi = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
-        raise ValueError(f"Argument {name} must be a number in {lo}, {hi}, got {value!r}.")
 
 
 @dataclass
@@ -321,26 +229,29 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        _check_int(self.steps, "config.steps", 1)
-        _check_float(self.lr, "config.lr", 0.0, low_open=True)
+        check_int(self.steps, "config.steps", 1)
+        check_float(self.lr, "config.lr", 0.0, low_open=True)
         check_choice(self.optimizer, "config.optimizer", OPTIMIZERS)
-        _check_float(self.momentum, "config.momentum", 0.0, 1.0, high_open=True)
-        _check_float(self.weight_decay, "config.weight_decay", 0.0)
+        check_float(self.momentum, "config.momentum", 0.0, 1.0, high_open=True)
+        check_float(self.weight_decay, "config.weight_decay", 0.0)
         check_choice(self.schedule, "config.schedule", SCHEDULES)
         if self.schedule == "step" and self.step_size is None:
-            raise ValueError("Argument config.step_size is required with schedule='step' (decay by gamma every step_size steps).")
+            raise ValueError(
+                "Argument config.step_size is required with schedule='step' (decay by gamma every "
+                "step_size steps)."
+            )
         if self.step_size is not None:
-            _check_int(self.step_size, "config.step_size", 1)
-        _check_float(self.gamma, "config.gamma", 0.0, 1.0, low_open=True)
-        _check_int(self.warmup_steps, "config.warmup_steps", 0, self.steps - 1)
+            check_int(self.step_size, "config.step_size", 1)
+        check_float(self.gamma, "config.gamma", 0.0, 1.0, low_open=True)
+        check_int(self.warmup_steps, "config.warmup_steps", 0, self.steps - 1)
         if self.grad_clip is not None:
-            _check_float(self.grad_clip, "config.grad_clip", 0.0, low_open=True)
+            check_float(self.grad_clip, "config.grad_clip", 0.0, low_open=True)
         if not isinstance(self.amp, bool):
             raise ValueError(f"Argument config.amp must be True or False, got {self.amp!r}.")
-        _check_int(self.log_every, "config.log_every", 1)
-        _check_int(self.val_every, "config.val_every", 0)
-        _check_int(self.ckpt_every, "config.ckpt_every", 0)
-        _check_int(self.seed, "config.seed", 0, 2**32 - 1)
+        check_int(self.log_every, "config.log_every", 1)
+        check_int(self.val_every, "config.val_every", 0)
+        check_int(self.ckpt_every, "config.ckpt_every", 0)
+        check_int(self.seed, "config.seed", 0, 2**32 - 1)
         check_choice(str(self.device).split(":")[0], "config.device", DEVICES)
 
 
@@ -373,7 +284,9 @@ def _make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
 
 
 def _to_device(batch, device: torch.device):
@@ -441,7 +354,9 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"Argument config must be a TrainConfig, got {type(config).__name__}.")
         if not isinstance(model, nn.Module):
-            raise TypeError(f"Argument model must be a torch.nn.Module, got {type(model).__name__}.")
+            raise TypeError(
+                f"Argument model must be a torch.nn.Module, got {type(model).__name__}."
+            )
         self.config = config
         self.device = pick_device(config.device)
         self.model = model.to(self.device)
@@ -450,14 +365,17 @@ class Trainer:
         self.progress = progress
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("Argument model has no parameters that require grad; nothing to train.")
+            raise ValueError(
+                "Argument model has no parameters that require grad; nothing to train."
+            )
         self.optimizer = _make_optimizer(params, config)
         self.amp_dtype = None
         if config.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         elif config.amp:
             warnings.warn(
-                f"config.amp=True is ignored on device '{self.device}': mixed precision is only used on CUDA.",
+                f"config.amp=True is ignored on device '{self.device}': mixed precision is only "
+                "used on CUDA.",
                 stacklevel=2,
             )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -479,7 +397,10 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "history": [dict(r) for r in self.history],
-            "pending": {"sums": dict(self._pending["sums"]), "counts": dict(self._pending["counts"])},
+            "pending": {
+                "sums": dict(self._pending["sums"]),
+                "counts": dict(self._pending["counts"]),
+            },
             "seconds": self._seconds,
             "rng": _get_rng_state(),
             "config": dataclasses.asdict(self.config),
@@ -488,31 +409,47 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict` (RNG states included); the model is loaded strictly."""
         if state.get("format") != CKPT_FORMAT:
-            raise ValueError(f"Not a corrlib.train checkpoint (format {state.get('format')!r}, expected {CKPT_FORMAT!r}).")
+            raise ValueError(
+                f"Not a corrlib.train checkpoint (format {state.get('format')!r}, expected "
+                f"{CKPT_FORMAT!r})."
+            )
         saved = state["config"]
         if saved["optimizer"] != self.config.optimizer:
             raise ValueError(
-                f"The checkpoint was trained with optimizer '{saved['optimizer']}' but config.optimizer is "
-                f"'{self.config.optimizer}'; use the same config, or delete the checkpoint to start again."
+                f"The checkpoint was trained with optimizer '{saved['optimizer']}' but "
+                f"config.optimizer is '{self.config.optimizer}'; use the same config, or delete "
+                "the checkpoint to start again."
             )
         ignore = ("steps", "device", "log_every", "val_every", "ckpt_every")
-        changed = [k for k, v in dataclasses.asdict(self.config).items() if k not in ignore and saved.get(k) != v]
+        changed = [
+            k
+            for k, v in dataclasses.asdict(self.config).items()
+            if k not in ignore and saved.get(k) != v
+        ]
         if changed:
-            warnings.warn(f"Resuming with changed config fields {changed}; the run will not be exact.", stacklevel=3)
+            warnings.warn(
+                f"Resuming with changed config fields {changed}; the run will not be exact.",
+                stacklevel=3,
+            )
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler.is_enabled() and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.history = [dict(r) for r in state["history"]]
-        self._pending = {"sums": dict(state["pending"]["sums"]), "counts": dict(state["pending"]["counts"])}
+        self._pending = {
+            "sums": dict(state["pending"]["sums"]),
+            "counts": dict(state["pending"]["counts"]),
+        }
         self._seconds = float(state["seconds"])
         _set_rng_state(state["rng"])
 
     def save(self) -> None:
         """Save :meth:`state_dict` to ``ckpt_path`` (atomically)."""
         if self.ckpt_path is None:
-            raise ValueError("This Trainer has no ckpt_path; pass ckpt_path=... to save checkpoints.")
+            raise ValueError(
+                "This Trainer has no ckpt_path; pass ckpt_path=... to save checkpoints."
+            )
         save_checkpoint(self.ckpt_path, self.state_dict())
 
     # ---------------------------------------------------------------------------- loop
@@ -532,7 +469,7 @@ class Trainer:
         """
         cfg = self.config
         if stop_after is not None:
-            _check_int(stop_after, "stop_after", 1)
+            check_int(stop_after, "stop_after", 1)
         if resume and self.ckpt_path is not None and self.ckpt_path.is_file():
             self.load_state_dict(load_checkpoint(self.ckpt_path))
         elif self.step == 0:
@@ -545,7 +482,9 @@ class Trainer:
 
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress
+        )
         self.model.train()
         last = time.perf_counter()
         try:
@@ -559,9 +498,13 @@ class Trainer:
                 if s % cfg.log_every == 0 or (s == cfg.steps and self._pending["counts"]):
                     self._log_row()
                     bar.set_postfix(loss=f"{self.history[-1]['loss']:.4g}")
-                if self.val_fn is not None and ((cfg.val_every and s % cfg.val_every == 0) or s == cfg.steps):
+                if self.val_fn is not None and (
+                    (cfg.val_every and s % cfg.val_every == 0) or s == cfg.steps
+                ):
                     self._validate()
-                if self.ckpt_path is not None and (s == end or (cfg.ckpt_every and s % cfg.ckpt_every == 0)):
+                if self.ckpt_path is not None and (
+                    s == end or (cfg.ckpt_every and s % cfg.ckpt_every == 0)
+                ):
                     self.save()
                 last = time.perf_counter()  # validation and saving are not training time
         finally:
@@ -577,7 +520,9 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         autocast = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
         )
         with autocast:
             out = self.loss_fn(self.model, batch)
@@ -585,14 +530,19 @@ class Trainer:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not isinstance(logs, dict):
             raise ValueError(
                 "loss_fn must return (scalar loss tensor, logs dict), got "
-                f"({type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}, {type(logs).__name__})."
+                f"({type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}, "
+                f"{type(logs).__name__})."
             )
         reserved = [key for key in logs if key in ROW_KEYS]
         if reserved:
-            raise ValueError(f"loss_fn logs may not use the keys {reserved}: {ROW_KEYS} are reserved.")
+            raise ValueError(
+                f"loss_fn logs may not use the keys {reserved}: {ROW_KEYS} are reserved."
+            )
         value = loss.item()
         if not math.isfinite(value):
-            raise FloatingPointError(f"The loss is {value} at step {k}; lower config.lr or set config.grad_clip.")
+            raise FloatingPointError(
+                f"The loss is {value} at step {k}; lower config.lr or set config.grad_clip."
+            )
         self.scaler.scale(loss).backward()
         if cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -607,7 +557,11 @@ class Trainer:
 
     def _log_row(self) -> None:
         sums, counts = self._pending["sums"], self._pending["counts"]
-        row = {"step": self.step, "loss": sums.pop("loss") / counts.pop("loss"), "lr": lr_at(self.config, self.step - 1)}
+        row = {
+            "step": self.step,
+            "loss": sums.pop("loss") / counts.pop("loss"),
+            "lr": lr_at(self.config, self.step - 1),
+        }
         row["seconds"] = round(self._seconds, 3)
         row.update({k: sums[k] / counts[k] for k in sums})
         self._pending = {"sums": {}, "counts": {}}
@@ -634,7 +588,9 @@ class Trainer:
 # ------------------------------------------------------------------------------------- data
 
 
-def batches_from_dataset(dataset, batch_size: int, *, seed: int = 0, drop_last: bool = True, collate_fn=None) -> Callable:
+def batches_from_dataset(
+    dataset, batch_size: int, *, seed: int = 0, drop_last: bool = True, collate_fn=None
+) -> Callable:
     """A stateless ``batch_fn`` over a map-style ``dataset`` (``len`` and ``__getitem__``).
 
     Every epoch visits the items in a permutation seeded by ``(seed, epoch)``; step ``k`` is
@@ -648,8 +604,8 @@ def batches_from_dataset(dataset, batch_size: int, *, seed: int = 0, drop_last: 
         >>> [len(batch_fn(k, None)[0]) for k in range(3)]  # 2 batches per epoch, then epoch 1
         [2, 2, 2]
     """
-    _check_int(batch_size, "batch_size", 1)
-    _check_int(seed, "seed", 0)
+    check_int(batch_size, "batch_size", 1)
+    check_int(seed, "seed", 0)
     n = len(dataset)
     per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
     if per_epoch == 0:
@@ -685,11 +641,13 @@ def _history_keys(history: list[dict]) -> list[str]:
 def history_to_csv(history: list[dict], path) -> Path:
     """Write the history as CSV (one column per key, empty where a row lacks it), atomically."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=_history_keys(history), restval="", lineterminator="\n")
+    writer = csv.DictWriter(
+        text, fieldnames=_history_keys(history), restval="", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(history)
     path = Path(path)
-    with _atomic_open(path) as f:
+    with atomic_open(path) as f:
         f.write(text.getvalue().encode())
     return path
 
@@ -697,13 +655,14 @@ def history_to_csv(history: list[dict], path) -> Path:
 def history_to_json(history: list[dict], path) -> Path:
     """Write the history as a JSON list of rows, atomically."""
     path = Path(path)
-    with _atomic_open(path) as f:
+    with atomic_open(path) as f:
         f.write(json.dumps(history, indent=1).encode())
     return path
 
 
 def plot_history(history: list[dict], keys=("loss",), ax=None):
-    """Plot ``keys`` of the history against ``step`` (each only where its rows have it); returns ``ax``."""
+    """Plot ``keys`` of the history against ``step`` (each only where its rows have it); returns
+    ``ax``."""
     import matplotlib.pyplot as plt
 
     if isinstance(keys, str):
@@ -725,8 +684,11 @@ def plot_history(history: list[dict], keys=("loss",), ax=None):
 # ------------------------------------------------------------------------------ train or load
 
 
-def train_or_load(model: nn.Module, ckpt_path, train: Callable[[], list], *, retrain: bool = False) -> tuple[list, bool]:
-    """Load a finished checkpoint into ``model``, or call ``train()``; returns ``(history, trained)``.
+def train_or_load(
+    model: nn.Module, ckpt_path, train: Callable[[], list], *, retrain: bool = False
+) -> tuple[list, bool]:
+    """Load a finished checkpoint into ``model``, or call ``train()``; returns
+    ``(history, trained)``.
 
     ``train`` must train this ``model`` with a :class:`Trainer` whose ``ckpt_path`` is
     ``ckpt_path`` (an unfinished checkpoint is then resumed) and return the history.
@@ -744,7 +706,10 @@ def train_or_load(model: nn.Module, ckpt_path, train: Callable[[], list], *, ret
         if state.get("finished"):
             model.load_state_dict(state["model"], strict=True)
             model.eval()
-            print(f"[train_or_load] loaded finished checkpoint {path} (step {state['step']}); retrain=True trains again.")
+            print(
+                f"[train_or_load] loaded finished checkpoint {path} (step {state['step']}); "
+                "retrain=True trains again."
+            )
             return state["history"], False
         print(f"[train_or_load] resuming unfinished checkpoint {path} from step {state['step']}.")
     else:

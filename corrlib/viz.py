@@ -4,7 +4,35 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LiveLossPlot", "flow_image", "plot_matches", "plot_pair_flow", "to_numpy_image"]
+__all__ = [
+    "STYLE",
+    "LiveLossPlot",
+    "flow_image",
+    "plot_matches",
+    "plot_pair_flow",
+    "to_numpy_image",
+    "use_style",
+]
+
+
+#: The series' figure style: sizes and fonts that read at JupyterLab's width.
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+}
+
+
+def use_style() -> None:
+    """Set the series' matplotlib style (:data:`STYLE`) once, in a notebook's set-up cell."""
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(STYLE)
 
 
 def to_numpy_image(img: torch.Tensor):
@@ -15,7 +43,9 @@ def to_numpy_image(img: torch.Tensor):
     return img.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def plot_matches(src_img, trg_img, src_kps, trg_kps, pred_kps=None, threshold=None, ax=None, title=None):
+def plot_matches(
+    src_img, trg_img, src_kps, trg_kps, pred_kps=None, threshold=None, ax=None, title=None
+):
     """Source and target side by side; lines join ``src_kps`` to ``pred_kps`` (or ``trg_kps``).
 
     With ``pred_kps`` and ``threshold`` (pixels), a match is green when within the threshold of the
@@ -40,7 +70,9 @@ def plot_matches(src_img, trg_img, src_kps, trg_kps, pred_kps=None, threshold=No
         if pred_kps is not None and threshold is not None:
             ok = float((pred_kps[i] - trg_kps[i]).norm()) <= threshold
             color = "lime" if ok else "red"
-        ax.plot([src_kps[i, 0], dst[i, 0] + off], [src_kps[i, 1], dst[i, 1]], "-", color=color, lw=1)
+        ax.plot(
+            [src_kps[i, 0], dst[i, 0] + off], [src_kps[i, 1], dst[i, 1]], "-", color=color, lw=1
+        )
         ax.plot(src_kps[i, 0], src_kps[i, 1], "o", ms=3, color=color)
     if pred_kps is not None:
         ax.plot(trg_kps[:, 0] + off, trg_kps[:, 1], "o", mfc="none", mec="white", ms=6, lw=1)
@@ -51,7 +83,8 @@ def plot_matches(src_img, trg_img, src_kps, trg_kps, pred_kps=None, threshold=No
 
 
 def flow_image(flow: torch.Tensor, valid: torch.Tensor | None = None):
-    """Colour-code a flow ``(2, H, W)`` with :func:`torchvision.utils.flow_to_image`; invalid -> grey."""
+    """Colour-code a flow ``(2, H, W)`` with :func:`torchvision.utils.flow_to_image`; invalid ->
+    grey."""
     from torchvision.utils import flow_to_image
 
     f = torch.nan_to_num(flow.detach().float().cpu(), nan=0.0)
@@ -86,7 +119,9 @@ class LiveLossPlot:
     figure is kept and drawn by :meth:`show`. A missing key is skipped until it appears.
     """
 
-    def __init__(self, keys=("loss",), title: str | None = None, figsize=(4.5, 2.4), logy: bool = False):
+    def __init__(
+        self, keys=("loss",), title: str | None = None, figsize=(4.5, 2.4), logy: bool = False
+    ):
         self.keys = (keys,) if isinstance(keys, str) else tuple(keys)
         self.title, self.figsize, self.logy = title, figsize, logy
         self.fig = None

@@ -1,9 +1,10 @@
-"""Train corrlib's offline backbone: a compact CNN that stands in when ImageNet weights are absent.
+r"""Train corrlib's offline backbone: a compact CNN that stands in when ImageNet weights are absent.
 
 Usage (from the repository root; CPU, a few minutes)::
 
-    .venv/bin/python scripts/train_offline_backbone.py                       # -> runs/offline_backbone/
-    .venv/bin/python scripts/train_offline_backbone.py --out corrlib/models/weights/offline_backbone.pt
+    .venv/bin/python scripts/train_offline_backbone.py  # -> runs/offline_backbone/
+    .venv/bin/python scripts/train_offline_backbone.py \
+        --out corrlib/models/weights/offline_backbone.pt
 
 What it does:
 
@@ -73,8 +74,12 @@ def correspondence_contrastive_loss(
     b, _, h, w = f_src.shape
     size = tuple(flow.shape[-2:])
     grid = FeatureGrid.for_map((h, w), size)
-    pix = grid.to_pixels(pixel_grid((h, w), device=f_src.device)).reshape(1, -1, 2).expand(b, -1, -1)  # (B, hw, 2)
-    fl = sample_descriptors(flow, pix)  # (B, hw, 2): flow at the cell centres (pixel = cell at stride 1)
+    pix = (
+        grid.to_pixels(pixel_grid((h, w), device=f_src.device)).reshape(1, -1, 2).expand(b, -1, -1)
+    )  # (B, hw, 2)
+    fl = sample_descriptors(
+        flow, pix
+    )  # (B, hw, 2): flow at the cell centres (pixel = cell at stride 1)
     ok = sample_descriptors(valid[:, None].float(), pix)[..., 0] > 0.999  # (B, hw)
     tgt = pix + fl  # true matches, target pixels
     anchor = l2_normalize(f_src.flatten(2).transpose(1, 2), dim=-1)  # (B, hw, C)
@@ -120,7 +125,8 @@ def make_pool(data: SyntheticPairs) -> dict:
 
 
 def make_batch_fn(pool: dict, batch_size: int):
-    """``batch_fn(step, g)``: ``batch_size`` pairs of ``pool`` drawn with ``g``, each image jittered."""
+    """``batch_fn(step, g)``: ``batch_size`` pairs of ``pool`` drawn with ``g``, each image
+    jittered."""
 
     def batch_fn(step: int, g: torch.Generator) -> dict:
         idx = torch.randint(0, len(pool["src"]), (batch_size,), generator=g)
@@ -138,34 +144,54 @@ def evaluate_pfwillow(model, data_root) -> dict | None:
     """PF-WILLOW PCK (all pairs, ``pf-willow`` protocol) of ``model``, or None without the data."""
     from corrlib.data import PFWillow, resolve_data_root
     from corrlib.data._common import DatasetNotFoundError
-    from corrlib.eval import BackboneMethod, evaluate_keypoints
+    from corrlib.eval import evaluate_keypoints
+    from corrlib.methods import BackboneMethod
 
     try:
         ds = PFWillow(resolve_data_root(data_root))
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as e:
         print(f"PF-WILLOW not found ({e}); PCK not measured.")
         return None
-    res = evaluate_keypoints(BackboneMethod(model=model.eval(), max_side=320), ds, "pf-willow", progress=False)
+    res = evaluate_keypoints(
+        BackboneMethod(model=model.eval(), max_side=320), ds, "pf-willow", progress=False
+    )
     pairs = len({r["pair_index"] for r in res.rows})
+    categories = ", ".join(sorted(res.summary["alphas"]["0.1"]["per_category"]))
     return {
-        "dataset": f"PF-WILLOW ({pairs} pairs of the shared subset: {', '.join(sorted(res.summary['alphas']['0.1']['per_category']))})",
-        "protocol": "pf-willow (alpha * max side of the keypoints' bounding box), BackboneMethod max_side=320, argmax_subpixel",
+        "dataset": f"PF-WILLOW ({pairs} pairs of the shared subset: {categories})",
+        "protocol": (
+            "pf-willow (alpha * max side of the keypoints' bounding box), "
+            "BackboneMethod max_side=320, argmax_subpixel"
+        ),
         **{f"PCK@{a}": round(res.pck(a), 4) for a in (0.05, 0.1, 0.15)},
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/offline_backbone/offline_backbone.pt", help="weights file to write")
-    p.add_argument("--work-dir", default="runs/offline_backbone", help="training checkpoint and history")
+    p.add_argument(
+        "--out", default="runs/offline_backbone/offline_backbone.pt", help="weights file to write"
+    )
+    p.add_argument(
+        "--work-dir", default="runs/offline_backbone", help="training checkpoint and history"
+    )
     p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--pool", type=int, default=768, help="synthetic pairs generated once, then drawn with jitter")
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=768,
+        help="synthetic pairs generated once, then drawn with jitter",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--size", type=int, default=128, help="side of the square training images")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--radius", type=float, default=12.0, help="negatives lie farther than this (pixels)")
+    p.add_argument(
+        "--radius", type=float, default=12.0, help="negatives lie farther than this (pixels)"
+    )
     p.add_argument("--margin", type=float, default=1.0)
-    p.add_argument("--strength", type=float, default=0.6, help="homography strength of SyntheticPairs")
+    p.add_argument(
+        "--strength", type=float, default=0.6, help="homography strength of SyntheticPairs"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-root", default=None, help="for the final PF-WILLOW measurement only")
@@ -176,8 +202,8 @@ def main() -> None:
     arch = dict(OfflineWeights.SYNTHETIC_UCN_V1.value.arch)
     photos = list(SKIMAGE_PHOTOS)
     data = SyntheticPairs(
-        skimage_photos(photos), size=(args.size, args.size), kind="homography", strength=args.strength,
-        n_pairs=args.pool, n_kps=0, seed=args.seed,
+        skimage_photos(photos), size=(args.size, args.size), kind="homography",
+        strength=args.strength, n_pairs=args.pool, n_kps=0, seed=args.seed,
     )  # fmt: skip
     t0 = time.perf_counter()
     pool = make_pool(data)
@@ -189,51 +215,90 @@ def main() -> None:
     def loss_fn(m, batch):
         feats = m(torch.cat((batch["src"], batch["trg"])))["block3"]
         f_src, f_trg = feats.chunk(2)
-        return correspondence_contrastive_loss(f_src, f_trg, batch["flow"], batch["valid"], radius=args.radius, margin=args.margin)
+        return correspondence_contrastive_loss(
+            f_src, f_trg, batch["flow"], batch["valid"], radius=args.radius, margin=args.margin
+        )
 
     cfg = TrainConfig(
-        steps=args.steps, lr=args.lr, optimizer="adam", schedule="cosine", warmup_steps=min(50, args.steps - 1),
-        grad_clip=5.0, log_every=50, seed=args.seed, device="cpu", ckpt_every=200,
+        steps=args.steps, lr=args.lr, optimizer="adam", schedule="cosine",
+        warmup_steps=min(50, args.steps - 1), grad_clip=5.0, log_every=50, seed=args.seed,
+        device="cpu", ckpt_every=200,
     )  # fmt: skip
     work = Path(args.work_dir)
-    trainer = Trainer(model, loss_fn, make_batch_fn(pool, args.batch_size), cfg, ckpt_path=work / "train.pt", progress=False,
-                      on_log=lambda h: print(f"step {h[-1]['step']:5d}  loss {h[-1].get('loss', float('nan')):.4f}  "
-                                             f"acc {h[-1].get('acc', float('nan')):.3f}  {h[-1]['seconds']:.0f} s", flush=True))  # fmt: skip
+
+    def print_log(h: list[dict]) -> None:
+        last = h[-1]
+        print(
+            f"step {last['step']:5d}  loss {last.get('loss', float('nan')):.4f}  "
+            f"acc {last.get('acc', float('nan')):.3f}  {last['seconds']:.0f} s",
+            flush=True,
+        )
+
+    batch_fn = make_batch_fn(pool, args.batch_size)
+    trainer = Trainer(
+        model, loss_fn, batch_fn, cfg, ckpt_path=work / "train.pt", progress=False, on_log=print_log
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     history = trainer.fit()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     history_to_csv(history, work / "history.csv")
     train_seconds = float(history[-1]["seconds"])
-    print(f"trained {cfg.steps} steps: {train_seconds:.0f} s of optimisation; this call: {wall:.0f} s wall, {cpu:.0f} s CPU ({torch.get_num_threads()} threads)")
+    print(
+        f"trained {cfg.steps} steps: {train_seconds:.0f} s of optimisation; "
+        f"this call: {wall:.0f} s wall, {cpu:.0f} s CPU ({torch.get_num_threads()} threads)"
+    )
 
     model.eval()
     pck = None if args.no_eval else evaluate_pfwillow(model, args.data_root)
     if pck:
-        print(f"PF-WILLOW PCK@0.05/0.1/0.15 = {pck['PCK@0.05']:.4f}/{pck['PCK@0.1']:.4f}/{pck['PCK@0.15']:.4f}")
+        print(
+            "PF-WILLOW PCK@0.05/0.1/0.15 = "
+            f"{pck['PCK@0.05']:.4f}/{pck['PCK@0.1']:.4f}/{pck['PCK@0.15']:.4f}"
+        )
     net = OfflineNet(**arch)
-    net.load_state_dict({k.removeprefix("stages."): v for k, v in model.state_dict().items()}, strict=True)
+    net.load_state_dict(
+        {k.removeprefix("stages."): v for k, v in model.state_dict().items()}, strict=True
+    )
     meta = {
-        "arch": {"class": "corrlib.models.backbones.OfflineNet", **arch, "taps": {"block1": [2, 32], "block2": [4, 64], "block3": [8, 128]}},
+        "arch": {
+            "class": "corrlib.models.backbones.OfflineNet",
+            **arch,
+            "taps": {"block1": [2, 32], "block2": [4, 64], "block3": [8, 128]},
+        },
         "script": "scripts/train_offline_backbone.py",
         "args": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir", "data_root")},
         "seed": args.seed,
         "steps": args.steps,
         "data": (
-            f"SyntheticPairs(skimage_photos({photos}), size=({args.size}, {args.size}), kind='homography', "
-            f"strength={args.strength}, n_pairs={args.pool}, seed={args.seed}); {args.steps} batches of {args.batch_size} "
+            f"SyntheticPairs(skimage_photos({photos}), size=({args.size}, {args.size}), "
+            f"kind='homography', strength={args.strength}, n_pairs={args.pool}, seed={args.seed}); "
+            f"{args.steps} batches of {args.batch_size} "
             "pairs drawn from them, each image with random photometric jitter; "
             "no benchmark images"
         ),
-        "loss": f"UCN correspondence contrastive loss, hardest negative beyond {args.radius} px, margin {args.margin}",
+        "loss": (
+            "UCN correspondence contrastive loss, "
+            f"hardest negative beyond {args.radius} px, margin {args.margin}"
+        ),
         "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(cpu, 1),
         "data_seconds": round(data_seconds, 1),
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": (
+            f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}"
+        ),
         "date": datetime.date.today().isoformat(),
         "pf_willow": pck,
         "final_loss": round(float(history[-1].get("loss", float("nan"))), 4),
     }
-    out = save_checkpoint(Path(args.out), {"format": _OFFLINE_FORMAT, "model": {k: v.half() for k, v in net.state_dict().items()}, "meta": meta})
+    out = save_checkpoint(
+        Path(args.out),
+        {
+            "format": _OFFLINE_FORMAT,
+            "model": {k: v.half() for k, v in net.state_dict().items()},
+            "meta": meta,
+        },
+    )
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB), sha256 {digest}")
 

@@ -8,6 +8,8 @@ import torch
 
 from corrlib import eval as ev
 from corrlib.data import PFWillow
+from corrlib.methods import IdentityMethod, base
+from corrlib.models import handcrafted
 
 
 class _PairList:
@@ -89,32 +91,36 @@ def test_register_method_makes_it_evaluable():
         name = "shift"
 
         def match(self, src_img, trg_img, src_kps, *, src_key=None, trg_key=None):
-            return ev.IdentityMethod().match(src_img, trg_img, src_kps) + 1.0
+            return IdentityMethod().match(src_img, trg_img, src_kps) + 1.0
 
     ev.register_method("test-shift", lambda **kw: Shift())
     try:
-        res = ev.evaluate_keypoints("test-shift", _PairList([_pair(0)]), "pf-pascal", progress=False)
+        res = ev.evaluate_keypoints(
+            "test-shift", _PairList([_pair(0)]), "pf-pascal", progress=False
+        )
         assert res.pck(0.05) == pytest.approx(1.0)  # sqrt(2) px < 6 px
     finally:
-        ev._REGISTRY.pop("test-shift")
+        base._REGISTRY.pop("test-shift")
 
 
 def test_handcrafted_method_caches_descriptors(monkeypatch):
     m = ev.get_method("zncc")
     calls = []
-    real = m._hc.describe
+    real = handcrafted.describe
 
     def counting(img, name, **kw):
         calls.append(name)
         return real(img, name, **kw)
 
-    monkeypatch.setattr(m._hc, "describe", counting)
+    monkeypatch.setattr(handcrafted, "describe", counting)
     img = torch.rand(3, 32, 32)
     kps = torch.tensor([[10.0, 12.0]])
     for _ in range(3):
         pred = m.match(img, img, kps, src_key="a", trg_key="a")
     assert len(calls) == 1
-    assert pred[0].tolist() == pytest.approx([10.0, 12.0], abs=0.1)  # sub-pixel refinement of a self-match
+    assert pred[0].tolist() == pytest.approx(
+        [10.0, 12.0], abs=0.1
+    )  # sub-pixel refinement of a self-match
 
 
 def test_handcrafted_method_rejects_grey_image():
@@ -125,11 +131,11 @@ def test_handcrafted_method_rejects_grey_image():
 
 def test_identity_flow_matches_identity_keypoints():
     src, trg = torch.zeros(3, 20, 30), torch.zeros(3, 40, 45)
-    flow = ev.IdentityMethod().flow(src, trg)
+    flow = IdentityMethod().flow(src, trg)
     assert flow.shape == (2, 20, 30)
     p = torch.tensor([[7.0, 11.0]])
     moved = p + flow[:, 11, 7]
-    assert moved[0].tolist() == pytest.approx(ev.IdentityMethod().match(src, trg, p)[0].tolist())
+    assert moved[0].tolist() == pytest.approx(IdentityMethod().match(src, trg, p)[0].tolist())
 
 
 def test_write_keypoint_result_files(tmp_path):
@@ -137,7 +143,14 @@ def test_write_keypoint_result_files(tmp_path):
     paths = ev.write_keypoint_result(res, tmp_path / "out")
     with open(paths["predictions"]) as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:6] == ["pair_index", "source_image", "target_image", "keypoint_index", "pred_x", "pred_y"]
+    assert list(rows[0])[:6] == [
+        "pair_index",
+        "source_image",
+        "target_image",
+        "keypoint_index",
+        "pred_x",
+        "pred_y",
+    ]
     assert len(rows) == 10
     meta = json.loads(paths["metrics"].read_text())
     assert meta["protocol"] == "pf-willow" and meta["pairs"] == 2

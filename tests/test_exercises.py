@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from corrlib.exercises import check_census, check_pck, check_zncc
+from corrlib.exercises import as_number, run_student
+from corrlib.recipes.basics import check_census, check_pck, check_zncc
 
 # ------------------------------------------------------------------------------------------------
 # reference solutions (written independently of corrlib) and plausible mistakes
@@ -283,12 +284,14 @@ def test_student_inputs_are_copies():
 
 
 def test_check_fpr95_verdicts():
-    from corrlib.exercises import check_fpr95
     from corrlib.metrics import fpr_at_recall
+    from corrlib.recipes.patch import check_fpr95
 
     assert check_fpr95(lambda s, lab: fpr_at_recall(s, lab, 0.95)).startswith("pass")
     assert check_fpr95(lambda s, lab: fpr_at_recall(s, lab, 0.90)).startswith("wrong")
-    assert check_fpr95(lambda s, lab: fpr_at_recall(-s, lab, 0.95)).startswith("wrong")  # inverted scores
+    assert check_fpr95(lambda s, lab: fpr_at_recall(-s, lab, 0.95)).startswith(
+        "wrong"
+    )  # inverted scores
     assert check_fpr95(lambda s, lab: None).startswith("wrong")
 
     def todo(s, lab):
@@ -297,91 +300,116 @@ def test_check_fpr95_verdicts():
     assert check_fpr95(todo).startswith("not attempted yet")
 
 
-def test_check_margin_hinge_verdicts():
-    import torch
+def test_check_hardest_negative_hinge_verdicts():
+    from corrlib.recipes.patch import check_hardest_negative_hinge as check
 
-    from corrlib.exercises import check_margin_hinge
+    assert check(lambda p, n, m: torch.clamp(m + n.amax(1) - p, min=0).mean()).startswith("pass")
+    assert "averages the negatives" in check(
+        lambda p, n, m: torch.clamp(m + n.mean(1) - p, min=0).mean()
+    )
+    assert check(lambda p, n, m: torch.clamp(m + n.amin(1) - p, min=0).mean()).startswith(
+        "wrong"
+    )  # easiest
+    assert check(lambda p, n, m: torch.clamp(m + n.amax(1) - p, min=0).sum()).startswith(
+        "wrong"
+    )  # sum
+    assert "scalar tensor" in check(
+        lambda p, n, m: float(torch.clamp(m + n.amax(1) - p, min=0).mean().detach())
+    )
+    assert "raised" in check(lambda p, n, m: 1 / 0)
+    # MC-CNN's one-negative hinge from corrlib is not the answer
+    from corrlib.losses import margin_ranking_hinge
 
-    assert check_margin_hinge(lambda p, n, m: torch.clamp(m + n - p, min=0).mean()).startswith("pass")
-    assert check_margin_hinge(lambda p, n, m: torch.clamp(m + p - n, min=0).mean()).startswith("wrong")  # sign
-    assert check_margin_hinge(lambda p, n, m: torch.clamp(m + n - p, min=0).sum()).startswith("wrong")  # sum
-    assert "scalar tensor" in check_margin_hinge(lambda p, n, m: float(torch.clamp(m + n - p, min=0).mean().detach()))
-    assert "raised" in check_margin_hinge(lambda p, n, m: 1 / 0)
-
-
-def test_check_affine_grid_verdicts():
-    import torch.nn.functional as F
-
-    from corrlib.exercises import check_affine_grid
-    from corrlib.geometry import affine_grid
-
-    assert check_affine_grid(lambda t, s: affine_grid(t, s)).startswith("pass")
-    assert "align_corners=True" in check_affine_grid(lambda t, s: F.affine_grid(t, [t.shape[0], 1, *s], align_corners=True))
-    assert "(x, y)" in check_affine_grid(lambda t, s: affine_grid(t, s).flip(-1))
-    assert check_affine_grid(lambda t, s: affine_grid(t, s)[:, :-1]).startswith("wrong: expected a tensor of shape")
-
-
-def test_check_contrastive_loss_verdicts():
-    import torch
-
-    from corrlib.exercises import check_contrastive_loss
-
-    def right(d, s, m):
-        return (s * d**2 + (~s) * torch.clamp(m - d, min=0) ** 2).sum() / (2 * len(d))
-
-    assert check_contrastive_loss(right).startswith("pass")
-    assert check_contrastive_loss(lambda d, s, m: 2 * right(d, s, m)).startswith("wrong")  # mean instead of 1/(2N)
-    assert check_contrastive_loss(lambda d, s, m: ((s * d**2 + (~s) * (m - d) ** 2).sum() / (2 * len(d)))).startswith("wrong")  # no clamp
-    assert check_contrastive_loss(lambda d, s, m: None).startswith("wrong")
+    assert check(lambda p, n, m: margin_ranking_hinge(p, n[:, 0], m)).startswith("wrong")
 
 
-def test_check_kernel_soft_argmax_verdicts():
-    import torch.nn.functional as F
+def test_check_projective_grid_verdicts():
+    from corrlib.geometry import affine_grid, homography_grid
+    from corrlib.recipes.stn import check_projective_grid as check
 
-    from corrlib.exercises import check_kernel_soft_argmax
+    assert check(lambda h, s: homography_grid(h, s)).startswith("pass")
+    assert "(x, y)" in check(lambda h, s: homography_grid(h, s).flip(-1))
+    assert "without the division" in check(lambda h, s: affine_grid(h[:, :2], s))
+    assert check(lambda h, s: homography_grid(h, s)[:, :-1]).startswith(
+        "wrong: expected a tensor of shape"
+    )
+    assert check(lambda h, s: (_ for _ in ()).throw(NotImplementedError())).startswith(
+        "not attempted"
+    )
 
-    def right(scores, sigma, beta):
+
+def test_check_double_margin_loss_verdicts():
+    from corrlib.recipes.ucn import check_double_margin_loss as check
+
+    def right(d, s, m_pos, m_neg):
+        return (
+            s * torch.clamp(d - m_pos, min=0) ** 2 + (~s) * torch.clamp(m_neg - d, min=0) ** 2
+        ).sum() / (2 * len(d))
+
+    assert check(right).startswith("pass")
+    assert "the cell above" in check(
+        lambda d, s, mp, mn: (
+            (s * d**2 + (~s) * torch.clamp(mn - d, min=0) ** 2).sum() / (2 * len(d))
+        )
+    )
+    assert check(lambda d, s, mp, mn: 2 * right(d, s, mp, mn)).startswith(
+        "wrong"
+    )  # mean instead of 1/(2N)
+    assert check(lambda d, s, mp, mn: None).startswith("wrong")
+
+
+def test_check_box_soft_argmax_verdicts():
+    from corrlib.matching import kernel_soft_argmax
+    from corrlib.recipes.sfnet import check_box_soft_argmax as check
+
+    def right(scores, radius, beta):
         h, w = scores.shape
-        idx = int(scores.argmax())
-        py, px = divmod(idx, w)
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-        k = torch.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2 * sigma**2))
-        p = F.softmax((k * scores).flatten() / beta, 0).reshape(h, w)
+        py, px = divmod(int(scores.argmax()), w)
+        ys, xs = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32),
+            torch.arange(w, dtype=torch.float32),
+            indexing="ij",
+        )
+        box = ((xs - px).abs() <= radius) & ((ys - py).abs() <= radius)
+        p = F.softmax((box * scores).flatten() / beta, 0).reshape(h, w)
         return torch.stack(((p * xs).sum(), (p * ys).sum()))
 
-    def plain_soft(scores, sigma, beta):
-        h, w = scores.shape
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-        p = F.softmax(scores.flatten() / beta, 0).reshape(h, w)
-        return torch.stack(((p * xs).sum(), (p * ys).sum()))
-
-    def todo(scores, sigma, beta):
-        raise NotImplementedError
-
-    assert check_kernel_soft_argmax(right).startswith("pass")
-    assert check_kernel_soft_argmax(lambda s, a, b: right(s, a, b).flip(0)).startswith("wrong: your (x, y) are swapped")
-    assert check_kernel_soft_argmax(plain_soft).startswith("wrong")
-    assert check_kernel_soft_argmax(todo).startswith("not attempted")
-    assert check_kernel_soft_argmax(lambda s, a, b: "x").startswith("wrong")
+    assert check(right).startswith("pass")
+    assert check(lambda s, r, b: right(s, r, b).flip(0)).startswith(
+        "wrong: your (x, y) are swapped"
+    )
+    # corrlib's Gaussian kernel soft argmax is not the answer
+    assert check(lambda s, r, b: kernel_soft_argmax(s[None, None], float(r), b)[0, 0]).startswith(
+        "wrong"
+    )
+    assert check(lambda s, r, b: (_ for _ in ()).throw(NotImplementedError())).startswith(
+        "not attempted"
+    )
+    assert check(lambda s, r, b: "x").startswith("wrong")
 
 
-def test_check_smoothness_loss_verdicts():
-    from corrlib.exercises import check_smoothness_loss
-
-    def right(flow, mask):
-        dx = torch.zeros_like(flow)
-        dy = torch.zeros_like(flow)
-        dx[..., :-1] = flow[..., 1:] - flow[..., :-1]
-        dy[..., :-1, :] = flow[..., 1:, :] - flow[..., :-1, :]
-        per = (dx.abs() + dy.abs()).sum(1, keepdim=True)
-        return ((mask * per).sum((1, 2, 3)) / (mask.sum((1, 2, 3)) + 1)).mean()
+def test_check_central_smoothness_verdicts():
+    from corrlib.losses import flow_smoothness_loss
+    from corrlib.recipes.sfnet import check_central_smoothness as check
 
     def central(flow, mask):
-        dx = torch.gradient(flow, dim=3)[0]
-        dy = torch.gradient(flow, dim=2)[0]
+        p = F.pad(flow, (1, 1, 1, 1))
+        dx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2
+        dy = (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) / 2
         per = (dx.abs() + dy.abs()).sum(1, keepdim=True)
         return ((mask * per).sum((1, 2, 3)) / (mask.sum((1, 2, 3)) + 1)).mean()
 
-    assert check_smoothness_loss(right).startswith("pass")
-    assert check_smoothness_loss(central).startswith("wrong")
-    assert check_smoothness_loss(lambda f, m: (_ for _ in ()).throw(NotImplementedError())).startswith("not attempted")
+    assert check(central).startswith("pass")
+    assert check(flow_smoothness_loss).startswith(
+        "wrong"
+    )  # corrlib's forward differences are not the answer
+    assert check(lambda f, m: (_ for _ in ()).throw(NotImplementedError())).startswith(
+        "not attempted"
+    )
+
+
+def test_shared_helpers():
+    assert run_student(lambda x: x + 1, 1) == (2, None)
+    assert run_student(lambda: 1 / 0)[1].startswith("wrong: your function raised ZeroDivisionError")
+    assert as_number(torch.tensor(2.5)) == (2.5, None)
+    assert as_number("x")[1] == "wrong: expected a single number, got str."

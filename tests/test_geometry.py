@@ -40,7 +40,9 @@ def identity_grid(size, dtype=D):
 def affine_flow(size, a, t, dtype=D):
     """Flow of p -> A p + t on a grid of ``size``: ``(1, 2, H, W)``."""
     p = pixel_grid(size, dtype=dtype)
-    return (p @ torch.as_tensor(a, dtype=dtype).T + torch.as_tensor(t, dtype=dtype) - p).permute(2, 0, 1)[None]
+    return (p @ torch.as_tensor(a, dtype=dtype).T + torch.as_tensor(t, dtype=dtype) - p).permute(
+        2, 0, 1
+    )[None]
 
 
 def bilinear_loop(img, x, y):
@@ -63,13 +65,17 @@ class TestPixelNormalized:
     def test_known_values(self):
         pts = torch.tensor([[0.0, 0.0], [-0.5, -0.5], [3.5, 3.5], [1.5, 1.5], [3.0, 0.0]])
         out = pixel_to_normalized(pts, (4, 4))
-        expected = torch.tensor([[-0.75, -0.75], [-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [0.75, -0.75]])
+        expected = torch.tensor(
+            [[-0.75, -0.75], [-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [0.75, -0.75]]
+        )
         torch.testing.assert_close(out, expected)
 
     def test_x_uses_width_and_y_uses_height(self):
         out = pixel_to_normalized(torch.tensor([0.0, 0.0]), (2, 8))  # H=2, W=8
         torch.testing.assert_close(out, torch.tensor([-0.875, -0.5]))
-        torch.testing.assert_close(normalized_to_pixel(torch.tensor([1.0, 1.0]), (2, 8)), torch.tensor([7.5, 1.5]))
+        torch.testing.assert_close(
+            normalized_to_pixel(torch.tensor([1.0, 1.0]), (2, 8)), torch.tensor([7.5, 1.5])
+        )
 
     def test_round_trip_any_leading_shape(self):
         pts = torch.rand(2, 3, 5, 2, generator=gen(), dtype=D) * 40 - 5
@@ -77,7 +83,9 @@ class TestPixelNormalized:
             n = pixel_to_normalized(pts, size)
             assert n.shape == pts.shape
             torch.testing.assert_close(normalized_to_pixel(n, size), pts, rtol=0, atol=1e-12)
-            torch.testing.assert_close(pixel_to_normalized(normalized_to_pixel(pts, size), size), pts, rtol=0, atol=1e-12)
+            torch.testing.assert_close(
+                pixel_to_normalized(normalized_to_pixel(pts, size), size), pts, rtol=0, atol=1e-12
+            )
 
     def test_matches_grid_sample_convention(self):
         # sampling an image at the normalised coordinates of pixel (x, y) returns that pixel
@@ -91,9 +99,13 @@ class TestPixelNormalized:
         torch.testing.assert_close(out, torch.tensor([[-0.75, 0.75]]))
 
     def test_errors(self):
-        with pytest.raises(ValueError, match=r"Argument pts must have shape \(\.\.\., 2\), got shape \(4, 3\)\."):
+        with pytest.raises(
+            ValueError, match=r"Argument pts must have shape \(\.\.\., 2\), got shape \(4, 3\)\."
+        ):
             pixel_to_normalized(torch.zeros(4, 3), (4, 4))
-        with pytest.raises(ValueError, match=r"Argument pts must have shape \(\.\.\., 2\), got shape \(\)\."):
+        with pytest.raises(
+            ValueError, match=r"Argument pts must have shape \(\.\.\., 2\), got shape \(\)\."
+        ):
             normalized_to_pixel(torch.tensor(1.0), (4, 4))
         with pytest.raises(TypeError, match=r"Argument pts must be a torch\.Tensor"):
             pixel_to_normalized([0.0, 0.0], (4, 4))
@@ -119,7 +131,9 @@ class TestAffineGrid:
         theta = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]], dtype=D)
         grid = affine_grid(theta, (5, 7))
         assert grid.shape == (1, 5, 7, 2)
-        torch.testing.assert_close(normalized_to_pixel(grid, (5, 7))[0], pixel_grid((5, 7), dtype=D))
+        torch.testing.assert_close(
+            normalized_to_pixel(grid, (5, 7))[0], pixel_grid((5, 7), dtype=D)
+        )
 
     @pytest.mark.parametrize("kx, ky", [(2, 0), (0, -1), (3, 2)])
     def test_integer_translation(self, kx, ky):
@@ -127,7 +141,8 @@ class TestAffineGrid:
         theta = torch.tensor([[[1.0, 0, 2 * kx / w], [0, 1.0, 2 * ky / h]]], dtype=D)
         grid = affine_grid(theta, (h, w))
         torch.testing.assert_close(
-            normalized_to_pixel(grid, (h, w))[0], pixel_grid((h, w), dtype=D) + torch.tensor([kx, ky], dtype=D)
+            normalized_to_pixel(grid, (h, w))[0],
+            pixel_grid((h, w), dtype=D) + torch.tensor([kx, ky], dtype=D),
         )
         # grid_sample with the grid reproduces the shifted image exactly in the interior
         img = torch.rand(1, 3, h, w, generator=gen(), dtype=D)
@@ -141,16 +156,27 @@ class TestAffineGrid:
         assert affine_grid(theta, (2, 4)).shape == (3, 2, 4, 2)
 
     def test_error(self):
-        with pytest.raises(ValueError, match=r"Argument theta must have shape \(B, 2, 3\) \(3 dims\), got shape \(2, 3\)\."):
+        with pytest.raises(
+            ValueError,
+            match=r"Argument theta must have shape \(B, 2, 3\) \(3 dims\), got shape \(2, 3\)\.",
+        ):
             affine_grid(torch.eye(2, 3), (4, 4))
-        with pytest.raises(ValueError, match=r"Argument theta must have shape \(B, 2, 3\); dim 1 should be 2, got shape \(1, 3, 3\)\."):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument theta must have shape \(B, 2, 3\); "
+                r"dim 1 should be 2, got shape \(1, 3, 3\)\."
+            ),
+        ):
             affine_grid(torch.eye(3)[None], (4, 4))
 
 
 class TestHomographyGrid:
     def test_affine_matrix_equals_affine_grid(self):
         m = torch.tensor([[[1.1, 0.2, 0.1], [-0.15, 0.9, -0.05], [0, 0, 1]]], dtype=D)
-        torch.testing.assert_close(homography_grid(m, (6, 9)), affine_grid(m[:, :2], (6, 9)), rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            homography_grid(m, (6, 9)), affine_grid(m[:, :2], (6, 9)), rtol=0, atol=1e-12
+        )
 
     def test_against_loop(self):
         h = torch.tensor([[[1.0, 0.1, 0.05], [0.02, 0.95, -0.1], [0.1, -0.2, 1.0]]], dtype=D)
@@ -162,7 +188,9 @@ class TestHomographyGrid:
                 torch.testing.assert_close(grid[0, y, x], p[:2] / p[2])
 
     def test_gradcheck(self):
-        h = torch.tensor([[[1.0, 0.1, 0.05], [0.02, 0.95, -0.1], [0.1, -0.2, 1.0]]], dtype=D, requires_grad=True)
+        h = torch.tensor(
+            [[[1.0, 0.1, 0.05], [0.02, 0.95, -0.1], [0.1, -0.2, 1.0]]], dtype=D, requires_grad=True
+        )
         assert torch.autograd.gradcheck(lambda m: homography_grid(m, (3, 4)), (h,))
 
     def test_scale_invariance(self):
@@ -174,7 +202,9 @@ class TestHomographyGrid:
         h = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0], [1.0, 0, 0]]], dtype=D)
         grid = homography_grid(h, (1, 3))  # x_n = -2/3, 0, 2/3
         assert torch.isfinite(grid).all()
-        torch.testing.assert_close(grid[0, 0, 0], torch.tensor([1.0, 0.0], dtype=D))  # (-2/3) / (-2/3)
+        torch.testing.assert_close(
+            grid[0, 0, 0], torch.tensor([1.0, 0.0], dtype=D)
+        )  # (-2/3) / (-2/3)
 
     def test_error(self):
         with pytest.raises(ValueError, match=r"Argument h must have shape \(B, 3, 3\)"):
@@ -211,7 +241,9 @@ class TestHomographyFromPoints:
         est = homography_from_points(src, dst)
         torch.testing.assert_close(est, self.H, rtol=0, atol=5e-3)
         test = torch.rand(1, 50, 2, generator=gen(3), dtype=D) * 2 - 1
-        torch.testing.assert_close(self.apply(est, test), self.apply(self.H, test), rtol=0, atol=1e-3)
+        torch.testing.assert_close(
+            self.apply(est, test), self.apply(self.H, test), rtol=0, atol=1e-3
+        )
 
     def test_batch(self):
         src = torch.rand(3, 6, 2, generator=gen(4), dtype=D)
@@ -224,7 +256,13 @@ class TestHomographyFromPoints:
         with pytest.raises(ValueError) as e:
             homography_from_points(torch.rand(1, 3, 2), torch.rand(1, 3, 2))
         assert str(e.value) == "Argument src must hold at least 4 points, got 3."
-        with pytest.raises(ValueError, match=r"Argument dst must have shape \(1, 5, 2\); dim 1 should be 5, got shape \(1, 4, 2\)"):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument dst must have shape \(1, 5, 2\); "
+                r"dim 1 should be 5, got shape \(1, 4, 2\)"
+            ),
+        ):
             homography_from_points(torch.rand(1, 5, 2), torch.rand(1, 4, 2))
 
 
@@ -245,13 +283,17 @@ def tps_loop(pts, ctrl, params):
 
 
 class TestTps:
-    ctrl = torch.tensor([[[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [0.1, 0.2], [-0.4, 0.5]]], dtype=D)
+    ctrl = torch.tensor(
+        [[[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [0.1, 0.2], [-0.4, 0.5]]], dtype=D
+    )
 
     def test_interpolates_control_points(self):
         target = self.ctrl + 0.2 * torch.randn(1, 6, 2, generator=gen(), dtype=D)
         params = tps_fit(self.ctrl, target)
         assert params.shape == (1, 9, 2)
-        torch.testing.assert_close(tps_transform(self.ctrl, self.ctrl, params), target, rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            tps_transform(self.ctrl, self.ctrl, params), target, rtol=0, atol=1e-12
+        )
 
     def test_interpolates_many_control_points_in_float32(self):
         ctrl = torch.rand(1, 64, 2, generator=gen(5)) * 2 - 1
@@ -263,27 +305,37 @@ class TestTps:
         params = tps_fit(self.ctrl, self.ctrl)
         pts = torch.rand(1, 20, 2, generator=gen(), dtype=D) * 3 - 1.5
         torch.testing.assert_close(tps_transform(pts, self.ctrl, params), pts, rtol=0, atol=1e-12)
-        torch.testing.assert_close(tps_grid(self.ctrl, self.ctrl, (5, 6)), identity_grid((5, 6)), rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            tps_grid(self.ctrl, self.ctrl, (5, 6)), identity_grid((5, 6)), rtol=0, atol=1e-12
+        )
 
     def test_reproduces_affine_maps(self):
         a = torch.tensor([[1.2, -0.3], [0.25, 0.8]], dtype=D)
         t = torch.tensor([0.1, -0.2], dtype=D)
         params = tps_fit(self.ctrl, self.ctrl @ a.T + t)
-        torch.testing.assert_close(params[:, :6], torch.zeros(1, 6, 2, dtype=D), rtol=0, atol=1e-10)  # no bending
+        torch.testing.assert_close(
+            params[:, :6], torch.zeros(1, 6, 2, dtype=D), rtol=0, atol=1e-10
+        )  # no bending
         pts = torch.rand(1, 30, 2, generator=gen(7), dtype=D) * 4 - 2
-        torch.testing.assert_close(tps_transform(pts, self.ctrl, params), pts @ a.T + t, rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            tps_transform(pts, self.ctrl, params), pts @ a.T + t, rtol=0, atol=1e-10
+        )
 
     def test_against_loop(self):
         target = self.ctrl + 0.2 * torch.randn(1, 6, 2, generator=gen(8), dtype=D)
         params = tps_fit(self.ctrl, target)
         pts = torch.rand(1, 7, 2, generator=gen(9), dtype=D) * 2 - 1
-        torch.testing.assert_close(tps_transform(pts, self.ctrl, params)[0], tps_loop(pts[0], self.ctrl[0], params[0]))
+        torch.testing.assert_close(
+            tps_transform(pts, self.ctrl, params)[0], tps_loop(pts[0], self.ctrl[0], params[0])
+        )
 
     def test_grid_against_transform(self):
         target = self.ctrl + 0.2 * torch.randn(1, 6, 2, generator=gen(8), dtype=D)
         grid = tps_grid(self.ctrl, target, (4, 5))
         pts = identity_grid((4, 5)).reshape(1, -1, 2)
-        torch.testing.assert_close(grid.reshape(1, -1, 2), tps_transform(pts, self.ctrl, tps_fit(self.ctrl, target)))
+        torch.testing.assert_close(
+            grid.reshape(1, -1, 2), tps_transform(pts, self.ctrl, tps_fit(self.ctrl, target))
+        )
 
     def test_regularised_fit_smooths(self):
         target = self.ctrl + 0.2 * torch.randn(1, 6, 2, generator=gen(), dtype=D)
@@ -303,10 +355,22 @@ class TestTps:
         assert torch.autograd.gradcheck(lambda t: tps_grid(self.ctrl, t, (3, 3)), (target,))
 
     def test_errors(self):
-        with pytest.raises(ValueError, match=r"Argument target must have shape \(1, 6, 2\); dim 1 should be 6, got shape \(1, 5, 2\)"):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument target must have shape \(1, 6, 2\); "
+                r"dim 1 should be 6, got shape \(1, 5, 2\)"
+            ),
+        ):
             tps_fit(self.ctrl, self.ctrl[:, :5])
         params = tps_fit(self.ctrl, self.ctrl)
-        with pytest.raises(ValueError, match=r"Argument params must have shape \(1, 9, 2\); dim 1 should be 9, got shape \(1, 8, 2\)"):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument params must have shape \(1, 9, 2\); "
+                r"dim 1 should be 9, got shape \(1, 8, 2\)"
+            ),
+        ):
             tps_transform(self.ctrl, self.ctrl, params[:, :8])
         with pytest.raises(ValueError, match=r"Argument pts must have shape \(1, N, 2\)"):
             tps_transform(torch.zeros(5, 2, dtype=D), self.ctrl, params)
@@ -330,14 +394,24 @@ class TestGridFlow:
     def test_inverse_of_each_other(self):
         flow = 3 * torch.randn(2, 2, 5, 7, generator=gen(), dtype=D)
         for size in [(5, 7), (9, 4)]:
-            torch.testing.assert_close(grid_to_flow(flow_to_grid(flow, size), size), flow, rtol=0, atol=1e-12)
+            torch.testing.assert_close(
+                grid_to_flow(flow_to_grid(flow, size), size), flow, rtol=0, atol=1e-12
+            )
         grid = torch.rand(2, 5, 7, 2, generator=gen(1), dtype=D) * 2 - 1
-        torch.testing.assert_close(flow_to_grid(grid_to_flow(grid, (8, 3)), (8, 3)), grid, rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            flow_to_grid(grid_to_flow(grid, (8, 3)), (8, 3)), grid, rtol=0, atol=1e-12
+        )
 
     def test_errors(self):
         with pytest.raises(ValueError, match=r"Argument grid must have shape \(B, H, W, 2\)"):
             grid_to_flow(torch.zeros(1, 2, 4, 4), (4, 4))
-        with pytest.raises(ValueError, match=r"Argument flow must have shape \(B, 2, H, W\); dim 1 should be 2, got shape \(1, 4, 4, 2\)"):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument flow must have shape \(B, 2, H, W\); "
+                r"dim 1 should be 2, got shape \(1, 4, 4, 2\)"
+            ),
+        ):
             flow_to_grid(torch.zeros(1, 4, 4, 2), (4, 4))
 
 
@@ -364,12 +438,16 @@ class TestWarpWithFlow:
 
     def test_fractional_flow_against_loop(self):
         img = torch.rand(1, 2, 6, 8, generator=gen(1), dtype=D)
-        flow = torch.rand(1, 2, 4, 5, generator=gen(2), dtype=D) * 2  # the flow grid may differ in size
+        flow = (
+            torch.rand(1, 2, 4, 5, generator=gen(2), dtype=D) * 2
+        )  # the flow grid may differ in size
         out, valid = warp_with_flow(img, flow)
         assert out.shape == (1, 2, 4, 5) and valid.all()
         for y in range(4):
             for x in range(5):
-                ref = bilinear_loop(img[0], x + float(flow[0, 0, y, x]), y + float(flow[0, 1, y, x]))
+                ref = bilinear_loop(
+                    img[0], x + float(flow[0, 0, y, x]), y + float(flow[0, 1, y, x])
+                )
                 torch.testing.assert_close(out[0, :, y, x], ref)
 
     def test_non_finite_flow_is_invalid(self):
@@ -388,9 +466,21 @@ class TestWarpWithFlow:
 
     def test_errors(self):
         img = torch.zeros(1, 3, 4, 4)
-        with pytest.raises(ValueError, match=r"Unknown value 'bicubic' for argument mode\. Valid values are \{bilinear, nearest\}\."):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Unknown value 'bicubic' for argument mode\. "
+                r"Valid values are \{bilinear, nearest\}\."
+            ),
+        ):
             warp_with_flow(img, torch.zeros(1, 2, 4, 4), "bicubic")
-        with pytest.raises(ValueError, match=r"Argument flow must have shape \(1, 2, H, W\); dim 0 should be 1, got shape \(2, 2, 4, 4\)"):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument flow must have shape \(1, 2, H, W\); "
+                r"dim 0 should be 1, got shape \(2, 2, 4, 4\)"
+            ),
+        ):
             warp_with_flow(img, torch.zeros(2, 2, 4, 4))
         with pytest.raises(ValueError, match=r"Argument image must have shape \(B, C, Hi, Wi\)"):
             warp_with_flow(torch.zeros(3, 4, 4), torch.zeros(1, 2, 4, 4))
@@ -401,7 +491,9 @@ class TestTransferKpsWithFlow:
         flow = torch.zeros(1, 2, 6, 6, dtype=D)
         flow[:, 0], flow[:, 1] = 1.5, -2.0
         kps = torch.tensor([[[0.0, 0.0], [2.3, 4.7], [5.0, 5.0]]], dtype=D)
-        torch.testing.assert_close(transfer_kps_with_flow(flow, kps), kps + torch.tensor([1.5, -2.0], dtype=D))
+        torch.testing.assert_close(
+            transfer_kps_with_flow(flow, kps), kps + torch.tensor([1.5, -2.0], dtype=D)
+        )
 
     def test_linear_flow_exact_at_sub_pixel_keypoints(self):
         a, t = [[1.1, 0.2], [-0.1, 0.9]], [3.0, -1.5]
@@ -424,7 +516,13 @@ class TestTransferKpsWithFlow:
         assert out.shape == (2, 0, 2)
 
     def test_errors(self):
-        with pytest.raises(ValueError, match=r"Argument kps must have shape \(1, N, 2\); dim 0 should be 1, got shape \(2, 3, 2\)"):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument kps must have shape \(1, N, 2\); "
+                r"dim 0 should be 1, got shape \(2, 3, 2\)"
+            ),
+        ):
             transfer_kps_with_flow(torch.zeros(1, 2, 4, 4), torch.zeros(2, 3, 2))
         with pytest.raises(ValueError, match=r"Argument flow must have shape \(B, 2, H, W\)"):
             transfer_kps_with_flow(torch.zeros(2, 4, 4), torch.zeros(1, 3, 2))
@@ -436,12 +534,19 @@ class TestTransferKpsWithInverseFlow:
         flow[:, 0], flow[:, 1] = 2.5, -1.25
         src = torch.tensor([[[1.0, 3.0], [4.3, 5.9], [0.2, 6.6]]], dtype=D)
         trg = src + torch.tensor([2.5, -1.25], dtype=D)
-        torch.testing.assert_close(transfer_kps_with_inverse_flow(flow, trg), src, rtol=0, atol=1e-9)
+        torch.testing.assert_close(
+            transfer_kps_with_inverse_flow(flow, trg), src, rtol=0, atol=1e-9
+        )
 
     def test_affine_flow(self):
-        a, t = torch.tensor([[1.15, 0.1], [-0.05, 0.9]], dtype=D), torch.tensor([2.0, -1.0], dtype=D)
+        a, t = (
+            torch.tensor([[1.15, 0.1], [-0.05, 0.9]], dtype=D),
+            torch.tensor([2.0, -1.0], dtype=D),
+        )
         flow = affine_flow((20, 24), a, t)
-        src = torch.rand(1, 30, 2, generator=gen(), dtype=D) * torch.tensor([20.0, 16.0], dtype=D) + 2
+        src = (
+            torch.rand(1, 30, 2, generator=gen(), dtype=D) * torch.tensor([20.0, 16.0], dtype=D) + 2
+        )
         est = transfer_kps_with_inverse_flow(flow, src @ a.T + t)
         assert (est - src).norm(dim=-1).max() < 0.05  # the brief; Newton makes it exact:
         torch.testing.assert_close(est, src, rtol=0, atol=1e-6)
@@ -470,7 +575,9 @@ class TestTransferKpsWithInverseFlow:
         flow[0, :, 0, 0] = torch.tensor([8.0, 5.0], dtype=D)
         valid = torch.ones(1, 1, 10, 10, dtype=torch.bool)
         valid[0, 0, 0, 0] = False
-        torch.testing.assert_close(transfer_kps_with_inverse_flow(flow, kps, valid), torch.tensor([[[5.0, 5.0]]], dtype=D))
+        torch.testing.assert_close(
+            transfer_kps_with_inverse_flow(flow, kps, valid), torch.tensor([[[5.0, 5.0]]], dtype=D)
+        )
         # the same with a NaN decoy landing nearby and no mask
         flow[0, :, 0, 0] = float("nan")
         out = transfer_kps_with_inverse_flow(flow, kps)
@@ -496,8 +603,18 @@ class TestTransferKpsWithInverseFlow:
         assert out.shape == (2, 0, 2)
 
     def test_errors(self):
-        with pytest.raises(ValueError, match=r"Argument valid must have shape \(1, 1, 4, 4\); dim 2 should be 4, got shape \(1, 1, 3, 4\)"):
-            transfer_kps_with_inverse_flow(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 2), torch.ones(1, 1, 3, 4, dtype=torch.bool))
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument valid must have shape \(1, 1, 4, 4\); "
+                r"dim 2 should be 4, got shape \(1, 1, 3, 4\)"
+            ),
+        ):
+            transfer_kps_with_inverse_flow(
+                torch.zeros(1, 2, 4, 4),
+                torch.zeros(1, 2, 2),
+                torch.ones(1, 1, 3, 4, dtype=torch.bool),
+            )
         with pytest.raises(ValueError, match=r"Argument kps must have shape \(1, N, 2\)"):
             transfer_kps_with_inverse_flow(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 3))
 
@@ -550,7 +667,12 @@ class TestRandomWarp:
         inv = warp.inverse_grid(size)
         assert inv.shape == (2, 24, 20, 2) and inv.dtype == torch.float32
         back = warp.transform_points(inv.reshape(2, -1, 2))
-        torch.testing.assert_close(back, identity_grid(size, torch.float32).reshape(1, -1, 2).expand(2, -1, -1), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            back,
+            identity_grid(size, torch.float32).reshape(1, -1, 2).expand(2, -1, -1),
+            rtol=0,
+            atol=1e-5,
+        )
 
     @pytest.mark.parametrize("kind", WARP_KINDS)
     def test_grid_matches_transform_points(self, kind):
@@ -561,7 +683,12 @@ class TestRandomWarp:
     @pytest.mark.parametrize("kind", WARP_KINDS)
     def test_strength_zero_is_identity(self, kind):
         warp = sample_random_warp(3, kind, 0.0, generator=gen())
-        torch.testing.assert_close(warp.grid((6, 7)), identity_grid((6, 7), torch.float32).expand(3, -1, -1, -1), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            warp.grid((6, 7)),
+            identity_grid((6, 7), torch.float32).expand(3, -1, -1, -1),
+            rtol=0,
+            atol=1e-6,
+        )
 
     @pytest.mark.parametrize("kind", WARP_KINDS)
     def test_reproducible_with_generator(self, kind):
@@ -577,10 +704,14 @@ class TestRandomWarp:
         torch.testing.assert_close(aff.matrix[:, 2], torch.tensor([0.0, 0.0, 1.0]).expand(50, 3))
         assert aff.matrix[:, :2, 2].abs().max() <= 0.3
         det = torch.linalg.det(aff.matrix[:, :2, :2].double())
-        assert (det > math.exp(-0.6) - 1e-6).all() and (det < math.exp(0.6) + 1e-6).all()  # shear keeps det
+        assert (det > math.exp(-0.6) - 1e-6).all() and (
+            det < math.exp(0.6) + 1e-6
+        ).all()  # shear keeps det
         hom = sample_random_warp(50, "homography", 1.0, generator=gen())
         torch.testing.assert_close(hom.matrix[:, 2, 2], torch.ones(50))
-        corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]).expand(50, -1, -1)
+        corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]).expand(
+            50, -1, -1
+        )
         assert (hom.transform_points(corners) - corners).abs().max() <= 0.35 + 1e-5
         tps = sample_random_warp(50, "tps", 1.0, generator=gen())
         assert tps.ctrl.shape == (50, 9, 2) and (tps.target - tps.ctrl).abs().max() <= 0.25
@@ -597,7 +728,9 @@ class TestRandomWarp:
     def test_errors(self):
         with pytest.raises(ValueError) as e:
             sample_random_warp(1, "spline")
-        assert str(e.value) == "Unknown value 'spline' for argument kind. Valid values are {affine, homography, tps}."
+        assert str(e.value) == (
+            "Unknown value 'spline' for argument kind. Valid values are {affine, homography, tps}."
+        )
         with pytest.raises(ValueError, match=r"Argument strength must be in \[0, 1\], got 1.5\."):
             sample_random_warp(1, "affine", 1.5)
         with pytest.raises(ValueError, match="Unknown value 'perspective' for argument kind"):

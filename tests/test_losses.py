@@ -133,7 +133,8 @@ def test_contrastive_hinge_known_values():
     assert torch.allclose(per_pair, torch.tensor([0.5, 2.0, 3.0, 0.0]))
     assert torch.isclose(contrastive_hinge(dist, label), torch.tensor(5.5 / 4))
     assert torch.allclose(
-        contrastive_hinge(dist, label, margin=6.0, reduction="none"), torch.tensor([0.5, 2.0, 5.0, 1.0])
+        contrastive_hinge(dist, label, margin=6.0, reduction="none"),
+        torch.tensor([0.5, 2.0, 5.0, 1.0]),
     )
 
 
@@ -147,7 +148,10 @@ def test_contrastive_hinge_gradient():
 def test_contrastive_hinge_empty_and_errors():
     assert contrastive_hinge(torch.zeros(0), torch.zeros(0)).item() == 0.0
     assert contrastive_hinge(torch.zeros(0), torch.zeros(0), reduction="none").shape == (0,)
-    with pytest.raises(ValueError, match=r"Unknown value 'sum' for argument reduction. Valid values are \{mean, none\}"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown value 'sum' for argument reduction. Valid values are \{mean, none\}",
+    ):
         contrastive_hinge(torch.zeros(2), torch.ones(2), reduction="sum")
     with pytest.raises(ValueError, match=r"Argument label must have shape \(2\)"):
         contrastive_hinge(torch.zeros(2), torch.ones(2, 1))
@@ -203,7 +207,9 @@ def test_hard_mining_empty_class_and_empty_batch():
 
 
 def test_hard_mining_errors():
-    with pytest.raises(ValueError, match=r"Argument ratio_neg must be a number >= 1 \(1 = no mining\), got 0.5"):
+    with pytest.raises(
+        ValueError, match=r"Argument ratio_neg must be a number >= 1 \(1 = no mining\), got 0.5"
+    ):
         hard_mining(torch.zeros(2), torch.ones(2), ratio_neg=0.5)
     with pytest.raises(ValueError, match=r"Argument label must have shape \(2\)"):
         hard_mining(torch.zeros(2), torch.ones(3))

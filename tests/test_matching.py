@@ -56,7 +56,7 @@ def rbf_codes(h, w, offset=(0.0, 0.0), sigma=1.0):
     ys, xs = torch.meshgrid(torch.arange(h, dtype=D), torch.arange(w, dtype=D), indexing="ij")
     p = torch.stack((xs, ys), -1).reshape(-1, 2)  # centres c_k, row-major
     q = p + torch.tensor(offset, dtype=D)
-    code = torch.exp(-torch.cdist(q, p) ** 2 / (2 * sigma**2))  # (HW cells, K channels)
+    code = torch.exp(-(torch.cdist(q, p) ** 2) / (2 * sigma**2))  # (HW cells, K channels)
     return code.T.reshape(1, h * w, h, w)
 
 
@@ -68,15 +68,23 @@ class TestFeatureGrid:
         grid = FeatureGrid.for_map((14, 14), (224, 224))
         assert grid.origin == (7.5, 7.5) and grid.step == (16.0, 16.0)
         # cell 0 spans pixels [-0.5, 15.5]: its centre is 7.5
-        torch.testing.assert_close(grid.to_pixels(torch.tensor([0.0, 0.0])), torch.tensor([7.5, 7.5]))
-        torch.testing.assert_close(grid.to_pixels(torch.tensor([13.0, 2.0])), torch.tensor([215.5, 39.5]))
+        torch.testing.assert_close(
+            grid.to_pixels(torch.tensor([0.0, 0.0])), torch.tensor([7.5, 7.5])
+        )
+        torch.testing.assert_close(
+            grid.to_pixels(torch.tensor([13.0, 2.0])), torch.tensor([215.5, 39.5])
+        )
 
     def test_non_square_and_non_integer_stride(self):
         grid = FeatureGrid.for_map((3, 4), (12, 10))  # x stride 2.5, y stride 4
         assert grid.step == (2.5, 4.0) and grid.origin == (0.75, 1.5)
         # the map's edges coincide with the image edges (align_corners=False)
-        torch.testing.assert_close(grid.to_pixels(torch.tensor([-0.5, -0.5])), torch.tensor([-0.5, -0.5]))
-        torch.testing.assert_close(grid.to_pixels(torch.tensor([3.5, 2.5])), torch.tensor([9.5, 11.5]))
+        torch.testing.assert_close(
+            grid.to_pixels(torch.tensor([-0.5, -0.5])), torch.tensor([-0.5, -0.5])
+        )
+        torch.testing.assert_close(
+            grid.to_pixels(torch.tensor([3.5, 2.5])), torch.tensor([9.5, 11.5])
+        )
 
     def test_round_trip(self):
         grid = FeatureGrid.for_map((7, 9), (60, 50))
@@ -89,7 +97,13 @@ class TestFeatureGrid:
         assert grid.origin == (0.0, 0.0) and grid.step == (1.0, 1.0)
 
     def test_errors(self):
-        with pytest.raises(ValueError, match=r"Arguments map_size and image_size must be positive, got \(0, 4\) and \(8, 8\)\."):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Arguments map_size and image_size must be positive,"
+                r" got \(0, 4\) and \(8, 8\)\."
+            ),
+        ):
             FeatureGrid.for_map((0, 4), (8, 8))
 
 
@@ -120,7 +134,13 @@ class TestHardArgmax:
                 assert out[b, s].tolist() == pos
 
     def test_error(self):
-        with pytest.raises(ValueError, match=r"Argument corr must have shape \(B, S, Ht, Wt\) \(4 dims\), got shape \(3, 4, 5\)\."):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument corr must have shape \(B, S, Ht, Wt\) \(4 dims\),"
+                r" got shape \(3, 4, 5\)\."
+            ),
+        ):
             hard_argmax(torch.zeros(3, 4, 5))
 
 
@@ -132,7 +152,9 @@ class TestSoftArgmax:
 
     def test_known_answers(self):
         # a uniform map gives the centre; two equal peaks give their midpoint
-        torch.testing.assert_close(soft_argmax(torch.zeros(1, 1, 5, 8, dtype=D)), torch.tensor([[[3.5, 2.0]]], dtype=D))
+        torch.testing.assert_close(
+            soft_argmax(torch.zeros(1, 1, 5, 8, dtype=D)), torch.tensor([[[3.5, 2.0]]], dtype=D)
+        )
         corr = peak_map(9, 9, {(1, 2): 1.0, (7, 6): 1.0})
         torch.testing.assert_close(soft_argmax(corr), torch.tensor([[[4.0, 4.0]]], dtype=D))
 
@@ -167,10 +189,14 @@ class TestKernelSoftArgmax:
         # e^-2.5 / (1 + e^-2.5) = 7.6 % of the distance (13, 11)
         w2 = math.exp(-2.5) / (1 + math.exp(-2.5))
         biased = soft_argmax(corr)
-        torch.testing.assert_close(biased, torch.tensor([[[3 + 13 * w2, 4 + 11 * w2]]], dtype=D), rtol=0, atol=1e-3)
+        torch.testing.assert_close(
+            biased, torch.tensor([[[3 + 13 * w2, 4 + 11 * w2]]], dtype=D), rtol=0, atol=1e-3
+        )
         assert biased[0, 0, 0] > 3.9  # off by about a cell
         # the Gaussian window around (3, 4) removes the distant peak
-        torch.testing.assert_close(kernel_soft_argmax(corr), torch.tensor([[[3.0, 4.0]]], dtype=D), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            kernel_soft_argmax(corr), torch.tensor([[[3.0, 4.0]]], dtype=D), rtol=0, atol=1e-6
+        )
 
     def test_against_loop(self):
         corr = torch.rand(2, 2, 5, 6, generator=gen(), dtype=D)
@@ -189,15 +215,21 @@ class TestKernelSoftArgmax:
 
     def test_large_sigma_is_soft_argmax(self):
         corr = torch.rand(1, 3, 4, 4, generator=gen(1), dtype=D)
-        torch.testing.assert_close(kernel_soft_argmax(corr, sigma=1e6, beta=0.2), soft_argmax(corr, 0.2))
+        torch.testing.assert_close(
+            kernel_soft_argmax(corr, sigma=1e6, beta=0.2), soft_argmax(corr, 0.2)
+        )
 
     def test_module(self):
         corr = torch.rand(1, 3, 4, 4, generator=gen(2), dtype=D)
-        torch.testing.assert_close(KernelSoftArgmax(2.0, 0.1)(corr), kernel_soft_argmax(corr, 2.0, 0.1))
+        torch.testing.assert_close(
+            KernelSoftArgmax(2.0, 0.1)(corr), kernel_soft_argmax(corr, 2.0, 0.1)
+        )
 
     def test_gradcheck(self):
         corr = torch.rand(1, 2, 4, 5, generator=gen(3), dtype=D)
-        corr[0, 0, 1, 2] = corr[0, 1, 3, 0] = 2.0  # a clear maximum: the window does not move under eps
+        corr[0, 0, 1, 2] = corr[0, 1, 3, 0] = (
+            2.0  # a clear maximum: the window does not move under eps
+        )
         corr.requires_grad_()
         assert torch.autograd.gradcheck(lambda c: kernel_soft_argmax(c, 1.5, 0.5), (corr,))
 
@@ -208,9 +240,13 @@ class TestKernelSoftArgmax:
 
 class TestRefineSubpixel:
     def test_quadratic_bump_is_exact(self):
-        ys, xs = torch.meshgrid(torch.arange(7.0, dtype=D), torch.arange(9.0, dtype=D), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(7.0, dtype=D), torch.arange(9.0, dtype=D), indexing="ij"
+        )
         peaks = [(4.3, 2.8), (1.5, 5.0), (6.0, 3.45)]
-        corr = torch.stack([1 - 0.05 * (xs - x0) ** 2 - 0.08 * (ys - y0) ** 2 for x0, y0 in peaks])[None]
+        corr = torch.stack([1 - 0.05 * (xs - x0) ** 2 - 0.08 * (ys - y0) ** 2 for x0, y0 in peaks])[
+            None
+        ]
         out = refine_subpixel(corr, hard_argmax(corr))
         torch.testing.assert_close(out, torch.tensor([peaks], dtype=D), rtol=0, atol=1e-9)
 
@@ -225,7 +261,8 @@ class TestRefineSubpixel:
     def test_border_peak_keeps_the_cell_on_that_axis(self):
         corr = peak_map(4, 5, {(0, 2): 1.0, (1, 2): 0.5, (0, 1): 0.5, (0, 3): 0.9})
         out = refine_subpixel(corr, hard_argmax(corr))
-        # x: no left neighbour -> 0; y: parabola through 0.5, 1, 0.9 -> (0.5 - 0.9) / (2 (0.5 - 2 + 0.9))
+        # x: no left neighbour -> 0
+        # y: parabola through 0.5, 1, 0.9 -> (0.5 - 0.9) / (2 (0.5 - 2 + 0.9))
         torch.testing.assert_close(out, torch.tensor([[[0.0, 2 + 0.4 / 1.2]]], dtype=D))
 
     def test_flat_map_and_batch(self):
@@ -244,7 +281,9 @@ class TestRefineSubpixel:
         beta = 0.02
         w = 1 / (1 + math.exp(-0.01 / beta) + 7 * math.exp(-1 / beta))  # weight of the centre
         out = refine_subpixel(corr, hard_argmax(corr), beta, method="softmax")
-        torch.testing.assert_close(out[0, 0, 0], torch.tensor(2 + (1 - w), dtype=D), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            out[0, 0, 0], torch.tensor(2 + (1 - w), dtype=D), rtol=0, atol=1e-6
+        )
         assert REFINE_METHODS == ("quadratic", "softmax")
 
     def test_gradcheck(self):
@@ -256,11 +295,29 @@ class TestRefineSubpixel:
 
     def test_errors(self):
         corr = torch.zeros(1, 2, 3, 4)
-        with pytest.raises(ValueError, match=r"Argument cells must lie in the 4x3 \(Wt x Ht\) map, got x in \[0, 4\] and y in \[0, 1\]\."):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument cells must lie in the 4x3 \(Wt x Ht\) map,"
+                r" got x in \[0, 4\] and y in \[0, 1\]\."
+            ),
+        ):
             refine_subpixel(corr, torch.tensor([[[0.0, 0.0], [4.0, 1.0]]]))
-        with pytest.raises(ValueError, match=r"Argument cells must have shape \(1, 2, 2\); dim 1 should be 2, got shape \(1, 3, 2\)"):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument cells must have shape \(1, 2, 2\);"
+                r" dim 1 should be 2, got shape \(1, 3, 2\)"
+            ),
+        ):
             refine_subpixel(corr, torch.zeros(1, 3, 2))
-        with pytest.raises(ValueError, match=r"Unknown value 'cubic' for argument method\. Valid values are \{quadratic, softmax\}\."):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Unknown value 'cubic' for argument method\. Valid values "
+                r"are \{quadratic, softmax\}\."
+            ),
+        ):
             refine_subpixel(corr, torch.zeros(1, 2, 2), method="cubic")
 
 
@@ -284,7 +341,10 @@ class TestMutualNearestNeighbours:
         assert idx.dtype == torch.long and mutual.dtype == torch.bool
 
     def test_against_loop(self):
-        f_src, f_trg = torch.randn(2, 4, 3, 3, generator=gen()), torch.randn(2, 4, 2, 4, generator=gen(1))
+        f_src, f_trg = (
+            torch.randn(2, 4, 3, 3, generator=gen()),
+            torch.randn(2, 4, 2, 4, generator=gen(1)),
+        )
         corr = dense_correlation(f_src, f_trg)
         idx, mutual = mutual_nearest_neighbours(corr)
         flat = corr.flatten(2)
@@ -326,7 +386,9 @@ class TestSampleDescriptors:
 
     def test_cell_centres_are_exact(self):
         feat = torch.randn(1, 3, 4, 5, generator=gen(2), dtype=D)
-        out = sample_descriptors(feat, torch.tensor([[[0.0, 0.0], [4.0, 3.0], [2.0, 1.0]]], dtype=D))
+        out = sample_descriptors(
+            feat, torch.tensor([[[0.0, 0.0], [4.0, 3.0], [2.0, 1.0]]], dtype=D)
+        )
         torch.testing.assert_close(out[0], feat[0, :, [0, 3, 1], [0, 4, 2]].T)
 
     def test_empty_and_errors(self):
@@ -338,7 +400,8 @@ class TestSampleDescriptors:
 class TestTransferKeypoints:
     @pytest.mark.parametrize("matcher", MATCHERS)
     def test_one_hot_codes_with_a_known_shift(self, matcher):
-        # source map 5x6 cells at stride 8; target map 5x6 cells at stride 16; content moves (+2, -1) cells
+        # source map 5x6 cells at stride 8; target map 5x6 cells at stride 16;
+        # content moves (+2, -1) cells
         f_src, f_trg = one_hot_codes(5, 6), one_hot_codes(5, 6, shift=(2, -1))
         g_src, g_trg = FeatureGrid.for_map((5, 6), (40, 48)), FeatureGrid.for_map((5, 6), (80, 96))
         cells = torch.tensor([[[0.0, 1.0], [3.0, 4.0], [1.0, 2.0]]], dtype=D)
@@ -381,14 +444,23 @@ class TestTransferKeypoints:
         f_src = torch.randn(1, 8, 4, 4, generator=gen(), dtype=D, requires_grad=True)
         f_trg = torch.randn(1, 8, 4, 4, generator=gen(1), dtype=D, requires_grad=True)
         grid = FeatureGrid((0.0, 0.0), (1.0, 1.0))
-        out, _ = transfer_keypoints(f_src, f_trg, torch.tensor([[[1.5, 2.0]]], dtype=D), grid, grid, "soft_argmax", beta=0.5)
+        out, _ = transfer_keypoints(
+            f_src, f_trg, torch.tensor([[[1.5, 2.0]]], dtype=D), grid, grid, "soft_argmax", beta=0.5
+        )
         out.sum().backward()
         assert f_src.grad.abs().sum() > 0 and f_trg.grad.abs().sum() > 0
 
     @pytest.mark.parametrize("matcher", MATCHERS)
     def test_empty_keypoints(self, matcher):
         grid = FeatureGrid((0.0, 0.0), (1.0, 1.0))
-        out, score = transfer_keypoints(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 5, 5), torch.zeros(2, 0, 2), grid, grid, matcher)
+        out, score = transfer_keypoints(
+            torch.rand(2, 3, 4, 4),
+            torch.rand(2, 3, 5, 5),
+            torch.zeros(2, 0, 2),
+            grid,
+            grid,
+            matcher,
+        )
         assert out.shape == (2, 0, 2) and score.shape == (2, 0)
 
     def test_errors(self):
@@ -400,9 +472,18 @@ class TestTransferKeypoints:
             "Unknown value 'nearest' for argument matcher. "
             "Valid values are {argmax, argmax_subpixel, soft_argmax, kernel_soft_argmax}."
         )
-        with pytest.raises(ValueError, match=r"Argument kps_src must have shape \(1, N, 2\) \(3 dims\), got shape \(2, 2\)\."):
+        with pytest.raises(
+            ValueError,
+            match=r"Argument kps_src must have shape \(1, N, 2\) \(3 dims\), got shape \(2, 2\)\.",
+        ):
             transfer_keypoints(f, f, torch.zeros(2, 2), grid, grid)
-        with pytest.raises(ValueError, match=r"Argument f_trg must have shape \(1, 3, Ht, Wt\); dim 1 should be 3, got shape \(1, 5, 4, 4\)"):
+        with pytest.raises(
+            ValueError,
+            match=(
+                r"Argument f_trg must have shape \(1, 3, Ht, Wt\);"
+                r" dim 1 should be 3, got shape \(1, 5, 4, 4\)"
+            ),
+        ):
             transfer_keypoints(f, torch.zeros(1, 5, 4, 4), torch.zeros(1, 2, 2), grid, grid)
         with pytest.raises(ValueError, match=r"Argument f_src must have shape \(B, C, Hs, Ws\)"):
             transfer_keypoints(torch.zeros(3, 4, 4), f, torch.zeros(1, 2, 2), grid, grid)

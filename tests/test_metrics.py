@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import corrlib.metrics as M
-from corrlib.data.flo import write_flo
+from corrlib.flo import write_flo
 from corrlib.metrics import (
     PROTOCOLS,
     PCKEvaluator,
@@ -92,7 +92,11 @@ def test_pck_mismatch_names_both_shapes():
 def test_presets():
     w = get_protocol("pf-willow")
     assert (w.normalizer, w.direction, w.alphas, w.resolution, w.aggregation) == (
-        "kps_box", "src->trg", (0.05, 0.1, 0.15), "original", "per_image"
+        "kps_box",
+        "src->trg",
+        (0.05, 0.1, 0.15),
+        "original",
+        "per_image",
     )
     assert not w.legacy_padded_box and "Ham" in w.source
     assert get_protocol("pf-pascal").normalizer == "image"
@@ -105,9 +109,13 @@ def test_presets():
 
 
 def test_protocol_checks_its_fields():
-    with pytest.raises(ValueError, match=r"Unknown value 'willow' for argument name. Valid values are \{pf-willow"):
+    with pytest.raises(
+        ValueError, match=r"Unknown value 'willow' for argument name. Valid values are \{pf-willow"
+    ):
         get_protocol("willow")
-    with pytest.raises(ValueError, match=r"argument direction. Valid values are \{src->trg, trg->src\}"):
+    with pytest.raises(
+        ValueError, match=r"argument direction. Valid values are \{src->trg, trg->src\}"
+    ):
         PCKProtocol("x", "src-trg", "image", (0.1,))
     with pytest.raises(ValueError, match="legacy_padded_box applies to normalizer 'kps_box'"):
         PCKProtocol("x", "src->trg", "image", (0.1,), legacy_padded_box=True)
@@ -134,11 +142,17 @@ def test_pck_threshold_each_normalizer(normalizer, kwargs, expected):
 
 @pytest.mark.parametrize(
     ("normalizer", "needed"),
-    [("image", "image_size=(H, W) of the trg image"), ("bbox", "bbox=(x0, y0, x1, y1)"), ("kps_box", "kps=(N, 2)")],
+    [
+        ("image", "image_size=(H, W) of the trg image"),
+        ("bbox", "bbox=(x0, y0, x1, y1)"),
+        ("kps_box", "kps=(N, 2)"),
+    ],
 )
 def test_pck_threshold_says_what_is_missing(normalizer, needed):
     proto = PCKProtocol("mine", "src->trg", normalizer, (0.1,))
-    with pytest.raises(ValueError, match=rf"'mine' normalises by '{normalizer}'; pass {re.escape(needed)}"):
+    with pytest.raises(
+        ValueError, match=rf"'mine' normalises by '{normalizer}'; pass {re.escape(needed)}"
+    ):
         pck_threshold(proto)
 
 
@@ -189,7 +203,10 @@ def test_aggregations_give_their_known_numbers(aggregation, overall, cat_a):
     assert entry["per_category"]["a"] == pytest.approx(cat_a)
     assert entry["per_category"]["b"] == pytest.approx(0.2)
     assert (s["n_pairs"], s["n_points"], s["n_skipped"]) == (3, 10, 0)
-    assert s["categories"] == {"a": {"n_pairs": 2, "n_points": 5}, "b": {"n_pairs": 1, "n_points": 5}}
+    assert s["categories"] == {
+        "a": {"n_pairs": 2, "n_points": 5},
+        "b": {"n_pairs": 1, "n_points": 5},
+    }
     assert (s["protocol"], s["aggregation"], s["headline"]) == ("toy", aggregation, 0.1)
 
 
@@ -231,7 +248,7 @@ def test_to_markdown_states_the_protocol():
     assert "Source: " in PCKEvaluator("spair-71k").to_markdown()
 
 
-# --- TSS: flow accuracy, IoU, resizing, masks -------------------------------------------------------
+# --- TSS: flow accuracy, IoU, resizing, masks --------------------------------------------------
 
 
 def _gt_flow(h: int = 10, w: int = 20, unknown_rows: int = 2) -> np.ndarray:
@@ -270,7 +287,9 @@ def test_tss_accepts_channel_first_tensors():
     gt = _gt_flow()
     est = gt + np.float32(0.7)
     ref = tss_flow_accuracy(est, gt, (10, 20))
-    as_torch = tss_flow_accuracy(torch.from_numpy(est).permute(2, 0, 1), torch.from_numpy(gt).permute(2, 0, 1), (10, 20))
+    as_torch = tss_flow_accuracy(
+        torch.from_numpy(est).permute(2, 0, 1), torch.from_numpy(gt).permute(2, 0, 1), (10, 20)
+    )
     assert np.array_equal(ref, as_torch)
     with pytest.raises(ValueError, match="share one grid"):
         tss_flow_accuracy(est[:5], gt, (10, 20))
@@ -338,7 +357,8 @@ def _fake_tss(tmp_path: Path) -> tuple[Path, Path]:
         _write_mask(d / "mask2.png", fg)
         (d / "pair.txt").write_text(f"Image1,Image2\n{pair}_a.jpg,{pair}_b.jpg\n")
         (d / "flip_gt.txt").write_text(str(flip))
-    # pair 1: half-resolution zero flows and masks; pair 2: flows only, off by 1.5 px (masks from flows)
+    # pair 1: half-resolution zero flows and masks;
+    # pair 2: flows only, off by 1.5 px (masks from flows)
     r = res / "car_01_02"
     r.mkdir(parents=True)
     write_flo(r / "flow1.flo", np.zeros((4, 6, 2), np.float32))
@@ -357,7 +377,10 @@ def test_evaluate_tss_results_on_a_fake_tree(tmp_path):
     res, data = _fake_tss(tmp_path)
     rows = evaluate_tss_results(res, data)
     assert [(r["pair"], r["direction"]) for r in rows] == [
-        ("car_01_02", "1to2"), ("car_01_02", "2to1"), ("car_03_04", "1to2"), ("car_03_04", "2to1")
+        ("car_01_02", "1to2"),
+        ("car_01_02", "2to1"),
+        ("car_03_04", "1to2"),
+        ("car_03_04", "2to1"),
     ]
     assert (rows[0]["src"], rows[0]["ref"]) == ("car_01_02_a.jpg", "car_01_02_b.jpg")
     assert (rows[1]["src"], rows[1]["ref"]) == ("car_01_02_b.jpg", "car_01_02_a.jpg")
@@ -375,16 +398,23 @@ def test_tss_scores_csv_layout(tmp_path):
     lines = tss_scores_csv(rows).splitlines()
     assert lines[0] == "Row,Src,Ref,SegIUR,Flip," + ",".join(f"T{t}" for t in range(1, 51))
     assert [ln.split(",")[0] for ln in lines[1:]] == [
-        "car_01_02_1to2", "car_01_02_1to2", "car_03_04_1to2", "car_03_04_1to2", "Average", "w/o flip"
+        "car_01_02_1to2",
+        "car_01_02_1to2",
+        "car_03_04_1to2",
+        "car_03_04_1to2",
+        "Average",
+        "w/o flip",
     ]
-    assert lines[1].startswith("car_01_02_1to2,car_01_02_a.jpg,car_01_02_b.jpg,1.000000,0,1.000000,")
+    assert lines[1].startswith(
+        "car_01_02_1to2,car_01_02_a.jpg,car_01_02_b.jpg,1.000000,0,1.000000,"
+    )
     avg, no_flip = lines[-2].split(","), lines[-1].split(",")
     assert avg[1:5] == ["-", "-", "0.350000", "1"]  # (1 + 0 + 0.2 + 0.2) / 4
     assert no_flip[1:5] == ["-", "-", "0.500000", "0"]  # pair 1 only
     assert all(len(ln.split(",")) == 55 for ln in lines)
 
 
-# --- TSS: the official kit's own scores (the oracle) --------------------------------------------------
+# --- TSS: the official kit's own scores (the oracle) -------------------------------------------
 
 
 @pytest.mark.realdata
@@ -403,7 +433,11 @@ def test_tss_matches_the_official_kit_scores(data_root, subset):
     for ours, theirs in zip(rows, kit):
         # the kit labels both rows of a pair "_1to2"; the second one is 2->1
         assert theirs["Row"] == f"{ours['pair']}_1to2"
-        assert (ours["src"], ours["ref"], ours["flip"]) == (theirs["Src"], theirs["Ref"], int(theirs["Flip"]))
+        assert (ours["src"], ours["ref"], ours["flip"]) == (
+            theirs["Src"],
+            theirs["Ref"],
+            int(theirs["Flip"]),
+        )
         for k_ours, k_kit in columns:
             worst = max(worst, abs(ours[k_ours] - float(theirs[k_kit])))
     assert worst <= 1e-4, f"{subset}: max abs difference {worst:.2e} to the kit's scores.csv"

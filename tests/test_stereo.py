@@ -1,4 +1,5 @@
-"""Stereo cost volumes, winner-takes-all disparity and the hand-crafted baselines (corrlib.stereo)."""
+"""Stereo cost volumes, winner-takes-all disparity and the hand-crafted baselines
+(corrlib.stereo)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def _loop_volume(f_left: torch.Tensor, f_right: torch.Tensor, max_disp: int) -> 
 
 
 def _shifted_pair(h: int, w: int, d0: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grey random texture: ``right(x) = left(x + d0)``, so ``left(x) = right(x - d0)`` (disparity d0)."""
+    """Grey random texture: ``right(x) = left(x + d0)``, so ``left(x) = right(x - d0)``
+    (disparity d0)."""
     base = torch.rand(h, w + d0, generator=torch.Generator().manual_seed(seed))
     return base[:, :w], base[:, d0 : d0 + w]
 
@@ -99,7 +101,7 @@ def test_cost_volume_errors():
     with pytest.raises(ValueError, match=r"f_right must have shape \(1, 2, 3, 5\)"):
         cost_volume_from_features(f, torch.rand(1, 2, 3, 6), 2)
     with pytest.raises(ValueError, match=r"score_fn output \(d=0\) must have shape"):
-        cost_volume_from_pairs(f, f, 1, lambda a, b: (a * b))
+        cost_volume_from_pairs(f, f, 1, lambda a, b: a * b)
     with pytest.raises(TypeError, match="score_fn must be callable"):
         cost_volume_from_pairs(f, f, 1, 3)
 

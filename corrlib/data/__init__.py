@@ -38,7 +38,6 @@ from corrlib.data.digits import (
     load_mnist,
     read_idx,
 )
-from corrlib.data.flo import read_flo, write_flo
 from corrlib.data.images import read_image, read_mask
 from corrlib.data.masked import (
     FASHION_CLASSES,
@@ -79,6 +78,7 @@ from corrlib.data.pfpascal import (
     read_pfpascal_annotation,
 )
 from corrlib.data.pfwillow import PFWillow, read_pfwillow_kps
+from corrlib.data.pool import PairPool
 from corrlib.data.spair import SPAIR_CATEGORIES, SPair71k
 from corrlib.data.synthetic import (
     SKIMAGE_PHOTOS,
@@ -87,6 +87,7 @@ from corrlib.data.synthetic import (
     skimage_photos,
 )
 from corrlib.data.tss import TSS, TSS_SUBSETS, TSSPair, iter_tss, read_tss_flow
+from corrlib.flo import read_flo, write_flo
 
 __all__ = [
     "ALOE_GT_SCALE",
@@ -121,6 +122,7 @@ __all__ = [
     "PFPascal",
     "PFWillow",
     "PairDataset",
+    "PairPool",
     "PatchPairs",
     "PhotoTourPairs",
     "SPair71k",

@@ -525,7 +525,8 @@ class PairDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def _read_image(self, name: str) -> torch.Tensor:
-        """Image ``name`` (relative to :attr:`folder`) as uint8 ``(3, H, W)``; a clear error if missing."""
+        """Image ``name`` (relative to :attr:`folder`) as uint8 ``(3, H, W)``; a clear error if
+        missing."""
         path = self.folder / name
         self._require_file(path, self.folder)
         return read_image(path)
@@ -537,7 +538,8 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 def item_index(index: int, n: int, what: str) -> int:
-    """``index`` (negative counts from the end) as ``0 <= i < n``; ``IndexError`` naming ``what`` otherwise."""
+    """``index`` (negative counts from the end) as ``0 <= i < n``; ``IndexError`` naming ``what``
+    otherwise."""
     i = int(index)
     if not -n <= i < n:
         raise IndexError(f"{what} has {n} items; index {index} is out of range.")

@@ -35,7 +35,7 @@ checked against the text, see :data:`DISTORTION_PARAMS`):
 
 Convention: every distortion is a backward warp built with :mod:`corrlib.geometry`
 (``affine_grid``, ``homography_grid``; the TPS through
-:func:`corrlib.models.stn.tps_basis`, which equals ``geometry.tps_grid``; normalised
+:func:`corrlib.geometry.tps_basis`, which equals ``geometry.tps_grid``; normalised
 coordinates, ``align_corners=False``) and sampled
 bilinearly with zero padding (MNIST's background is 0). Images are float ``(B, 1, 28, 28)`` in
 ``[0, 1]``.
@@ -57,8 +57,13 @@ from torch.utils.data import Dataset
 
 from corrlib._check import check_choice, check_shape, check_tensor
 from corrlib.data._common import DatasetNotFoundError, require_folder, resolve_data_root
-from corrlib.geometry import affine_grid, homography_from_points, homography_grid
-from corrlib.models.stn import tps_basis, tps_lattice
+from corrlib.geometry import (
+    affine_grid,
+    homography_from_points,
+    homography_grid,
+    tps_basis,
+    tps_lattice,
+)
 
 __all__ = [
     "DIGIT_SPLITS",
@@ -127,7 +132,10 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
     offset = 4 + 4 * ndim
     expected = offset + math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f"{path} is truncated or corrupt: header says shape {shape} ({expected} bytes), file has {len(raw)} bytes.")
+        raise ValueError(
+            f"{path} is truncated or corrupt: header says shape {shape} ({expected} bytes), file "
+            f"has {len(raw)} bytes."
+        )
     arr = np.frombuffer(raw, dtype, offset=offset).reshape(shape)
     return torch.from_numpy(arr.astype(arr.dtype.newbyteorder("=")).copy())
 
@@ -146,11 +154,16 @@ def _read_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor] |
         return None
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.dim() != 3 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{folder}: {split} images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match.")
+        raise ValueError(
+            f"{folder}: {split} images {tuple(images.shape)} and labels {tuple(labels.shape)} do "
+            "not match."
+        )
     return images.unsqueeze(1).float() / 255.0, labels.long()
 
 
-def _stratified_split(labels: torch.Tensor, n_train: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _stratified_split(
+    labels: torch.Tensor, n_train: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint ``(train_idx, test_idx)``, each class split in proportion ``n_train / N``."""
     g = torch.Generator().manual_seed(seed)
     frac = n_train / len(labels)
@@ -195,29 +208,43 @@ def _load_idx_dataset(folder: Path, split: str, name: str) -> DigitSet:
     if has_train:  # the official split
         data = _read_split(folder, split)
         if data is not None:
-            return DigitSet(*data, {"dataset": name, "split": split, "source": str(folder), "official": True})
+            return DigitSet(
+                *data, {"dataset": name, "split": split, "source": str(folder), "official": True}
+            )
     test = _read_split(folder, "test")
     if test is None:
         raise DatasetNotFoundError(
             f"{name}: no {split} files in {folder}. Expected {', '.join(_FILES[split])} (or .gz). "
-            "How to get it: pass download=True, or run torchvision.datasets.MNIST(root, download=True)."
+            "How to get it: pass download=True, or run torchvision.datasets.MNIST(root, "
+            "download=True)."
         )
     # only the official test set is present: split it into disjoint train/test parts
     n_train, n_test = TEST_ONLY_SPLIT
     images, labels = test
-    tr, te = _stratified_split(labels, round(n_train * len(labels) / (n_train + n_test)), _SPLIT_SEED)
+    tr, te = _stratified_split(
+        labels, round(n_train * len(labels) / (n_train + n_test)), _SPLIT_SEED
+    )
     idx = tr if split == "train" else te
     warning = (
-        f"OFFLINE FALLBACK: the official {name} training images are not in {folder}; this '{split}' "
-        f"set is one part of a stratified {len(tr)}/{len(te)} split (seed {_SPLIT_SEED}) of the "
-        f"{len(labels)} official TEST images, disjoint from the other part. Errors measured on it "
-        f"are not comparable with published {name} results (trained on the official training set)."
+        f"OFFLINE FALLBACK: the official {name} training images are not in {folder}; this "
+        f"'{split}' set is one part of a stratified {len(tr)}/{len(te)} split (seed {_SPLIT_SEED}) "
+        f"of the {len(labels)} official TEST images, disjoint from the other part. Errors measured "
+        f"on it are not comparable with published {name} results (trained on the official training "
+        "set)."
     )
-    info = {"dataset": name, "split": split, "source": str(folder), "official": False, "warning": warning}
+    info = {
+        "dataset": name,
+        "split": split,
+        "source": str(folder),
+        "official": False,
+        "warning": warning,
+    }
     return DigitSet(images[idx], labels[idx], info)
 
 
-def load_mnist(root: str | os.PathLike | None = None, split: str = "train", *, download: bool = False) -> DigitSet:
+def load_mnist(
+    root: str | os.PathLike | None = None, split: str = "train", *, download: bool = False
+) -> DigitSet:
     """MNIST ``split`` (``"train"`` or ``"test"``) from ``<root>/MNIST/raw`` as a :class:`DigitSet`.
 
     ``root=None``: ``$CORRLIB_DATA``. With only the official test files present, the test set is
@@ -231,7 +258,9 @@ def load_mnist(root: str | os.PathLike | None = None, split: str = "train", *, d
 
         for train in (True, False):
             torchvision.datasets.MNIST(root, train=train, download=True)
-    folder = require_folder(root / "MNIST" / "raw", "MNIST", "pass download=True, or place the four idx files there.")
+    folder = require_folder(
+        root / "MNIST" / "raw", "MNIST", "pass download=True, or place the four idx files there."
+    )
     return _load_idx_dataset(folder, split, "MNIST")
 
 
@@ -250,11 +279,14 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, split: str = "trai
         pass
     folders.append(FASHION_MNIST_DEBIAN)
     for folder in folders:
-        if folder.is_dir() and (_find(folder, _FILES["test"][0]) or _find(folder, _FILES["train"][0])):
+        if folder.is_dir() and (
+            _find(folder, _FILES["test"][0]) or _find(folder, _FILES["train"][0])
+        ):
             return _load_idx_dataset(folder, split, "Fashion-MNIST")
     raise DatasetNotFoundError(
         f"Fashion-MNIST: no idx files in {' or '.join(str(f) for f in folders)}. How to get it: "
-        "apt-get install dataset-fashion-mnist, or torchvision.datasets.FashionMNIST(root, download=True)."
+        "apt-get install dataset-fashion-mnist, or torchvision.datasets.FashionMNIST(root, "
+        "download=True)."
     )
 
 
@@ -276,7 +308,8 @@ _N_DRAWS = {"R": 1, "RTS": 4, "P": 9, "E": 2 * DISTORTION_PARAMS["E"]["lattice"]
 
 
 def _draw(kind: str, n: int, generator) -> torch.Tensor:
-    """The random numbers of ``n`` distortions: ``(n, _N_DRAWS[kind])`` float64 (see :func:`_grid_from_draws`)."""
+    """The random numbers of ``n`` distortions: ``(n, _N_DRAWS[kind])`` float64 (see
+    :func:`_grid_from_draws`)."""
     p = DISTORTION_PARAMS[kind]
     if kind == "R":
         return _uniform((n, 1), -1.0, 1.0, generator) * math.radians(p["max_angle_deg"])
@@ -295,10 +328,15 @@ def _draw(kind: str, n: int, generator) -> torch.Tensor:
             draws[todo] = torch.cat((scale, noise), dim=1)
             todo[todo.clone()] = _folds(_projective_maps(draws[todo]))
         return draws
-    return _normal_truncated((n, _N_DRAWS["E"]), DISTORTION_PARAMS["E"]["truncate_std"], generator) * DISTORTION_PARAMS["E"]["std_px"]
+    return (
+        _normal_truncated((n, _N_DRAWS["E"]), DISTORTION_PARAMS["E"]["truncate_std"], generator)
+        * DISTORTION_PARAMS["E"]["std_px"]
+    )
 
 
-_CORNERS = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64) * (_DIGIT / 2)
+_CORNERS = torch.tensor(
+    [[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64
+) * (_DIGIT / 2)
 
 
 def _corners(draws: torch.Tensor) -> torch.Tensor:
@@ -322,7 +360,8 @@ def _folds(h: torch.Tensor) -> torch.Tensor:
 
 
 def _grid_from_draws(kind: str, draws: torch.Tensor, canvas: int) -> torch.Tensor:
-    """Sampling grids ``(n, canvas, canvas, 2)`` float32 into a 28x28 digit from :func:`_draw` output.
+    """Sampling grids ``(n, canvas, canvas, 2)`` float32 into a 28x28 digit from :func:`_draw`
+    output.
 
     Geometry in *centred pixels* (origin at the image centre): a digit pixel ``x`` is at
     ``x - 13.5``; normalised = centred / 14 for the digit and centred / (canvas / 2) for the output.
@@ -335,7 +374,8 @@ def _grid_from_draws(kind: str, draws: torch.Tensor, canvas: int) -> torch.Tenso
         k = DISTORTION_PARAMS["E"]["lattice"]
         ctrl = tps_lattice(k, dtype=torch.float64)  # output (= undistorted) lattice, normalised
         # output control point j reads the digit at ctrl_j + noise_j (pixels -> normalised); the
-        # TPS grid is linear in those points: tps_basis(ctrl) @ target == geometry.tps_grid(ctrl, target)
+        # TPS grid is linear in those points:
+        # tps_basis(ctrl) @ target == geometry.tps_grid(ctrl, target)
         target = ctrl + draws.reshape(n, k * k, 2) / half_in
         grid = torch.einsum("pk,nkc->npc", tps_basis(ctrl, (canvas, canvas)), target)
         return grid.reshape(n, canvas, canvas, 2).float()
@@ -352,7 +392,9 @@ def _grid_from_draws(kind: str, draws: torch.Tensor, canvas: int) -> torch.Tenso
             free = (canvas - _DIGIT * scale).clamp_min(0) / 2  # the scaled frame stays inside
             t = draws[:, 2:4] * free[:, None]
             h[:, :2, 2] = -(h[:, :2, :2] @ t[..., None])[..., 0]
-    else:  # "P": the scaled corners move by Gaussian noise; backward map output corners -> input corners
+    else:
+        # "P": the scaled corners move by Gaussian noise; backward map output corners -> input
+        # corners
         h = _projective_maps(draws)
     h = (to_in @ h @ from_out).float()
     if kind == "P":
@@ -368,8 +410,11 @@ def _check_kind(kind: str, canvas: int | None) -> int:
     return canvas
 
 
-def distortion_grid(kind: str, n: int, generator: torch.Generator | None = None, *, canvas: int | None = None) -> torch.Tensor:
-    """``n`` random sampling grids ``(n, S, S, 2)`` float32 of distortion ``kind`` into a 28x28 digit.
+def distortion_grid(
+    kind: str, n: int, generator: torch.Generator | None = None, *, canvas: int | None = None
+) -> torch.Tensor:
+    """``n`` random sampling grids ``(n, S, S, 2)`` float32 of distortion ``kind`` into a 28x28
+    digit.
 
     ``S = canvas`` (default :data:`DISTORTION_CANVAS`); normalised coordinates,
     ``align_corners=False``, output -> input (backward warping). Deterministic given ``generator``.
@@ -392,7 +437,11 @@ def _warp(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 def distort_digits(
-    images: torch.Tensor, kind: str, generator: torch.Generator | None = None, *, canvas: int | None = None
+    images: torch.Tensor,
+    kind: str,
+    generator: torch.Generator | None = None,
+    *,
+    canvas: int | None = None,
 ) -> torch.Tensor:
     """Distort a batch of digits ``images (B, 1, 28, 28)`` (float, background 0) by ``kind``.
 
@@ -409,7 +458,9 @@ def distort_digits(
     """
     check_shape(images, ("B", "C", _DIGIT, _DIGIT), "images")
     if not images.is_floating_point():
-        raise ValueError(f"Argument images must be a float tensor in [0, 1], got dtype {images.dtype}.")
+        raise ValueError(
+            f"Argument images must be a float tensor in [0, 1], got dtype {images.dtype}."
+        )
     grid = distortion_grid(kind, images.shape[0], generator, canvas=canvas)
     return _warp(images, grid)
 
@@ -437,11 +488,21 @@ class DistortedDigits(Dataset):
         True
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, kind: str, seed: int = 0, *, canvas: int | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        kind: str,
+        seed: int = 0,
+        *,
+        canvas: int | None = None,
+    ):
         n = check_shape(images, ("N", 1, _DIGIT, _DIGIT), "images")["N"]
         check_shape(check_tensor(labels, "labels"), (n,), "labels")
         if not images.is_floating_point():
-            raise ValueError(f"Argument images must be a float tensor in [0, 1], got dtype {images.dtype}.")
+            raise ValueError(
+                f"Argument images must be a float tensor in [0, 1], got dtype {images.dtype}."
+            )
         self.canvas = _check_kind(kind, canvas)
         self.images, self.labels, self.kind, self.seed = images, labels.long(), kind, seed
         self._cache: torch.Tensor | None = None
@@ -452,7 +513,9 @@ class DistortedDigits(Dataset):
     def _distorted(self, idx: list[int]) -> torch.Tensor:
         if not idx:
             return torch.zeros(0, 1, self.canvas, self.canvas)
-        draws = torch.cat([_draw(self.kind, 1, _item_generator(self.seed, self.kind, i)) for i in idx])
+        draws = torch.cat(
+            [_draw(self.kind, 1, _item_generator(self.seed, self.kind, i)) for i in idx]
+        )
         grid = _grid_from_draws(self.kind, draws, self.canvas)
         return _warp(self.images[idx], grid)
 
@@ -480,6 +543,8 @@ class DistortedDigits(Dataset):
 
         def fn(step: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
             idx = torch.randint(len(self), (batch_size,), generator=generator)
-            return distort_digits(self.images[idx], self.kind, generator, canvas=self.canvas), self.labels[idx]
+            return distort_digits(
+                self.images[idx], self.kind, generator, canvas=self.canvas
+            ), self.labels[idx]
 
         return fn

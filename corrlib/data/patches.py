@@ -40,6 +40,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from corrlib._check import check_choice, check_shape, check_tensor
+from corrlib.color import rgb_to_grey
 from corrlib.data._common import DatasetNotFoundError, require_file, resolve_data_root
 from corrlib.data.images import read_image
 from corrlib.data.synthetic import SyntheticPairs
@@ -65,15 +66,16 @@ __all__ = [
 #: Folder of OpenCV's sample images under the data root.
 OPENCV_SAMPLES = "opencv-samples"
 
-#: ``aloeGT.png`` stores ``ALOE_GT_SCALE * disparity`` (0 = unknown); measured, see :func:`load_aloe`.
+#: ``aloeGT.png`` stores ``ALOE_GT_SCALE * disparity`` (0 = unknown); measured, see
+#: :func:`load_aloe`.
 ALOE_GT_SCALE = 1.0
 
-#: The three scenes of Brown et al.'s patch data, as :class:`torchvision.datasets.PhotoTour` names them.
+#: The three scenes of Brown et al.'s patch data, as :class:`torchvision.datasets.PhotoTour`
+#: names them.
 PHOTOTOUR_NAMES = ("liberty", "notredame", "yosemite")
 
 # the archives torchvision's PhotoTour downloads (named in the offline error message)
 _PHOTOTOUR_URL = "http://icvl.ee.ic.ac.uk/vbalnt/{name}.zip"
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as corrlib.models.handcrafted
 _OPENCV_TREE = """
 <root>/opencv-samples/
     aloeL.jpg  aloeR.jpg  aloeGT.png
@@ -136,8 +138,7 @@ class HomographyPair:
 
 def _luma(rgb: torch.Tensor) -> torch.Tensor:
     """uint8 or float-0..255 ``(3, H, W)`` -> float32 ``(H, W)`` in ``[0, 1]``."""
-    w = torch.tensor(_LUMA, dtype=torch.float32)
-    return (torch.tensordot(w, rgb.float(), dims=1) / 255.0).clamp(0, 1)
+    return rgb_to_grey(rgb.float() / 255.0)
 
 
 def _check_scale(scale: float) -> float:
@@ -155,7 +156,9 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Antialiased bilinear resize of ``(C, H, W)`` float (area-like for downscaling)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    return F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[
+        0
+    ]
 
 
 def _resize_disparity(
@@ -214,10 +217,10 @@ def load_motorcycle(scale: float = 1.0) -> StereoPair:
     images (the full-resolution pair downscaled 4x by scikit-image) and a float32 ``(500, 741)``
     disparity of the *left* image (its docstring says ``(500, 741, 3)`` and NaN for unknown;
     the array is 2-D and unknown pixels are ``+inf``: 27,226 of 370,500 (7.3%), spread over
-    the image, e.g. occluded regions beside foreground edges; no NaN, no zero). Known disparities span 7.19..59.91 px. Checked here:
-    warping the right image to the left with ``x_right = x_left - d`` gives a mean absolute grey
-    error of 0.029 on known pixels (0.172 with the opposite sign, 0.145 with no warp, 0.058 when
-    read as the right image's disparity).
+    the image, e.g. occluded regions beside foreground edges; no NaN, no zero). Known
+    disparities span 7.19..59.91 px. Checked here: warping the right image to the left with
+    ``x_right = x_left - d`` gives a mean absolute grey error of 0.029 on known pixels (0.172
+    with the opposite sign, 0.145 with no warp, 0.058 when read as the right image's disparity).
 
     ``scale`` in ``(0, 1]`` downscales both images (antialiased) and the disparity (valid-aware,
     multiplied by the width ratio, see ``_resize_disparity``; fewer pixels are valid).
@@ -241,7 +244,8 @@ def load_motorcycle(scale: float = 1.0) -> StereoPair:
         valid,
         scale,
         "motorcycle",
-        "Middlebury 2014 Motorcycle (Scharstein et al., GCPR 2014), via skimage.data.stereo_motorcycle",
+        "Middlebury 2014 Motorcycle (Scharstein et al., GCPR 2014), via "
+        "skimage.data.stereo_motorcycle",
     )
 
 
@@ -272,7 +276,9 @@ def load_aloe(data_root: str | os.PathLike | None = None, scale: float = 1.0) ->
     paths = [_opencv_file(root, n) for n in ("aloeL.jpg", "aloeR.jpg", "aloeGT.png")]
     gt = np.asarray(Image.open(paths[2]))
     if gt.ndim != 2:
-        raise ValueError(f"{paths[2]}: expected a single-channel disparity PNG, got shape {gt.shape}.")
+        raise ValueError(
+            f"{paths[2]}: expected a single-channel disparity PNG, got shape {gt.shape}."
+        )
     raw = torch.from_numpy(gt.astype(np.float32))
     valid = raw > 0
     return _stereo_pair(
@@ -328,7 +334,9 @@ def load_graffiti(data_root: str | os.PathLike | None = None) -> HomographyPair:
         img3_rgb=rgb3,
         H=h,
         name="graffiti-1to3",
-        source="Oxford affine dataset, graf 1->3 (Mikolajczyk et al., IJCV 2005), OpenCV sample copy",
+        source=(
+            "Oxford affine dataset, graf 1->3 (Mikolajczyk et al., IJCV 2005), OpenCV sample copy"
+        ),
     )
 
 
@@ -444,7 +452,9 @@ class PatchPairs(Dataset):
         vv, uu = torch.meshgrid(r, r, indexing="ij")
         uv = torch.stack((uu, vv), -1)  # (S, S, 2)
         pts_a = self.xy_a[:, None, None, :] + uv
-        pts_b = torch.einsum("nij,abj->nabi", self.A_b[:, :, :2], uv) + self.A_b[:, None, None, :, 2]
+        pts_b = (
+            torch.einsum("nij,abj->nabi", self.A_b[:, :, :2], uv) + self.A_b[:, None, None, :, 2]
+        )
         return pts_a, pts_b
 
     def patches(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -453,7 +463,9 @@ class PatchPairs(Dataset):
         if size not in self._cache:
             pts_a, pts_b = self.patch_coords(size)
             out = _sample_patches(
-                self.images, torch.cat((self.img_a_index, self.img_b_index)), torch.cat((pts_a, pts_b))
+                self.images,
+                torch.cat((self.img_a_index, self.img_b_index)),
+                torch.cat((pts_a, pts_b)),
             )
             n = len(self)
             self._cache[size] = (out[:n, None].contiguous(), out[n:, None].contiguous())
@@ -470,8 +482,11 @@ def _check_size(size: int) -> int:
 _MAX_SAMPLES_PER_CALL = 1 << 24
 
 
-def _sample_patches(images: list[torch.Tensor], index: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-    """Bilinear, border-padded samples ``(K, S, S)`` of ``images[index[k]]`` at ``pts (K, S, S, 2)``.
+def _sample_patches(
+    images: list[torch.Tensor], index: torch.Tensor, pts: torch.Tensor
+) -> torch.Tensor:
+    """Bilinear, border-padded samples ``(K, S, S)`` of ``images[index[k]]`` at
+    ``pts (K, S, S, 2)``.
 
     One batched ``grid_sample`` call (per 16 Mi samples): the images are stacked as a batch, each
     replicate-padded to the largest size (which keeps border padding exact), and the patches of
@@ -505,7 +520,11 @@ def _sample_stacked(stack: torch.Tensor, index: torch.Tensor, pts: torch.Tensor)
     grid = pts.new_zeros(m, slots, s, s, 2)
     grid[index, rank] = pixel_to_normalized(pts, (hm, wm))
     out = F.grid_sample(
-        stack, grid.reshape(m, slots * s, s, 2), mode="bilinear", padding_mode="border", align_corners=False
+        stack,
+        grid.reshape(m, slots * s, s, 2),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
     )  # (M, 1, slots * S, S)
     return out.reshape(m, slots, s, s)[index, rank]
 
@@ -726,7 +745,12 @@ def sample_synthetic_pairs(
     which = torch.randint(len(indices), (n_ref,), generator=gen)
     kp = torch.randint(dataset.n_kps, (n_ref,), generator=gen)
     o = _offsets_2d(n_pos, n_neg, p_hi, n_lo, n_hi, gen)
-    images, ref_xy, ref_q, ref_jac = [], torch.zeros(n_ref, 2), torch.zeros(n_ref, 2), torch.zeros(n_ref, 2, 2)
+    images, ref_xy, ref_q, ref_jac = (
+        [],
+        torch.zeros(n_ref, 2),
+        torch.zeros(n_ref, 2),
+        torch.zeros(n_ref, 2, 2),
+    )
     for j, idx in enumerate(indices):
         sample = dataset[idx]
         images += [_luma(sample["src_img"] * 255), _luma(sample["trg_img"] * 255)]
@@ -736,7 +760,10 @@ def sample_synthetic_pairs(
         src = sample["src_kps"][kp[sel]].double()  # (k, 2)
         flow = sample["flow"][None].double()
         cols = []
-        for e in (torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)):
+        for e in (
+            torch.tensor([1.0, 0.0], dtype=torch.float64),
+            torch.tensor([0.0, 1.0], dtype=torch.float64),
+        ):
             plus = transfer_kps_with_flow(flow, (src + e)[None])[0]
             minus = transfer_kps_with_flow(flow, (src - e)[None])[0]
             cols.append((plus - minus) / 2)  # d (p + flow) / d e
@@ -753,7 +780,9 @@ def sample_synthetic_pairs(
         img_a + 1,
         torch.cat((ref_jac[rows].double(), centre[:, :, None]), 2).float(),
         torch.arange(n_pos + n_neg) < n_pos,
-        source=f"SyntheticPairs({dataset.kind}, strength {dataset.strength}): {_MCCNN}, 2-D offsets",
+        source=(
+            f"SyntheticPairs({dataset.kind}, strength {dataset.strength}): {_MCCNN}, 2-D offsets"
+        ),
         offset=o.float(),
         patch_size=patch_size,
     )
@@ -835,7 +864,9 @@ class PhotoTourPairs(Dataset):
 
     def __repr__(self) -> str:
         split = "train" if self.train else "test"
-        return f"PhotoTourPairs(name={self.name!r}, split={split}, len={len(self)}, size={self.size})"
+        return (
+            f"PhotoTourPairs(name={self.name!r}, split={split}, len={len(self)}, size={self.size})"
+        )
 
 
 def _label_pairs(labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -863,6 +894,8 @@ def _label_pairs(labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor,
             break
         neg_b[same] = torch.randint(len(labels), (int(same.sum()),), generator=gen)
     else:
-        raise ValueError("Could not draw non-matching pairs: nearly all patches share one 3-D point.")
+        raise ValueError(
+            "Could not draw non-matching pairs: nearly all patches share one 3-D point."
+        )
     pairs = torch.cat((pos, torch.stack((neg_a, neg_b), 1)))
     return pairs.long(), torch.arange(n_pos + n_neg) < n_pos

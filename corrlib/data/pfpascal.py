@@ -177,7 +177,8 @@ class PFPascal(PairDataset):
         )
 
     def download(self) -> None:
-        """Fetch ``PF-dataset-PASCAL.zip`` (extracted) and the three pair lists; skips what exists."""
+        """Fetch ``PF-dataset-PASCAL.zip`` (extracted) and the three pair lists; skips what
+        exists."""
         download_and_extract(PFPASCAL_IMAGES_URL, self.folder, "PF-dataset-PASCAL.zip", None)
         for split in self.SPLITS:
             download_url(
@@ -240,9 +241,10 @@ class PFPascal(PairDataset):
                 )
                 if not len(xa) == len(ya) == len(xb) == len(yb):
                     raise ValueError(
-                        f"{path}, line {lineno} (pair {lineno - 2}): keypoint lists differ in length "
-                        f"(XA {len(xa)}, YA {len(ya)}, XB {len(xb)}, YB {len(yb)}); every source "
-                        "keypoint needs one target keypoint. The file is corrupt: re-download it."
+                        f"{path}, line {lineno} (pair {lineno - 2}): keypoint lists differ in "
+                        f"length (XA {len(xa)}, YA {len(ya)}, XB {len(xb)}, YB {len(yb)}); every "
+                        "source keypoint needs one target keypoint. The file is corrupt: "
+                        "re-download it."
                     )
                 pairs.append(
                     KeypointPair(

@@ -45,8 +45,9 @@ def read_pfwillow_kps(path: str | os.PathLike) -> torch.Tensor:
     mat = scipy.io.loadmat(path)
     if "pts_coord" not in mat or mat["pts_coord"].ndim != 2 or mat["pts_coord"].shape[0] != 2:
         raise ValueError(
-            f"{path} has no 2 x N array 'pts_coord' (keys: {sorted(k for k in mat if not k.startswith('__'))}); "
-            "the file is corrupt or not a PF-WILLOW annotation."
+            f"{path} has no 2 x N array 'pts_coord' (keys: "
+            f"{sorted(k for k in mat if not k.startswith('__'))}); the file is corrupt or not a "
+            "PF-WILLOW annotation."
         )
     kps = torch.as_tensor(mat["pts_coord"].T, dtype=torch.float32)  # (N, 2) (x, y)
     return matlab_to_zero_based(kps)
@@ -126,9 +127,10 @@ class PFWillow(PairDataset):
                     continue  # blank line or header
                 if len(row) < 6 or (len(row) - 2) % 4:
                     raise ValueError(
-                        f"{path}, line {lineno}: expected imageA, imageB and 4 equal keypoint lists "
-                        f"(XA, YA, XB, YB: 2 + 4 N columns), got {len(row)} columns. The file is "
-                        f"corrupt or not a PF-WILLOW pair list; re-download {PFWILLOW_PAIRS_URL}."
+                        f"{path}, line {lineno}: expected imageA, imageB and 4 equal keypoint "
+                        f"lists (XA, YA, XB, YB: 2 + 4 N columns), got {len(row)} columns. The "
+                        "file is corrupt or not a PF-WILLOW pair list; re-download "
+                        f"{PFWILLOW_PAIRS_URL}."
                     )
                 n = (len(row) - 2) // 4
                 try:
@@ -155,7 +157,8 @@ class PFWillow(PairDataset):
         return sorted({p.category for p in self.pairs})
 
     def read_image_kps(self, name: str) -> torch.Tensor:
-        """Keypoints ``(N, 2)`` (0-based) of image ``name`` (as in the pair list) from its ``.mat``."""
+        """Keypoints ``(N, 2)`` (0-based) of image ``name`` (as in the pair list) from its
+        ``.mat``."""
         path = (self.folder / name).with_suffix(".mat")
         self._require_file(path, self.folder)
         return read_pfwillow_kps(path)

@@ -62,7 +62,8 @@ class SPair71k(PairDataset):
 
         <root>/SPair-71k/
         ├── JPEGImages/<category>/2008_000008.jpg ...
-        ├── Layout/large/{trn,val,test}.txt      one pair per line: 000001-2008_000008-2008_000017:aeroplane
+        ├── Layout/large/{trn,val,test}.txt  one pair per line:
+        │                                    000001-2008_000008-2008_000017:aeroplane
         └── PairAnnotation/{trn,val,test}/<line>.json
 
     Each JSON holds ``src_imname``, ``trg_imname``, ``category``, ``src_kps``/``trg_kps`` (matched
@@ -115,7 +116,8 @@ class SPair71k(PairDataset):
         )
 
     def download(self) -> None:
-        """Fetch and extract ``SPair-71k.tar.gz`` into the data root; skipped if the folder exists."""
+        """Fetch and extract ``SPair-71k.tar.gz`` into the data root; skipped if the folder
+        exists."""
         download_and_extract(SPAIR_URL, self.root, "SPair-71k.tar.gz", None)
 
     def _check_exists(self) -> None:

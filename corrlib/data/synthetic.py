@@ -28,7 +28,15 @@ from corrlib.geometry import (
 __all__ = ["SKIMAGE_PHOTOS", "SyntheticPairs", "photometric_jitter", "skimage_photos"]
 
 #: scikit-image photographs that ship with the package (no download needed).
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "colorwheel",
+)
 
 
 def skimage_photos(names: Sequence[str] = SKIMAGE_PHOTOS) -> list[torch.Tensor]:
@@ -45,8 +53,11 @@ def skimage_photos(names: Sequence[str] = SKIMAGE_PHOTOS) -> list[torch.Tensor]:
     return out
 
 
-def photometric_jitter(img: torch.Tensor, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random photometric change of ``img (3, H, W)`` float in ``[0, 1]``: gain, per-channel gain, gamma.
+def photometric_jitter(
+    img: torch.Tensor, amount: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random photometric change of ``img (3, H, W)`` float in ``[0, 1]``: gain, per-channel gain,
+    gamma.
 
     Five uniform draws in ``[-amount, amount]`` from ``generator``: a global gain ``1 + u0``,
     channel gains ``1 + u/2`` and a gamma ``exp(u4)``; ``amount=0`` returns ``img`` unchanged.
@@ -112,13 +123,20 @@ class SyntheticPairs(Dataset):
         for i, img in enumerate(images):
             check_image(img, f"images[{i}]", batched=False)
         if len(size) != 2 or min(size) < 16:
-            raise ValueError(f"Argument size must be (H, W) with both sides >= 16, got {tuple(size)}.")
+            raise ValueError(
+                f"Argument size must be (H, W) with both sides >= 16, got {tuple(size)}."
+            )
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"Argument strength must be in [0, 1], got {strength}.")
         if n_pairs < 1 or n_kps < 0:
-            raise ValueError(f"Arguments n_pairs >= 1 and n_kps >= 0 are required, got {n_pairs} and {n_kps}.")
+            raise ValueError(
+                f"Arguments n_pairs >= 1 and n_kps >= 0 are required, got {n_pairs} and {n_kps}."
+            )
         if masks is not None and len(masks) != len(images):
-            raise ValueError(f"Arguments masks and images must have the same length, got {len(masks)} and {len(images)}.")
+            raise ValueError(
+                f"Arguments masks and images must have the same length, got {len(masks)} and "
+                f"{len(images)}."
+            )
         self.images, self.masks = list(images), None if masks is None else list(masks)
         self.size, self.kind, self.strength = tuple(size), kind, strength
         self.n_pairs, self.n_kps, self.seed, self.transform = n_pairs, n_kps, seed, transform
@@ -142,7 +160,9 @@ class SyntheticPairs(Dataset):
         src = _resize_crop(stack, self.size, gen)
         warp = sample_random_warp(1, kind, self.strength, generator=gen)
         grid = warp.grid(self.size)  # trg -> src, normalised
-        trg = F.grid_sample(src[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        trg = F.grid_sample(
+            src[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )[0]
         trg_flow = grid_to_flow(grid, self.size)[0]
         inside_src = self._inside(trg_flow)
         inv_grid = warp.inverse_grid(self.size)  # src -> trg, normalised
@@ -169,7 +189,8 @@ class SyntheticPairs(Dataset):
         return self.transform(sample) if self.transform is not None else sample
 
     def _inside(self, flow: torch.Tensor) -> torch.Tensor:
-        """``(H, W)`` bool: ``p + flow(p)`` lies in ``[0, W-1] x [0, H-1]`` (as in warp_with_flow)."""
+        """``(H, W)`` bool: ``p + flow(p)`` lies in ``[0, W-1] x [0, H-1]`` (as in
+        warp_with_flow)."""
         h, w, eps = *self.size, 1e-3  # eps absorbs float rounding of an identity warp
         pts = pixel_grid(self.size, dtype=flow.dtype) + flow.permute(1, 2, 0)
         x, y = pts[..., 0], pts[..., 1]
@@ -193,6 +214,7 @@ class SyntheticPairs(Dataset):
         if len(trg_kps) < want:
             raise RuntimeError(
                 f"Could place only {len(trg_kps)} of {want} keypoints inside both images of a "
-                f"{self.kind} warp at strength {self.strength}; lower strength or n_kps, or enlarge size."
+                f"{self.kind} warp at strength {self.strength}; lower strength or n_kps, or "
+                "enlarge size."
             )
         return src_kps.float(), trg_kps.float()

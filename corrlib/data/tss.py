@@ -17,8 +17,8 @@ import torch
 
 from corrlib._check import check_choice
 from corrlib.data._common import PairDataset, download_and_extract, resolve_data_root
-from corrlib.data.flo import UNKNOWN_FLOW_THRESHOLD, read_flo
 from corrlib.data.images import read_mask
+from corrlib.flo import UNKNOWN_FLOW_THRESHOLD, read_flo
 
 __all__ = ["TSS", "TSS_SUBSETS", "TSS_URL", "TSSPair", "iter_tss", "read_tss_flow"]
 

@@ -8,14 +8,14 @@ ECCV 2020) combine ResNet layers. ImageNet mean/std normalisation happens inside
 
 Taps (stride in pixels, channels):
 
-=============  ==========================================================================
-``vgg16``      ``conv3_3`` (4, 256), ``conv4_3`` (8, 512), ``conv5_3`` (16, 512), after ReLU
-``resnet18``   ``layer1`` (4, 64), ``layer2`` (8, 128), ``layer3`` (16, 256), ``layer4`` (32, 512)
-``resnet34``   as ``resnet18``
-``resnet50``   ``layer1`` (4, 256), ``layer2`` (8, 512), ``layer3`` (16, 1024), ``layer4`` (32, 2048)
-``resnet101``  as ``resnet50``
-``offline``    ``block1`` (2, 32), ``block2`` (4, 64), ``block3`` (8, 128): :class:`OfflineNet`
-=============  ==========================================================================
+============= ==========================================================================
+``vgg16``     ``conv3_3`` (4, 256), ``conv4_3`` (8, 512), ``conv5_3`` (16, 512), after ReLU
+``resnet18``  ``layer1`` (4, 64), ``layer2`` (8, 128), ``layer3`` (16, 256), ``layer4`` (32, 512)
+``resnet34``  as ``resnet18``
+``resnet50``  ``layer1`` (4, 256), ``layer2`` (8, 512), ``layer3`` (16, 1024), ``layer4`` (32, 2048)
+``resnet101`` as ``resnet50``
+``offline``   ``block1`` (2, 32), ``block2`` (4, 64), ``block3`` (8, 128): :class:`OfflineNet`
+============= ==========================================================================
 
 Convention: a map of ``(h, w)`` cells covers the ``(H, W)`` input with ``h = ceil(H / stride)``
 (exactly ``H / stride`` when ``H`` is a multiple of the stride); place its cells in the image
@@ -37,7 +37,7 @@ Weights (``weights=`` of :func:`backbone`):
 
 **The offline fallback, chosen by measurement.** Without network access there are no ImageNet
 weights. The candidates were scored by nearest-neighbour matching of their features (cosine,
-sub-pixel argmax; :class:`corrlib.eval.BackboneMethod` or ``HandcraftedMethod``, images resized
+sub-pixel argmax; :class:`corrlib.methods.BackboneMethod` or ``HandcraftedMethod``, images resized
 to a longer side of 320) on ALL 450 pairs of the shared PF-WILLOW subset (sub-classes car(G),
 car(S), duck(S), motorbike(M), winebottle(wC); 50 images), PCK under the ``pf-willow`` protocol
 (threshold ``alpha * max(h, w)`` of the keypoints' bounding box), with
@@ -67,9 +67,9 @@ lowers it. Among options that match appearance, DAISY is best (0.119), then SIFT
 trained net (c) (0.089). :data:`FALLBACK` is nevertheless (c), ``"offline"``: ``auto`` must
 return a ``Backbone``, a network whose feature maps carry gradients and can be trained on
 (DAISY is not one), and (c) is a learned feature of 1.15 MB, not a positional artefact, that
-runs in 0.03 s per 320x240 image on this CPU (ResNet-101 to ``layer3``: 0.9 s). For *evaluating* without ImageNet
-weights, prefer the ``daisy`` method. (Trained by ``scripts/train_offline_backbone.py``; see
-``corrlib/models/weights/README.md``.)
+runs in 0.03 s per 320x240 image on this CPU (ResNet-101 to ``layer3``: 0.9 s). For
+*evaluating* without ImageNet weights, prefer the ``daisy`` method. (Trained by
+``scripts/train_offline_backbone.py``; see ``corrlib/models/weights/README.md``.)
 
 Example:
     >>> bb = backbone("resnet18", weights="none", taps=("layer3", "layer4"))
@@ -149,7 +149,8 @@ _OFFLINE_FORMAT = "corrlib.backbones.offline/1"
 
 
 class PretrainedWeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights are neither cached nor downloadable; the message says where to put them."""
+    """Pretrained weights are neither cached nor downloadable; the message says where to put
+    them."""
 
 
 # ------------------------------------------------------------------------------------ module
@@ -224,11 +225,17 @@ class Backbone(nn.Module):
             return out
         size = out[self.taps[0]].shape[-2:]
         maps = [out[self.taps[0]]]
-        maps += [F.interpolate(out[t], size=size, mode="bilinear", align_corners=False) for t in self.taps[1:]]
+        maps += [
+            F.interpolate(out[t], size=size, mode="bilinear", align_corners=False)
+            for t in self.taps[1:]
+        ]
         return torch.cat(maps, dim=1)
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch!r}, taps={self.taps}, concat={self.concat}, weights_source={self.weights_source!r}"
+        return (
+            f"arch={self.arch!r}, taps={self.taps}, concat={self.concat}, "
+            f"weights_source={self.weights_source!r}"
+        )
 
 
 # ------------------------------------------------------------------------- architectures
@@ -239,7 +246,9 @@ def _torchvision_stages(name: str, state_dict: dict | None) -> OrderedDict:
     import torchvision
     from torchvision.ops import FrozenBatchNorm2d
 
-    if name == "vgg16":  # the convolutional part only: the classifier (120 M parameters) is never used
+    if (
+        name == "vgg16"
+    ):  # the convolutional part only: the classifier (120 M parameters) is never used
         from torchvision.models.vgg import cfgs, make_layers
 
         f = make_layers(cfgs["D"], batch_norm=False)
@@ -250,19 +259,39 @@ def _torchvision_stages(name: str, state_dict: dict | None) -> OrderedDict:
         if state_dict is not None:
             extra = sorted({k.split(".")[0] for k in state_dict} - {"features", "classifier"})
             if extra:
-                raise ValueError(f"The VGG-16 state dict has unexpected entries {extra}; expected torchvision's vgg16 layout.")
-            f.load_state_dict({k.removeprefix("features."): v for k, v in state_dict.items() if k.startswith("features.")}, strict=True)
+                raise ValueError(
+                    f"The VGG-16 state dict has unexpected entries {extra}; expected torchvision's "
+                    "vgg16 layout."
+                )
+            f.load_state_dict(
+                {
+                    k.removeprefix("features."): v
+                    for k, v in state_dict.items()
+                    if k.startswith("features.")
+                },
+                strict=True,
+            )
         # ReLU after conv3_3, conv4_3, conv5_3 at indices 15, 22, 29
         return OrderedDict(conv3_3=f[:16], conv4_3=f[16:23], conv5_3=f[23:30])
     model = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
-    return OrderedDict(stem=stem, layer1=model.layer1, layer2=model.layer2, layer3=model.layer3, layer4=model.layer4)
+    return OrderedDict(
+        stem=stem,
+        layer1=model.layer1,
+        layer2=model.layer2,
+        layer3=model.layer3,
+        layer4=model.layer4,
+    )
 
 
-def _conv(c_in: int, c_out: int, stride: int = 1, dilation: int = 1, relu: bool = True) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, stride, padding=dilation, dilation=dilation)]
+def _conv(
+    c_in: int, c_out: int, stride: int = 1, dilation: int = 1, relu: bool = True
+) -> list[nn.Module]:
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, 3, stride, padding=dilation, dilation=dilation)
+    ]
     return [*layers, nn.ReLU(inplace=True)] if relu else layers
 
 
@@ -280,7 +309,9 @@ class OfflineNet(nn.Module):
     normalisation and the taps.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), context: tuple[int, ...] = (2, 2)):
+    def __init__(
+        self, widths: tuple[int, int, int] = (32, 64, 128), context: tuple[int, ...] = (2, 2)
+    ):
         super().__init__()
         a, b, c = widths
         self.widths, self.context = tuple(widths), tuple(context)
@@ -314,7 +345,8 @@ class OfflineWeights(enum.Enum):
 
     Each entry carries its file, SHA-256, the script that trained it, the architecture
     arguments of :class:`OfflineNet` and its measured PF-WILLOW PCK (``pf-willow`` protocol,
-    all 450 pairs of the shared subset, :class:`corrlib.eval.BackboneMethod` at ``max_side=320``).
+    all 450 pairs of the shared subset, :class:`corrlib.methods.BackboneMethod` at
+    ``max_side=320``).
     """
 
     SYNTHETIC_UCN_V1 = _WeightsEntry(
@@ -322,7 +354,11 @@ class OfflineWeights(enum.Enum):
         sha256="09e29b71c0b654174ce4d681274cb7339bb35881697c2f9f42602e2e3e7fc3f7",
         script="scripts/train_offline_backbone.py",
         arch={"widths": (32, 64, 128), "context": (2, 2)},
-        metrics={"pf-willow PCK@0.05": 0.0476, "pf-willow PCK@0.1": 0.0891, "pf-willow PCK@0.15": 0.1351},
+        metrics={
+            "pf-willow PCK@0.05": 0.0476,
+            "pf-willow PCK@0.1": 0.0891,
+            "pf-willow PCK@0.15": 0.1351,
+        },
     )
 
     @property
@@ -334,14 +370,16 @@ class OfflineWeights(enum.Enum):
         return f"OfflineWeights.{self.name} ({self.value.file}; PF-WILLOW PCK@0.1 = {pck:.3f})"
 
 
-def load_offline_weights(entry: OfflineWeights = OfflineWeights.SYNTHETIC_UCN_V1, path=None) -> tuple[OfflineNet, dict]:
+def load_offline_weights(
+    entry: OfflineWeights = OfflineWeights.SYNTHETIC_UCN_V1, path=None
+) -> tuple[OfflineNet, dict]:
     """Build :class:`OfflineNet` and load ``entry``'s shipped file (or ``path``) strictly.
 
     The shipped file is checked against the entry's SHA-256. Returns ``(net in eval mode, meta)``
     where ``meta`` is the metadata stored in the file (training script, seed, steps, data, date,
     measured PCK).
     """
-    from corrlib.train import load_checkpoint
+    from corrlib.checkpoint import load_checkpoint
 
     file = Path(path) if path is not None else entry.path
     if not file.is_file():
@@ -353,13 +391,16 @@ def load_offline_weights(entry: OfflineWeights = OfflineWeights.SYNTHETIC_UCN_V1
         digest = hashlib.sha256(file.read_bytes()).hexdigest()
         if digest != entry.value.sha256:
             raise ValueError(
-                f"{file} has SHA-256 {digest}, not {entry.value.sha256} as OfflineWeights.{entry.name} "
-                f"records: the file was changed (retrained?). Restore it, or update the entry's sha256 "
-                "and metrics if the change is intended."
+                f"{file} has SHA-256 {digest}, not {entry.value.sha256} as "
+                f"OfflineWeights.{entry.name} records: the file was changed (retrained?). Restore "
+                "it, or update the entry's sha256 and metrics if the change is intended."
             )
     state = load_checkpoint(file)
     if state.get("format") != _OFFLINE_FORMAT:
-        raise ValueError(f"{file} is not an offline backbone file (format {state.get('format')!r}, expected {_OFFLINE_FORMAT!r}).")
+        raise ValueError(
+            f"{file} is not an offline backbone file (format {state.get('format')!r}, expected "
+            f"{_OFFLINE_FORMAT!r})."
+        )
     arch = state["meta"]["arch"]
     net = OfflineNet(widths=tuple(arch["widths"]), context=tuple(arch["context"]))
     net.load_state_dict({k: v.float() for k, v in state["model"].items()}, strict=True)
@@ -382,27 +423,40 @@ def imagenet_weights(name: str):
 
 
 def imagenet_weights_path(name: str) -> Path:
-    """Where torch hub caches ``name``'s ImageNet file: ``<torch.hub.get_dir()>/checkpoints/<file>``."""
+    """Where torch hub caches ``name``'s ImageNet file:
+    ``<torch.hub.get_dir()>/checkpoints/<file>``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet_weights(name).url).name
+
+
+def _display_path(path: Path) -> str:
+    """``path`` with the home folder written ``~`` (printed banners carry no user's folder)."""
+    home = str(Path.home())
+    text = str(path)
+    return "~" + text[len(home) :] if home not in ("", "/") and text.startswith(home) else text
 
 
 def _missing_imagenet(name: str, why: str) -> PretrainedWeightsNotFoundError:
     w, path = imagenet_weights(name), imagenet_weights_path(name)
     return PretrainedWeightsNotFoundError(
         f"ImageNet weights for {name} ({type(w).__name__}.{w.name}) are not available: {why}. "
-        f"Download {w.url} on a machine with internet and place it as {path} (folder {path.parent}; "
-        f"the torch hub cache, see torch.hub.get_dir()); or use weights='auto' for the offline fallback."
+        f"Download {w.url} on a machine with internet and place it as {path} (folder "
+        f"{path.parent}; the torch hub cache, see torch.hub.get_dir()); or use weights='auto' for "
+        "the offline fallback."
     )
 
 
 def _imagenet_state_dict(name: str, allow_download: bool) -> dict:
     w, path = imagenet_weights(name), imagenet_weights_path(name)
     if not path.is_file() and not allow_download:
-        raise _missing_imagenet(name, f"{path.name} is not in the torch hub cache and allow_download=False")
+        raise _missing_imagenet(
+            name, f"{path.name} is not in the torch hub cache and allow_download=False"
+        )
     try:
         return w.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as e:  # offline: URLError, socket errors, a refused or truncated download
-        raise _missing_imagenet(name, f"{path.name} is not cached and downloading it failed ({type(e).__name__}: {e})") from e
+        raise _missing_imagenet(
+            name, f"{path.name} is not cached and downloading it failed ({type(e).__name__}: {e})"
+        ) from e
 
 
 # ------------------------------------------------------------------------------ builder
@@ -414,7 +468,14 @@ def _offline_backbone(taps, concat: bool, weights: str, source: str | None = Non
     else:
         net, _ = load_offline_weights()
         source = source or f"offline fallback: {OfflineWeights.SYNTHETIC_UCN_V1.describe()}"
-    return Backbone(net.stages(), taps or DEFAULT_TAPS["offline"], arch="offline", specs=TAPS["offline"], concat=concat, weights_source=source)
+    return Backbone(
+        net.stages(),
+        taps or DEFAULT_TAPS["offline"],
+        arch="offline",
+        specs=TAPS["offline"],
+        concat=concat,
+        weights_source=source,
+    )
 
 
 def _announce_fallback(name: str, taps, reason: str) -> str:
@@ -424,14 +485,17 @@ def _announce_fallback(name: str, taps, reason: str) -> str:
     lines = [
         f"ImageNet weights for {name} are ABSENT ({reason}).",
         f"Using the OFFLINE FALLBACK instead: '{FALLBACK}' = {entry.describe()},",
-        "a small CNN trained by corrlib on synthetic warps of scikit-image photos; NOT an ImageNet model.",
+        "a small CNN trained by corrlib on synthetic warps of scikit-image photos; NOT an ImageNet "
+        "model.",
         f"Measured on PF-WILLOW (450 pairs, pf-willow protocol): PCK@0.05/0.1/0.15 = "
         f"{m['pf-willow PCK@0.05']:.3f}/{m['pf-willow PCK@0.1']:.3f}/{m['pf-willow PCK@0.15']:.3f} "
-        "(no-motion identity baseline: 0.061/0.185/0.349; for evaluation alone the hand-crafted 'daisy' method scores higher).",
-        f"Its taps are {list(DEFAULT_TAPS[FALLBACK])} (strides {[fb[t][0] for t in DEFAULT_TAPS[FALLBACK]]}), "
-        f"not the requested {list(taps or DEFAULT_TAPS[name])}: read Backbone.taps/strides/channels.",
-        f"For ImageNet weights put {Path(imagenet_weights(name).url).name} into {imagenet_weights_path(name).parent} "
-        f"(from {imagenet_weights(name).url}).",
+        "(no-motion identity baseline: 0.061/0.185/0.349; for evaluation alone the hand-crafted "
+        "'daisy' method scores higher).",
+        f"Its taps are {list(DEFAULT_TAPS[FALLBACK])} (strides "
+        f"{[fb[t][0] for t in DEFAULT_TAPS[FALLBACK]]}), not the requested "
+        f"{list(taps or DEFAULT_TAPS[name])}: read Backbone.taps/strides/channels.",
+        f"For ImageNet weights put {Path(imagenet_weights(name).url).name} into "
+        f"{_display_path(imagenet_weights_path(name).parent)} (from {imagenet_weights(name).url}).",
     ]
     bar = "=" * 100
     print("\n".join([bar, *(f"!! {line}" for line in lines), bar]))
@@ -462,7 +526,8 @@ def backbone(
             no for ``"auto"`` (which then only looks in the torch hub cache).
 
     Raises:
-        PretrainedWeightsNotFoundError: ``weights="imagenet"`` without a cached or downloadable file.
+        PretrainedWeightsNotFoundError: ``weights="imagenet"`` without a cached or downloadable
+            file.
         ValueError: an unknown name, tap or weights value.
     """
     check_choice(name, "name", BACKBONES)
@@ -477,10 +542,19 @@ def backbone(
             check_choice(t, "taps", TAPS[name])
     if name == "offline":
         if weights == "imagenet":
-            raise ValueError("The offline backbone has no ImageNet weights; use weights='offline' (or 'auto') or 'none'.")
+            raise ValueError(
+                "The offline backbone has no ImageNet weights; use weights='offline' (or 'auto') "
+                "or 'none'."
+            )
         model = _offline_backbone(taps, concat, weights)
     elif weights == "none":
-        model = Backbone(_torchvision_stages(name, None), taps or DEFAULT_TAPS[name], arch=name, specs=TAPS[name], concat=concat)
+        model = Backbone(
+            _torchvision_stages(name, None),
+            taps or DEFAULT_TAPS[name],
+            arch=name,
+            specs=TAPS[name],
+            concat=concat,
+        )
     elif weights == "offline":
         model = _offline_backbone(None, concat, "offline")
     else:
@@ -491,12 +565,21 @@ def backbone(
         except PretrainedWeightsNotFoundError:
             if weights == "imagenet":
                 raise
-            reason = f"{imagenet_weights_path(name)} not found" + ("" if download else ", downloads not allowed")
+            reason = f"{_display_path(imagenet_weights_path(name))} not found" + (
+                "" if download else ", downloads not allowed"
+            )
             warnings.warn(_announce_fallback(name, taps, reason), UserWarning, stacklevel=2)
             model = _offline_backbone(None, concat, "offline")
         else:
             source = f"imagenet (torchvision {type(w).__name__}.{w.name})"
             stages = _torchvision_stages(name, state)
-            model = Backbone(stages, taps or DEFAULT_TAPS[name], arch=name, specs=TAPS[name], concat=concat, weights_source=source)
+            model = Backbone(
+                stages,
+                taps or DEFAULT_TAPS[name],
+                arch=name,
+                specs=TAPS[name],
+                concat=concat,
+                weights_source=source,
+            )
     model.requires_grad_(trainable)
     return model.eval()

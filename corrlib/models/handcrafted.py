@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from corrlib._check import check_choice, check_image, check_shape
+from corrlib._check import check_choice, check_image, check_int, check_shape
+from corrlib.color import rgb_to_grey
 from corrlib.correlation import dense_nearest_neighbour, l2_normalize
 from corrlib.geometry import pixel_grid
 from corrlib.matching import FeatureGrid, sample_descriptors, transfer_keypoints
@@ -48,18 +49,11 @@ __all__ = [
 
 HOG_BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
 DAISY_NORMALIZATIONS = ("l1", "l2", "daisy", "off")
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _check_int(value: int, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Argument {name} must be an int >= {minimum}, got {value!r}.")
-    return value
 
 
 def _to_float_image(image: torch.Tensor, name: str = "image") -> torch.Tensor:
@@ -76,8 +70,8 @@ def _to_float_image(image: torch.Tensor, name: str = "image") -> torch.Tensor:
 
 def _to_grey(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     """``(3, H, W)`` RGB -> ``(H, W)`` float32 luma in ``[0, 1]``."""
-    rgb = _to_float_image(image, name)
-    return torch.tensordot(rgb.new_tensor(_LUMA), rgb, dims=1)
+    check_image(image, name, batched=False)
+    return rgb_to_grey(image, name)
 
 
 def _check_min_size(
@@ -106,8 +100,8 @@ def _window_vectors(grey: torch.Tensor, radius: int, step: int) -> torch.Tensor:
 def _patch_setup(
     image: torch.Tensor, radius: int, step: int, method: str
 ) -> tuple[torch.Tensor, FeatureGrid]:
-    _check_int(radius, "radius", 1)
-    _check_int(step, "step", 1)
+    check_int(radius, "radius", 1)
+    check_int(step, "step", 1)
     grey = _to_grey(image)
     k = 2 * radius + 1
     _check_min_size(tuple(grey.shape), (k, k), method, f"one {k}x{k} window")
@@ -120,7 +114,7 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     if len(pair) != 2:
         raise ValueError(f"Argument {name} must be an int or a (rows, cols) pair, got {value!r}.")
     for v in pair:
-        _check_int(v, name, 1)
+        check_int(v, name, 1)
     return pair
 
 
@@ -207,11 +201,13 @@ def census_bits(gray: torch.Tensor, radius: int = 1) -> torch.Tensor:
         [True, False, False, True, False, False, False, False]
     """
     check_shape(gray, ("H", "W"), "gray")
-    r = _check_int(radius, "radius", 1)
+    r = check_int(radius, "radius", 1)
     h, w = gray.shape
     padded = F.pad(gray[None, None].float(), (r, r, r, r), mode="replicate")[0, 0]
     k = 2 * r + 1
-    shifted = [padded[dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k) if (dy, dx) != (r, r)]
+    shifted = [
+        padded[dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k) if (dy, dx) != (r, r)
+    ]
     return torch.stack(shifted) < gray.float()[None]
 
 
@@ -241,7 +237,7 @@ def hog_descriptors(
     """
     from skimage.feature import hog
 
-    _check_int(orientations, "orientations", 1)
+    check_int(orientations, "orientations", 1)
     c_r, c_c = _pair(pixels_per_cell, "pixels_per_cell")
     b_r, b_c = _pair(cells_per_block, "cells_per_block")
     check_choice(block_norm, "block_norm", HOG_BLOCK_NORMS)
@@ -287,11 +283,11 @@ def daisy_descriptors(
     """
     from skimage.feature import daisy
 
-    _check_int(step, "step", 1)
-    _check_int(radius, "radius", 1)
-    _check_int(rings, "rings", 1)
-    _check_int(histograms, "histograms", 1)
-    _check_int(orientations, "orientations", 1)
+    check_int(step, "step", 1)
+    check_int(radius, "radius", 1)
+    check_int(rings, "rings", 1)
+    check_int(histograms, "histograms", 1)
+    check_int(orientations, "orientations", 1)
     check_choice(normalization, "normalization", DAISY_NORMALIZATIONS)
     grey = _to_grey(image)
     side = 2 * radius + 1
@@ -332,8 +328,8 @@ def sift_descriptors(
         >>> tuple(desc.shape), grid.origin, grid.step
         ((128, 7, 11), (9.0, 9.0), (2.0, 2.0))
     """
-    b = _check_int(bin_size, "bin_size", 1)
-    _check_int(step, "step", 1)
+    b = check_int(bin_size, "bin_size", 1)
+    check_int(step, "step", 1)
     if not clip > 0:
         raise ValueError(f"Argument clip must be > 0, got {clip}.")
     grey = _to_grey(image)
@@ -415,7 +411,7 @@ def resize_longer_side(
     img = _to_float_image(image)
     if max_side is None:
         return img, (1.0, 1.0)
-    _check_int(max_side, "max_side", 1)
+    check_int(max_side, "max_side", 1)
     h, w = img.shape[-2:]
     scale = max_side / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -525,10 +521,12 @@ def dense_flow_handcrafted(
     """Dense source -> target flow by nearest-neighbour matching of hand-crafted descriptors.
 
     ``src_img (3, Hs, Ws)``, ``trg_img (3, Ht, Wt)``. Each source cell takes its best target
-    cell (cosine, :func:`corrlib.correlation.dense_nearest_neighbour`, chunked to ``max_bytes``);
-    the displacement between the two cell centres (pixels, via the two grids) is upsampled to
-    every source pixel with :func:`cell_flow_to_pixel_flow`. ``max_side`` and ``kwargs`` as in
-    :func:`match_keypoints_handcrafted`.
+    cell (cosine, :func:`corrlib.correlation.dense_nearest_neighbour`, chunked to ``max_bytes``;
+    targets within ``1e-6`` of the best cosine, e.g. the many exact ties of census codes, go to
+    the first in row-major order: the flow does not depend on ``max_bytes``, nor the choice
+    among ties on the CPU or BLAS); the displacement between the two cell centres (pixels, via
+    the two grids) is upsampled to every source pixel with :func:`cell_flow_to_pixel_flow`.
+    ``max_side`` and ``kwargs`` as in :func:`match_keypoints_handcrafted`.
 
     Returns ``flow (2, Hs, Ws)`` in original pixels, ``p_trg = p_src + flow(p_src)``.
 
@@ -541,7 +539,9 @@ def dense_flow_handcrafted(
     check_choice(method, "method", DESCRIPTORS)
     f_src, grid_src = describe(src_img, method, max_side=max_side, **kwargs)
     f_trg, grid_trg = describe(trg_img, method, max_side=max_side, **kwargs)
-    return flow_from_descriptors(f_src, grid_src, f_trg, grid_trg, tuple(src_img.shape[-2:]), max_bytes=max_bytes)
+    return flow_from_descriptors(
+        f_src, grid_src, f_trg, grid_trg, tuple(src_img.shape[-2:]), max_bytes=max_bytes
+    )
 
 
 def flow_from_descriptors(
@@ -553,10 +553,13 @@ def flow_from_descriptors(
     *,
     max_bytes: int = 256 * 2**20,
 ) -> torch.Tensor:
-    """Dense nearest-neighbour flow from two descriptor maps (the core of :func:`dense_flow_handcrafted`).
+    """Dense nearest-neighbour flow from two descriptor maps (see :func:`dense_flow_handcrafted`).
 
     ``f_src (C, hs, ws)``, ``f_trg (C, ht, wt)`` with their grids (pixels of the original images);
     ``src_size = (Hs, Ws)``. Returns ``flow (2, Hs, Ws)`` in pixels, ``p_trg = p_src + flow``.
+    Nearest neighbours and their tie rule (the smallest target index among cosines within
+    ``1e-6`` of the best) are :func:`corrlib.correlation.dense_nearest_neighbour`'s: the result
+    does not depend on ``max_bytes``.
     """
     check_shape(f_src, ("C", "hs", "ws"), "f_src")
     check_shape(f_trg, (f_src.shape[0], "ht", "wt"), "f_trg")

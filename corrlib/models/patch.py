@@ -35,19 +35,22 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corrlib._check import check_choice, check_shape
+from corrlib._check import check_choice, check_int, check_shape
+from corrlib.checkpoint import finite_metrics, load_state_strict, read_model_file, save_checkpoint
 from corrlib.correlation import l2_normalize
 
 __all__ = [
     "DEEPCOMPARE_KINDS",
     "DEEPCOMPARE_PATCH_SIZES",
     "OUTPUTS",
+    "PATCH_FORMAT",
     "PATCH_MODELS",
     "SPP_LEVELS",
     "DeepCompare",
@@ -57,6 +60,8 @@ __all__ = [
     "PatchModel",
     "deepcompare",
     "deepdesc",
+    "export_patch_model",
+    "load_patch_model",
     "mccnn_accurate",
     "mccnn_fast",
     "patch_model",
@@ -74,14 +79,12 @@ SPP_LEVELS = (1, 2, 4)
 # --------------------------------------------------------------------------------------------
 
 
-def _check_int(value: int, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Argument {name} must be an int >= {minimum}, got {value!r}.")
-    return value
-
-
 def _check_width(width_mult: float) -> float:
-    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not width_mult > 0:
+    if (
+        isinstance(width_mult, bool)
+        or not isinstance(width_mult, (int, float))
+        or not width_mult > 0
+    ):
         raise ValueError(f"Argument width_mult must be a number > 0, got {width_mult!r}.")
     return float(width_mult)
 
@@ -96,7 +99,8 @@ def _subtract_patch_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def _centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The central ``size x size`` window of ``(B, C, P, P)`` (top-left offset ``(P - size) // 2``)."""
+    """The central ``size x size`` window of ``(B, C, P, P)`` (top-left offset
+    ``(P - size) // 2``)."""
     o = (x.shape[-1] - size) // 2
     return x[..., o : o + size, o : o + size]
 
@@ -123,12 +127,27 @@ _Spec = Sequence[tuple]
 
 # DeepCompare layer sizes for 64x64 pairs: the paper, and the authors' Torch models
 # (training/models/{2ch,2chdeep,2ch2stream,siam}.lua in github.com/szagoruyko/cvpr15deepcompare).
-_TOWER_2CH: _Spec = (("conv", 96, 7, 3), ("pool", 2, False), ("conv", 192, 5, 1),
-                     ("pool", 2, False), ("conv", 256, 3, 1))  # 64 -> 1x1
-_TOWER_2CH_DEEP: _Spec = (("conv", 96, 4, 3), *[("conv", 96, 3, 1)] * 3, ("pool", 2, True),
-                          *[("conv", 192, 3, 1)] * 3)  # 64 -> 2x2 (ceil-mode pooling)
-_TOWER_STREAM: _Spec = (("conv", 96, 5, 1), ("pool", 2, False), ("conv", 96, 3, 1),
-                        ("pool", 2, False), ("conv", 192, 3, 1), ("conv", 192, 3, 1))  # 32 -> 2x2
+_TOWER_2CH: _Spec = (
+    ("conv", 96, 7, 3),
+    ("pool", 2, False),
+    ("conv", 192, 5, 1),
+    ("pool", 2, False),
+    ("conv", 256, 3, 1),
+)  # 64 -> 1x1
+_TOWER_2CH_DEEP: _Spec = (
+    ("conv", 96, 4, 3),
+    *[("conv", 96, 3, 1)] * 3,
+    ("pool", 2, True),
+    *[("conv", 192, 3, 1)] * 3,
+)  # 64 -> 2x2 (ceil-mode pooling)
+_TOWER_STREAM: _Spec = (
+    ("conv", 96, 5, 1),
+    ("pool", 2, False),
+    ("conv", 96, 3, 1),
+    ("pool", 2, False),
+    ("conv", 192, 3, 1),
+    ("conv", 192, 3, 1),
+)  # 32 -> 2x2
 
 
 def _tower_size(spec: _Spec, size: int, padded: set[int]) -> int:
@@ -164,7 +183,9 @@ def _padding_for(spec: _Spec, size: int, pad_all: bool) -> set[int]:
     raise ValueError(f"A patch of {size} pixels is too small for this tower.")  # pragma: no cover
 
 
-def _build_tower(spec: _Spec, in_channels: int, width_mult: float, padded: set[int]) -> tuple[nn.Sequential, int]:
+def _build_tower(
+    spec: _Spec, in_channels: int, width_mult: float, padded: set[int]
+) -> tuple[nn.Sequential, int]:
     """``nn.Sequential`` of ``spec`` (ReLU after every conv); returns it and its output channels."""
     layers: list[nn.Module] = []
     c = in_channels
@@ -172,7 +193,10 @@ def _build_tower(spec: _Spec, in_channels: int, width_mult: float, padded: set[i
         if layer[0] == "conv":
             _, out, k, s = layer
             out = _scaled(out, width_mult)
-            layers += [nn.Conv2d(c, out, k, stride=s, padding=k // 2 if i in padded else 0), nn.ReLU()]
+            layers += [
+                nn.Conv2d(c, out, k, stride=s, padding=k // 2 if i in padded else 0),
+                nn.ReLU(),
+            ]
             c = out
         else:
             layers.append(nn.MaxPool2d(layer[1], ceil_mode=layer[2]))
@@ -207,15 +231,25 @@ class PatchModel(nn.Module):
     output: str = "similarity"
     patch_size: int | None = None
     min_patch_size: int = 1
+    #: the :data:`PATCH_MODELS` name of this network (set by each class in ``__init__``)
+    arch: str = ""
+    #: keyword arguments that rebuild this network with :func:`patch_model` (set in ``__init__``)
+    config: dict
 
-    def _check_patches(self, x: torch.Tensor, name: str, n: int | str = "B", p: int | str = "P") -> tuple[int, int]:
+    def _record(self, arch: str, **config: Any) -> None:
+        self.arch, self.config = arch, dict(config)
+
+    def _check_patches(
+        self, x: torch.Tensor, name: str, n: int | str = "B", p: int | str = "P"
+    ) -> tuple[int, int]:
         """Check ``x (B, 1, P, P)`` against this model's patch sizes; returns ``(B, P)``."""
         check_shape(x, (n, 1, p, p), name)
         n, p = x.shape[0], x.shape[-1]
         if self.patch_size is not None and p != self.patch_size:
             raise ValueError(
                 f"Argument {name} must have shape (B, 1, {self.patch_size}, {self.patch_size}) for "
-                f"this {type(self).__name__} (patch_size={self.patch_size}), got shape {tuple(x.shape)}."
+                f"this {type(self).__name__} (patch_size={self.patch_size}), got shape "
+                f"{tuple(x.shape)}."
             )
         if p < self.min_patch_size:
             raise ValueError(
@@ -255,9 +289,9 @@ class _MCCNN(PatchModel):
 
     def __init__(self, features: int, layers: int, kernel: int, relu_last: bool):
         super().__init__()
-        _check_int(features, "features", 1)
-        _check_int(layers, "layers", 1)
-        _check_int(kernel, "kernel", 1)
+        check_int(features, "features", 1)
+        check_int(layers, "layers", 1)
+        check_int(kernel, "kernel", 1)
         self.n_features = features
         self.receptive_field = layers * (kernel - 1) + 1
         self.min_patch_size = self.receptive_field
@@ -273,7 +307,9 @@ class _MCCNN(PatchModel):
             )
         return self.tower(image - 0.5)
 
-    def _patch_features(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _patch_features(
+        self, a: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features ``(B, F, 1, 1)`` of the central receptive-field window of each patch."""
         self._check_pair(a, b)
         rf = self.receptive_field
@@ -294,6 +330,7 @@ class MCCNNFast(_MCCNN):
 
     def __init__(self, features: int = 64, layers: int = 4, kernel: int = 3):
         super().__init__(features, layers, kernel, relu_last=False)
+        self._record("mccnn-fast", features=features, layers=layers, kernel=kernel)
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """Dense unit-length features of ``image (B, 1, H, W)`` in ``[0, 1]``.
@@ -323,14 +360,30 @@ class MCCNNAccurate(_MCCNN):
 
     output = "logit"
 
-    def __init__(self, features: int = 112, layers: int = 4, kernel: int = 3, fc_units: int = 384, fc_layers: int = 3):
+    def __init__(
+        self,
+        features: int = 112,
+        layers: int = 4,
+        kernel: int = 3,
+        fc_units: int = 384,
+        fc_layers: int = 3,
+    ):
         super().__init__(features, layers, kernel, relu_last=True)
-        _check_int(fc_units, "fc_units", 1)
-        _check_int(fc_layers, "fc_layers", 1)
+        check_int(fc_units, "fc_units", 1)
+        check_int(fc_layers, "fc_layers", 1)
         self.head = _mlp([2 * features] + [fc_units] * (fc_layers - 1) + [1], conv1x1=True)
+        self._record(
+            "mccnn-accurate",
+            features=features,
+            layers=layers,
+            kernel=kernel,
+            fc_units=fc_units,
+            fc_layers=fc_layers,
+        )
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
-        """Dense features of ``image (B, 1, H, W)`` in ``[0, 1]``: ``(B, F, H - rf + 1, W - rf + 1)``."""
+        """Dense features of ``image (B, 1, H, W)`` in ``[0, 1]``:
+        ``(B, F, H - rf + 1, W - rf + 1)``."""
         return self._dense(image)
 
     def decision(self, f_left: torch.Tensor, f_right: torch.Tensor) -> torch.Tensor:
@@ -363,7 +416,12 @@ def mccnn_fast(*, features: int = 64, layers: int = 4, kernel: int = 3) -> MCCNN
 
 
 def mccnn_accurate(
-    *, features: int = 112, layers: int = 4, kernel: int = 3, fc_units: int = 384, fc_layers: int = 3
+    *,
+    features: int = 112,
+    layers: int = 4,
+    kernel: int = 3,
+    fc_units: int = 384,
+    fc_layers: int = 3,
 ) -> MCCNNAccurate:
     """MC-CNN accurate (tower + fully connected decision); see :class:`MCCNNAccurate`.
 
@@ -415,13 +473,14 @@ class DeepCompare(PatchModel):
         super().__init__()
         check_choice(kind, "kind", DEEPCOMPARE_KINDS)
         if kind == "siamese-spp":
-            _check_int(patch_size, "patch_size", 16)
+            check_int(patch_size, "patch_size", 16)
         elif patch_size not in DEEPCOMPARE_PATCH_SIZES:
             raise ValueError(
                 f"Argument patch_size must be one of {DEEPCOMPARE_PATCH_SIZES}, got {patch_size!r}."
             )
         width_mult = _check_width(width_mult)
         self.kind = kind
+        self._record(kind, patch_size=patch_size, width_mult=width_mult)
         self.patch_size = None if kind == "siamese-spp" else patch_size
         self.min_patch_size = 16 if kind == "siamese-spp" else patch_size
         s = functools.partial(_scaled, width_mult=width_mult)
@@ -456,7 +515,9 @@ class DeepCompare(PatchModel):
             x = torch.cat([a, b], dim=1)  # (B, 2, P, P)
             centre = _centre_crop(x, p // 2)  # (B, 2, P/2, P/2), full resolution
             surround = F.avg_pool2d(x, 2)  # (B, 2, P/2, P/2), whole patch at half resolution
-            f = torch.cat([self.towers[0](centre).flatten(1), self.towers[1](surround).flatten(1)], 1)
+            f = torch.cat(
+                [self.towers[0](centre).flatten(1), self.towers[1](surround).flatten(1)], 1
+            )
         elif k == "siamese-spp":
             f = torch.cat([spatial_pyramid_pool(self.towers[0](x)) for x in (a, b)], dim=1)
         else:
@@ -491,7 +552,9 @@ def _subtractive_norm(x: torch.Tensor, k: int = 5) -> torch.Tensor:
 
     Near the border the mean is over the pixels inside the map only.
     """
-    mean = F.avg_pool2d(x.mean(1, keepdim=True), k, stride=1, padding=k // 2, count_include_pad=False)
+    mean = F.avg_pool2d(
+        x.mean(1, keepdim=True), k, stride=1, padding=k // 2, count_include_pad=False
+    )
     return x - mean
 
 
@@ -512,7 +575,7 @@ class DeepDesc(PatchModel):
 
     def __init__(self, dim: int = 128, patch_size: int = 64, width_mult: float = 1.0):
         super().__init__()
-        _check_int(dim, "dim", 1)
+        check_int(dim, "dim", 1)
         if patch_size not in DEEPCOMPARE_PATCH_SIZES:
             raise ValueError(
                 f"Argument patch_size must be one of {DEEPCOMPARE_PATCH_SIZES}, got {patch_size!r}."
@@ -520,6 +583,7 @@ class DeepDesc(PatchModel):
         width_mult = _check_width(width_mult)
         self.patch_size = self.min_patch_size = patch_size
         self.dim = dim
+        self._record("deepdesc", dim=dim, patch_size=patch_size, width_mult=width_mult)
         c1, c2 = _scaled(32, width_mult), _scaled(64, width_mult)
         self.conv1 = nn.Conv2d(1, c1, 7)
         self.conv2 = nn.Conv2d(c1, c2, 6)
@@ -527,7 +591,8 @@ class DeepDesc(PatchModel):
         self.pools = (2, 3 if patch_size == 64 else 1, 4)
 
     def describe(self, patches: torch.Tensor) -> torch.Tensor:
-        """Descriptors ``(B, dim)`` of ``patches (B, 1, P, P)`` in ``[0, 1]``, ``P = patch_size``."""
+        """Descriptors ``(B, dim)`` of ``patches (B, 1, P, P)`` in ``[0, 1]``,
+        ``P = patch_size``."""
         self._check_patches(patches, "patches")
         x = _subtract_patch_mean(patches)
         p1, p2, p3 = self.pools
@@ -538,7 +603,8 @@ class DeepDesc(PatchModel):
         return x.flatten(1)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """L2 distance ``(B,)`` between the descriptors of ``a, b (B, 1, P, P)``; smaller = alike."""
+        """L2 distance ``(B,)`` between the descriptors of ``a, b (B, 1, P, P)``; smaller =
+        alike."""
         self._check_pair(a, b)
         return torch.linalg.vector_norm(self.describe(a) - self.describe(b), dim=1)
 
@@ -568,16 +634,81 @@ PATCH_MODELS: dict[str, Callable[..., PatchModel]] = {
 }
 
 
-def patch_model(name: str, **kwargs: Any) -> PatchModel:
+def patch_model(name: str, *, weights=None, **kwargs: Any) -> PatchModel:
     """Build the registered patch model ``name`` (a key of :data:`PATCH_MODELS`) with ``kwargs``.
+
+    ``weights``: a file written by :func:`export_patch_model`; the network is then rebuilt from
+    the file's own settings (``kwargs`` must be empty), loaded ``strict`` and put in eval mode,
+    and ``name`` must match the file's architecture.
 
     Example:
         >>> patch_model("siamese", patch_size=32).output
         'logit'
-        >>> patch_model("sift")
+        >>> patch_model("sift")  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        ValueError: Unknown value 'sift' for argument name. Valid values are {mccnn-fast, mccnn-accurate, 2ch, 2ch-deep, siamese, pseudo-siamese, 2ch-2stream, siamese-spp, deepdesc}.
+        ValueError: Unknown value 'sift' for argument name. Valid values are {mccnn-fast,
+        mccnn-accurate, 2ch, 2ch-deep, siamese, pseudo-siamese, 2ch-2stream, siamese-spp,
+        deepdesc}.
     """
     check_choice(name, "name", PATCH_MODELS)
+    if weights is not None:
+        if kwargs:
+            raise ValueError(f"Give weights= or model settings, not both (got {sorted(kwargs)}).")
+        model = load_patch_model(weights)
+        if model.arch != name:
+            raise ValueError(
+                f"{weights} holds a '{model.arch}' model, not '{name}'; pass the matching file."
+            )
+        return model
     return PATCH_MODELS[name](**kwargs)
+
+
+#: ``format`` tag of files written by :func:`export_patch_model`.
+PATCH_FORMAT = "corrlib.patch/1"
+
+
+def export_patch_model(path, model: PatchModel, metrics: dict | None = None) -> Path:
+    """Save a trained patch network with the settings that rebuild it (:func:`load_patch_model`).
+
+    Args:
+        path: the file to write (atomically; parent folders are created).
+        model: a :class:`PatchModel` built by :func:`patch_model` or one of the builders.
+        metrics: numbers to record beside the weights (non-finite entries are dropped).
+
+    Returns:
+        The path written.
+    """
+    if not isinstance(model, PatchModel):
+        raise TypeError(f"Argument model must be a PatchModel, got {type(model).__name__}.")
+    state = {
+        "format": PATCH_FORMAT,
+        "arch": model.arch,
+        "kwargs": dict(model.config),
+        "model": model.state_dict(),
+        "metrics": finite_metrics(metrics),
+    }
+    return save_checkpoint(path, state)
+
+
+def load_patch_model(path) -> PatchModel:
+    """Rebuild a network saved by :func:`export_patch_model`, load it (strict), eval mode.
+
+    The returned model's :attr:`PatchModel.arch` says which :data:`PATCH_MODELS` entry it is.
+    """
+    state = read_model_file(
+        path, PATCH_FORMAT, "an exported patch network", legacy_keys=("arch", "kwargs")
+    )
+    arch = state["arch"]
+    if arch not in PATCH_MODELS:
+        raise ValueError(
+            f"{path} holds an unknown patch architecture {arch!r}; valid: {sorted(PATCH_MODELS)}."
+        )
+    try:
+        model = PATCH_MODELS[arch](**state["kwargs"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{path}: its settings {state['kwargs']!r} do not build a '{arch}' network ({e})."
+        ) from e
+    load_state_strict(model, state["model"], path)
+    return model.eval()

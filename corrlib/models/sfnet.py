@@ -18,11 +18,11 @@ grid, point into the other image, (x, y) order, in cells unless a name says pixe
 than the grid are average-pooled to it before adaptation; coarser taps are adapted, then
 upsampled (bilinear), as SFNet does with conv5-3.
 
-The paper's settings (:data:`PAPER`, from the authors' public code, since the paper's tables
-could not be read here): sigma = 5 cells, beta = 0.02 (softmax temperature; inverse 50),
-loss weights mask 3, flow 16, smoothness 0.5 on flows in normalised ``[-1, 1]`` units, masks
-resized to the grid and binarised at 0.1, two residual adaptation blocks per level (5x5
-convolutions for conv4-23, 3x3 for conv5-3), 320 x 320 images.
+The paper's settings (the defaults of :class:`corrlib.recipes.sfnet.Config`, from the authors'
+public code, since the paper's tables could not be read here): sigma = 5 cells, beta = 0.02
+(softmax temperature; inverse 50), loss weights mask 3, flow 16, smoothness 0.5 on flows in
+normalised ``[-1, 1]`` units, masks resized to the grid and binarised at 0.1, two residual
+adaptation blocks per level (5x5 convolutions for conv4-23, 3x3 for conv5-3), 320 x 320 images.
 
 Example:
     >>> from corrlib.models.backbones import backbone
@@ -36,12 +36,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from corrlib._check import check_choice, check_shape
+from corrlib.checkpoint import finite_metrics, load_state_strict, read_model_file, save_checkpoint
 from corrlib.correlation import dense_correlation, l2_normalize
 from corrlib.losses import flow_consistency_loss, flow_smoothness_loss, mask_consistency_loss
 from corrlib.matching import FeatureGrid, hard_argmax, kernel_soft_argmax, soft_argmax
@@ -52,11 +54,13 @@ __all__ = [
     "LOSS_WEIGHTS",
     "OFFLINE_GRID_STRIDE",
     "OFFLINE_TAPS",
-    "PAPER",
+    "SFNET_FORMAT",
     "AdaptationBlock",
     "SFNet",
     "SFNetOutput",
+    "export_sfnet",
     "flow_cells_to_normalized",
+    "load_sfnet",
     "mask_to_grid",
     "sfnet",
     "sfnet_loss",
@@ -66,21 +70,6 @@ __all__ = [
 ARGMAX_MODES = ("kernel", "soft", "hard")
 #: SFNet's loss weights (authors' code): mask consistency, flow consistency, smoothness.
 LOSS_WEIGHTS = {"mask": 3.0, "flow": 16.0, "smooth": 0.5}
-#: The paper's model and training settings (from the authors' public code).
-PAPER = {
-    "arch": "resnet101",
-    "taps": ("layer3", "layer4"),
-    "kernels": (5, 3),
-    "blocks": 2,
-    "sigma": 5.0,
-    "beta": 0.02,
-    "image_size": (320, 320),
-    "mask_threshold": 0.1,
-    "affine_std": 0.15,
-    "lr": 3e-5,
-    "batch_size": 16,
-    "epochs": 40,
-}
 #: Taps of the offline fallback backbone (strides 4 and 8) that play conv4-23 and conv5-3.
 OFFLINE_TAPS = ("block2", "block3")
 #: Correlation grid stride on the offline backbone: a 192 x 192 image gives 24 x 24 cells,
@@ -126,7 +115,9 @@ class SFNetOutput:
         """Alias of :attr:`corr_st`."""
         return self.corr_st
 
-    def flow_pixels(self, direction: str = "st", size: tuple[int, int] | None = None) -> torch.Tensor:
+    def flow_pixels(
+        self, direction: str = "st", size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Flow in pixels ``(B, 2, H, W)`` upsampled (bilinear) to the image ``size`` of its source.
 
         ``direction`` ``"st"`` (source -> target) or ``"ts"``. ``size=None`` keeps the grid
@@ -134,13 +125,21 @@ class SFNetOutput:
         :class:`FeatureGrid` centre, so the result is consistent with :meth:`FeatureGrid.to_pixels`.
         """
         check_choice(direction, "direction", ("st", "ts"))
-        flow, grid_src, grid_trg = (self.flow_st, self.grid_src, self.grid_trg) if direction == "st" else (
-            self.flow_ts, self.grid_trg, self.grid_src)
+        flow, grid_src, grid_trg = (
+            (self.flow_st, self.grid_src, self.grid_trg)
+            if direction == "st"
+            else (self.flow_ts, self.grid_trg, self.grid_src)
+        )
         step = flow.new_tensor(grid_trg.step).view(1, 2, 1, 1)
         # a flow in target cells: pixel displacement = target position - source position
         h, w = flow.shape[-2:]
-        cells = torch.stack(torch.meshgrid(torch.arange(w, dtype=flow.dtype, device=flow.device),
-                                           torch.arange(h, dtype=flow.dtype, device=flow.device), indexing="xy"))
+        cells = torch.stack(
+            torch.meshgrid(
+                torch.arange(w, dtype=flow.dtype, device=flow.device),
+                torch.arange(h, dtype=flow.dtype, device=flow.device),
+                indexing="xy",
+            )
+        )
         src_px = grid_src.to_pixels(cells.permute(1, 2, 0)).permute(2, 0, 1)[None]
         trg_px = flow.new_tensor(grid_trg.origin).view(1, 2, 1, 1) + step * (cells[None] + flow)
         out = trg_px - src_px
@@ -149,8 +148,11 @@ class SFNetOutput:
         return F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def mask_to_grid(mask: torch.Tensor, size: tuple[int, int], threshold: float | None = 0.1) -> torch.Tensor:
-    """Foreground masks ``(B, H, W)`` or ``(B, 1, H, W)`` -> ``(B, 1, h, w)`` on the correlation grid.
+def mask_to_grid(
+    mask: torch.Tensor, size: tuple[int, int], threshold: float | None = 0.1
+) -> torch.Tensor:
+    """Foreground masks ``(B, H, W)`` or ``(B, 1, H, W)`` -> ``(B, 1, h, w)`` on the correlation
+    grid.
 
     Area-averaged to ``size`` (the fraction of foreground in each cell), then binarised at
     ``threshold`` (SFNet uses 0.1: a cell with any real share of the object counts);
@@ -183,6 +185,11 @@ class SFNet(nn.Module):
         grid_stride: stride of the correlation grid in pixels (default: the finest tap's).
         sigma, beta: kernel soft argmax window (cells) and softmax temperature.
         argmax: one of :data:`ARGMAX_MODES` (``"hard"`` has no gradient: inference only).
+        image_size: the ``(H, W)`` the model is trained at (recorded; the inference size its
+            method uses by default), or None.
+        variant: a label recorded with the model (the chapter-06 ablation row), or None.
+
+    :attr:`config` holds every argument but the trunk (what :func:`export_sfnet` saves).
     """
 
     def __init__(
@@ -195,25 +202,52 @@ class SFNet(nn.Module):
         sigma: float = 5.0,
         beta: float = 0.02,
         argmax: str = "kernel",
+        image_size: tuple[int, int] | None = None,
+        variant: str | None = None,
     ):
         super().__init__()
         if not isinstance(trunk, Backbone) or trunk.concat:
-            raise TypeError("Argument trunk must be a corrlib Backbone built with concat=False (SFNet correlates each tap).")
+            raise TypeError(
+                "Argument trunk must be a corrlib Backbone built with concat=False (SFNet "
+                "correlates each tap)."
+            )
         check_choice(argmax, "argmax", ARGMAX_MODES)
         if len(kernels) != len(trunk.taps):
-            raise ValueError(f"Argument kernels needs one size per tap {trunk.taps}, got {tuple(kernels)}.")
+            raise ValueError(
+                f"Argument kernels needs one size per tap {trunk.taps}, got {tuple(kernels)}."
+            )
         if sigma <= 0 or beta <= 0 or blocks < 0:
-            raise ValueError(f"Arguments sigma > 0, beta > 0 and blocks >= 0 are required, got {sigma}, {beta}, {blocks}.")
+            raise ValueError(
+                f"Arguments sigma > 0, beta > 0 and blocks >= 0 are required, got {sigma}, {beta}, "
+                f"{blocks}."
+            )
         self.trunk = trunk.requires_grad_(False).eval()
         self.taps = tuple(trunk.taps)
         self.grid_stride = int(grid_stride or min(trunk.strides.values()))
-        self.adapt = nn.ModuleDict({
-            t: nn.Sequential(*[AdaptationBlock(trunk.channels[t], k) for _ in range(blocks)])
-            for t, k in zip(self.taps, kernels)
-        })
+        self.adapt = nn.ModuleDict(
+            {
+                t: nn.Sequential(*[AdaptationBlock(trunk.channels[t], k) for _ in range(blocks)])
+                for t, k in zip(self.taps, kernels)
+            }
+        )
         self.sigma, self.beta, self.argmax = float(sigma), float(beta), argmax
-        self.config = {"kernels": tuple(int(k) for k in kernels), "blocks": int(blocks), "grid_stride": self.grid_stride,
-                       "sigma": self.sigma, "beta": self.beta, "argmax": argmax}
+        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        self.variant = variant
+        self.config = {
+            "kernels": tuple(int(k) for k in kernels),
+            "blocks": int(blocks),
+            "grid_stride": self.grid_stride,
+            "sigma": self.sigma,
+            "beta": self.beta,
+            "argmax": argmax,
+            "image_size": self.image_size,
+            "variant": variant,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu") -> SFNet:
+        """Rebuild a model saved by :func:`export_sfnet` (eval mode); see :func:`load_sfnet`."""
+        return load_sfnet(path, device)
 
     def train(self, mode: bool = True) -> SFNet:
         super().train(mode)
@@ -231,8 +265,9 @@ class SFNet(nn.Module):
         m = max(s, *self.trunk.strides.values())
         if h % m or w % m:
             raise ValueError(
-                f"Image size {tuple(image_size)} must be a multiple of {m} (the grid stride {s} and the coarsest "
-                f"tap stride of {self.trunk.arch}); resize the images, e.g. to {(max(m, round(h / m) * m), max(m, round(w / m) * m))}."
+                f"Image size {tuple(image_size)} must be a multiple of {m} (the grid stride {s} "
+                f"and the coarsest tap stride of {self.trunk.arch}); resize the images, e.g. to "
+                f"{(max(m, round(h / m) * m), max(m, round(w / m) * m))}."
             )
         return h // s, w // s
 
@@ -246,10 +281,14 @@ class SFNet(nn.Module):
         size = self.grid_size(tuple(images.shape[-2:]))
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trunk.trainable):
             feats = self.trunk(images)
-        return {t: F.adaptive_avg_pool2d(f, size) if f.shape[-1] > size[1] else f for t, f in feats.items()}
+        return {
+            t: F.adaptive_avg_pool2d(f, size) if f.shape[-1] > size[1] else f
+            for t, f in feats.items()
+        }
 
     def adapted(self, feats: dict[str, torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
-        """Adaptation layers, then every tap at the grid ``size`` and L2-normalised: ``[(B, C_t, h, w)]``."""
+        """Adaptation layers, then every tap at the grid ``size`` and L2-normalised:
+        ``[(B, C_t, h, w)]``."""
         out = []
         for t in self.taps:
             f = self.adapt[t](feats[t])
@@ -268,7 +307,8 @@ class SFNet(nn.Module):
         return corr
 
     def match(self, corr: torch.Tensor, argmax: str | None = None) -> torch.Tensor:
-        """Score maps ``(B, S, h, w)`` -> matches ``(B, S, 2)`` (cells) by ``argmax`` (default: the model's)."""
+        """Score maps ``(B, S, h, w)`` -> matches ``(B, S, 2)`` (cells) by ``argmax`` (default:
+        the model's)."""
         mode = argmax or self.argmax
         check_choice(mode, "argmax", ARGMAX_MODES)
         if mode == "kernel":
@@ -292,15 +332,23 @@ class SFNet(nn.Module):
         corr_st = raw / (raw.flatten(2).norm(dim=-1)[..., None, None] + 1e-6)
         raw_ts = raw.reshape(b, h * w, h * w).transpose(1, 2).reshape(b, h * w, h, w)
         corr_ts = raw_ts / (raw_ts.flatten(2).norm(dim=-1)[..., None, None] + 1e-6)
-        cells = torch.stack(torch.meshgrid(torch.arange(w, dtype=raw.dtype, device=raw.device),
-                                           torch.arange(h, dtype=raw.dtype, device=raw.device), indexing="xy"))
+        cells = torch.stack(
+            torch.meshgrid(
+                torch.arange(w, dtype=raw.dtype, device=raw.device),
+                torch.arange(h, dtype=raw.dtype, device=raw.device),
+                indexing="xy",
+            )
+        )
         flow_st = self.match(corr_st, argmax).transpose(1, 2).reshape(b, 2, h, w) - cells
         flow_ts = self.match(corr_ts, argmax).transpose(1, 2).reshape(b, 2, h, w) - cells
         grid = FeatureGrid.for_map(size, tuple(image_size))
         return SFNetOutput(corr_st, corr_ts, flow_st, flow_ts, grid, grid)
 
-    def forward(self, src: torch.Tensor, trg: torch.Tensor, argmax: str | None = None) -> SFNetOutput:
-        """Dense flows both ways between ``src`` and ``trg`` ``(B, 3, H, W)`` (same size, multiple of the grid stride)."""
+    def forward(
+        self, src: torch.Tensor, trg: torch.Tensor, argmax: str | None = None
+    ) -> SFNetOutput:
+        """Dense flows both ways between ``src`` and ``trg`` ``(B, 3, H, W)`` (same size, multiple
+        of the grid stride)."""
         b = check_shape(src, ("B", 3, "H", "W"), "src")["B"]
         check_shape(trg, (b, 3, src.shape[2], src.shape[3]), "trg")
         size = tuple(src.shape[-2:])
@@ -329,7 +377,10 @@ def sfnet_loss(
     for k in w:
         check_choice(k, "weights", tuple(LOSS_WEIGHTS))
     size = tuple(out.flow_st.shape[-2:])
-    ms, mt = mask_to_grid(mask_src, size, mask_threshold), mask_to_grid(mask_trg, size, mask_threshold)
+    ms, mt = (
+        mask_to_grid(mask_src, size, mask_threshold),
+        mask_to_grid(mask_trg, size, mask_threshold),
+    )
     f_st = flow_cells_to_normalized(out.flow_st, size)
     f_ts = flow_cells_to_normalized(out.flow_ts, size)
     unit = (2.0 / size[1], 2.0 / size[0])  # one cell in normalised units (x, y)
@@ -343,23 +394,44 @@ def sfnet_loss(
 
 
 def sfnet(
-    arch: str = "resnet101",
     *,
-    weights: str = "auto",
+    arch: str = "resnet101",
+    trunk_weights: str = "auto",
     taps: Sequence[str] | None = None,
     kernels: Sequence[int] | None = None,
+    weights=None,
     **kwargs,
 ) -> SFNet:
-    """Build an :class:`SFNet` on :func:`corrlib.models.backbones.backbone` ``(arch, weights)``.
+    """Build an :class:`SFNet` on :func:`corrlib.models.backbones.backbone`
+    ``(arch, trunk_weights)``.
 
-    ``taps`` default to ``layer3, layer4`` (ResNets) or :data:`OFFLINE_TAPS`. With
-    ``weights="auto"`` and no ImageNet file, the backbone falls back (loudly) to the offline
-    network; SFNet then uses its :data:`OFFLINE_TAPS` (strides 4 and 8) and a grid of stride
-:data:`OFFLINE_GRID_STRIDE`.
-    ``kernels`` default to the paper's ``(5, 3)``; ``kwargs`` go to :class:`SFNet`.
+    Args:
+        arch: the backbone architecture (:data:`corrlib.models.backbones.BACKBONES`).
+        trunk_weights: the backbone's weights (:data:`corrlib.models.backbones.WEIGHTS`). With
+            ``"auto"`` and no ImageNet file the backbone falls back (loudly) to the offline
+            network; SFNet then uses its :data:`OFFLINE_TAPS` (strides 4 and 8) and a grid of
+            stride :data:`OFFLINE_GRID_STRIDE`.
+        taps: default ``layer3, layer4`` (ResNets) or :data:`OFFLINE_TAPS`.
+        kernels: adaptation kernel per tap; default the paper's ``(5, 3)``.
+        weights: a trained SFNet file (:func:`export_sfnet`): the model is rebuilt from the
+            file's own settings (no other argument may be given), loaded strict, eval mode.
+        kwargs: go to :class:`SFNet`.
+
+    Returns:
+        The model (train mode, trunk frozen) or, with ``weights``, the trained model in eval mode.
     """
+    if weights is not None:
+        given = {k: v for k, v in kwargs.items()} | {
+            k: v for k, v in (("taps", taps), ("kernels", kernels)) if v is not None
+        }
+        if given or arch != "resnet101" or trunk_weights != "auto":
+            raise ValueError(
+                "Give weights= (a trained SFNet file) or model settings, not both (got "
+                f"{sorted(given)})."
+            )
+        return load_sfnet(weights)
     default_taps = OFFLINE_TAPS if arch == "offline" else ("layer3", "layer4")
-    trunk = backbone(arch, taps=tuple(taps or default_taps), weights=weights)
+    trunk = backbone(arch, taps=tuple(taps or default_taps), weights=trunk_weights)
     if trunk.arch != arch:  # the offline fallback happened: use its two taps
         trunk = backbone("offline", taps=OFFLINE_TAPS, weights="offline")
         trunk.weights_source = f"{trunk.weights_source} (fallback for {arch})"
@@ -367,3 +439,85 @@ def sfnet(
         kwargs.setdefault("grid_stride", OFFLINE_GRID_STRIDE)
     n = len(trunk.taps)
     return SFNet(trunk, kernels=tuple(kernels or (5, 3)[:n] + (3,) * max(0, n - 2)), **kwargs)
+
+
+#: ``format`` tag of files written by :func:`export_sfnet`.
+SFNET_FORMAT = "corrlib.sfnet/2"
+
+
+def _trunk_weights_of(trunk: Backbone) -> str | None:
+    """The ``trunk_weights`` that rebuild ``trunk`` exactly, or None (its weights must be saved)."""
+    if trunk.trainable or trunk.weights_source.startswith("random"):
+        return None
+    return "offline" if trunk.arch == "offline" else "imagenet"
+
+
+def export_sfnet(path, model: SFNet, metrics: dict | None = None) -> Path:
+    """Save a trained SFNet: its adaptation layers and every setting that rebuilds it.
+
+    A frozen ImageNet or offline trunk is not saved (rebuilt from its source, and the file
+    refuses to load onto another one); a random or fine-tuned trunk is saved with the model.
+
+    Args:
+        path: the file to write (atomically).
+        model: the :class:`SFNet`.
+        metrics: numbers recorded beside the weights.
+
+    Returns:
+        The path written.
+    """
+    if not isinstance(model, SFNet):
+        raise TypeError(f"Argument model must be an SFNet, got {type(model).__name__}.")
+    config = {**model.config, "kernels": list(model.config["kernels"])}
+    if config["image_size"] is not None:
+        config["image_size"] = list(config["image_size"])
+    rebuild = _trunk_weights_of(model.trunk)
+    state = {
+        "format": SFNET_FORMAT,
+        "trunk_arch": model.trunk.arch,
+        "trunk_taps": list(model.taps),
+        "trunk_weights": rebuild or "none",
+        "trunk_source": model.trunk.weights_source,
+        "config": config,
+        "adapt": model.adapt.state_dict(),
+        "metrics": finite_metrics(metrics),
+    }
+    if rebuild is None:
+        state["trunk"] = model.trunk.state_dict()
+    return save_checkpoint(path, state)
+
+
+def load_sfnet(path, device="cpu") -> SFNet:
+    """Rebuild an SFNet saved by :func:`export_sfnet` on ``device``, in eval mode."""
+    state = read_model_file(path, SFNET_FORMAT, "an exported SFNet")
+    c = dict(state["config"])
+    trunk = backbone(
+        state["trunk_arch"], taps=tuple(state["trunk_taps"]), weights=state["trunk_weights"]
+    )
+    if trunk.arch != state["trunk_arch"] or (
+        state["trunk_weights"] == "imagenet" and not trunk.weights_source.startswith("imagenet")
+    ):
+        raise ValueError(
+            f"{path} was trained on a {state['trunk_arch']} trunk ({state['trunk_source']}) but "
+            f"this machine built {trunk.arch} ({trunk.weights_source}); place the same backbone "
+            "weights (see corrlib.models.backbones) or retrain."
+        )
+    if "trunk" in state:
+        load_state_strict(trunk, state["trunk"], path, "trunk")
+    image_size = None if c.get("image_size") is None else tuple(c["image_size"])
+    try:
+        model = SFNet(
+            trunk,
+            kernels=tuple(c["kernels"]),
+            blocks=c["blocks"],
+            grid_stride=c["grid_stride"],
+            sigma=c["sigma"],
+            beta=c["beta"],
+            argmax=c["argmax"],
+            image_size=image_size,
+            variant=c.get("variant"),
+        )
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: its settings {c!r} do not build an SFNet ({e}).") from e
+    load_state_strict(model.adapt, state["adapt"], path, "adaptation")
+    return model.to(device).eval()

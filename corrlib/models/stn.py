@@ -27,14 +27,22 @@ receives a gradient (the zero weights block it); after the first update the rest
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corrlib._check import check_choice, check_shape
-from corrlib.geometry import affine_grid, homography_grid, pixel_grid, pixel_to_normalized, tps_grid
+from corrlib._check import check_choice, check_int, check_shape
+from corrlib.geometry import (
+    _DEFAULT_LATTICE,
+    _size2,
+    affine_grid,
+    homography_grid,
+    pixel_grid,
+    pixel_to_normalized,
+    tps_basis,
+    tps_grid,
+    tps_lattice,
+)
 
 __all__ = [
     "PHOTOMETRIC_NORMS",
@@ -60,41 +68,11 @@ __all__ = [
 STN_KINDS = ("affine", "projective", "tps")
 #: Norms of :func:`photometric_loss`.
 PHOTOMETRIC_NORMS = ("l2", "l1")
-_DEFAULT_LATTICE = 4  # 4x4 = 16 control points, as the paper's TPS
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Argument {name} must be an int >= {minimum}, got {value!r}.")
-    return value
-
-
-def _size2(size) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise ValueError(f"Argument size must be a positive int or an (H, W) pair of them, got {size!r}.")
-    return int(size[0]), int(size[1])
 
 
 # --------------------------------------------------------------------------------------------
 # parameters and grids
 # --------------------------------------------------------------------------------------------
-
-
-def tps_lattice(k: int = _DEFAULT_LATTICE, *, dtype=torch.float32) -> torch.Tensor:
-    """``(k*k, 2)`` control points (x, y) of a ``k x k`` lattice spanning ``[-1, 1]^2``, row-major.
-
-    Example:
-        >>> tps_lattice(2)
-        tensor([[-1., -1.],
-                [ 1., -1.],
-                [-1.,  1.],
-                [ 1.,  1.]])
-    """
-    _check_int(k, "k", 2)
-    axis = torch.linspace(-1.0, 1.0, k, dtype=dtype)
-    return torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1).reshape(-1, 2)
 
 
 def n_params(kind: str, *, tps_lattice_size: int = _DEFAULT_LATTICE) -> int:
@@ -116,48 +94,21 @@ def identity_params(kind: str, *, tps_lattice_size: int = _DEFAULT_LATTICE) -> t
     return torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0] + [0.0, 0.0] * (kind == "projective"))
 
 
-@functools.lru_cache(maxsize=16)
-def _tps_basis_cached(ctrl_key: tuple, size: tuple[int, int]) -> torch.Tensor:
-    ctrl = torch.tensor(ctrl_key, dtype=torch.float64)
-    k = ctrl.shape[0]
-    onehot = torch.zeros(k, k, 2, dtype=torch.float64)
-    onehot[torch.arange(k), torch.arange(k), 0] = 1.0  # target j = unit x at point j, 0 elsewhere
-    grid = tps_grid(ctrl.expand(k, -1, -1).contiguous(), onehot, size)  # (K, H, W, 2)
-    return grid[..., 0].reshape(k, -1).T.contiguous()  # (H*W, K)
-
-
-def tps_basis(ctrl: torch.Tensor, size) -> torch.Tensor:
-    """The thin-plate-spline grid as a linear map of its target points: ``(H*W, K)`` float64.
-
-    ``ctrl (K, 2)``: control points in normalised output coordinates. For targets
-    ``target (B, K, 2)``, ``basis @ target`` reshaped to ``(B, H, W, 2)`` equals
-    ``corrlib.geometry.tps_grid(ctrl, target, size)`` (the spline's coefficients are a linear
-    solve against the targets). Computed with ``tps_grid`` on unit targets, cached per
-    ``(ctrl, size)``.
-
-    Example:
-        >>> ctrl = tps_lattice(3, dtype=torch.float64)
-        >>> basis = tps_basis(ctrl, (5, 5))
-        >>> torch.allclose(basis @ ctrl, pixel_to_normalized(pixel_grid((5, 5), dtype=torch.float64), (5, 5)).reshape(-1, 2))
-        True
-    """
-    check_shape(ctrl, ("K", 2), "ctrl")
-    size = _size2(size)
-    key = tuple(tuple(float(v) for v in row) for row in ctrl.detach().double().cpu().tolist())
-    return _tps_basis_cached(key, size).clone()
-
-
 def _check_params(params: torch.Tensor, kind: str, ctrl: torch.Tensor | None) -> int:
     check_choice(kind, "kind", STN_KINDS)
     if kind == "tps":
         if ctrl is None:
-            raise ValueError("Argument ctrl (K, 2) is required for kind 'tps' (e.g. tps_lattice(4)).")
+            raise ValueError(
+                "Argument ctrl (K, 2) is required for kind 'tps' (e.g. tps_lattice(4))."
+            )
         k = check_shape(ctrl, ("K", 2), "ctrl")["K"]
         return check_shape(params, ("B", 2 * k), "params")["B"]
     return check_shape(params, ("B", n_params(kind)), "params")["B"]
 
 
-def transform_grid(params: torch.Tensor, kind: str, size, *, ctrl: torch.Tensor | None = None) -> torch.Tensor:
+def transform_grid(
+    params: torch.Tensor, kind: str, size, *, ctrl: torch.Tensor | None = None
+) -> torch.Tensor:
     """The grid generator: parameters ``(B, P)`` -> sampling grid ``(B, H, W, 2)``.
 
     ``kind`` in :data:`STN_KINDS`; ``size`` the output ``(H, W)`` (or an int); ``ctrl (K, 2)`` the
@@ -183,7 +134,9 @@ def transform_grid(params: torch.Tensor, kind: str, size, *, ctrl: torch.Tensor 
     return tps_grid(c, c + params.reshape(b, -1, 2), size)
 
 
-def spatial_transform(x: torch.Tensor, params: torch.Tensor, kind: str, size, *, ctrl: torch.Tensor | None = None) -> torch.Tensor:
+def spatial_transform(
+    x: torch.Tensor, params: torch.Tensor, kind: str, size, *, ctrl: torch.Tensor | None = None
+) -> torch.Tensor:
     """Warp ``x (B, C, Hi, Wi)`` by ``params (B, P)`` of ``kind`` into ``(B, C, H, W)``.
 
     The sampler of the paper (Sec. 3.3): bilinear, zero outside the input. See
@@ -198,7 +151,9 @@ def spatial_transform(x: torch.Tensor, params: torch.Tensor, kind: str, size, *,
     b = check_shape(x, ("B", "C", "Hi", "Wi"), "x")["B"]
     check_shape(params, (b, "P"), "params")
     grid = transform_grid(params, kind, size, ctrl=ctrl)
-    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(
+        x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,14 +175,24 @@ class LocalisationNet(nn.Module):
     a 50-unit FC layer). The last layer starts at ``identity``: zero weights, bias = identity.
     """
 
-    def __init__(self, identity: torch.Tensor, *, in_channels: int = 1, in_size: int = 28, channels=(20, 20), hidden: int = 50):
+    def __init__(
+        self,
+        identity: torch.Tensor,
+        *,
+        in_channels: int = 1,
+        in_size: int = 28,
+        channels=(20, 20),
+        hidden: int = 50,
+    ):
         super().__init__()
         check_shape(identity, ("P",), "identity")
-        _check_int(in_channels, "in_channels", 1)
-        _check_int(hidden, "hidden", 1)
-        side = _conv_pool_size(_check_int(in_size, "in_size", 1), (5, 5))
+        check_int(in_channels, "in_channels", 1)
+        check_int(hidden, "hidden", 1)
+        side = _conv_pool_size(check_int(in_size, "in_size", 1), (5, 5))
         if side < 1:
-            raise ValueError(f"Argument in_size must be >= 16 for two 5x5 conv + 2x2 pool stages, got {in_size}.")
+            raise ValueError(
+                f"Argument in_size must be >= 16 for two 5x5 conv + 2x2 pool stages, got {in_size}."
+            )
         c1, c2 = channels
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 5), nn.MaxPool2d(2), nn.ReLU(inplace=True),
@@ -278,16 +243,24 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         self.kind = check_choice(kind, "kind", STN_KINDS)
         self.out_size = _size2(out_size)
-        self.in_size = _check_int(in_size, "in_size", 1)
-        identity = identity_params(kind, tps_lattice_size=_check_int(tps_lattice_size, "tps_lattice_size", 2))
+        self.in_size = check_int(in_size, "in_size", 1)
+        identity = identity_params(
+            kind, tps_lattice_size=check_int(tps_lattice_size, "tps_lattice_size", 2)
+        )
         self.register_buffer("identity", identity, persistent=False)
         self.loc = LocalisationNet(
-            identity, in_channels=loc_in_channels or in_channels, in_size=in_size, channels=loc_channels, hidden=loc_hidden
+            identity,
+            in_channels=loc_in_channels or in_channels,
+            in_size=in_size,
+            channels=loc_channels,
+            hidden=loc_hidden,
         )
         if kind == "tps":
             ctrl = tps_lattice(tps_lattice_size, dtype=torch.float64)
             self.register_buffer("ctrl", ctrl.float(), persistent=False)
-            self.register_buffer("tps_basis", tps_basis(ctrl, self.out_size).float(), persistent=False)
+            self.register_buffer(
+                "tps_basis", tps_basis(ctrl, self.out_size).float(), persistent=False
+            )
         base = pixel_to_normalized(pixel_grid(self.out_size, dtype=torch.float64), self.out_size)
         self.register_buffer("base_grid", base.float(), persistent=False)  # (H, W, 2) identity grid
 
@@ -306,7 +279,9 @@ class SpatialTransformer(nn.Module):
             return self.base_grid + flat.reshape(b, *self.out_size, 2)
         return transform_grid(params, self.kind, self.out_size)
 
-    def forward(self, x: torch.Tensor, loc_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, loc_input: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         b = check_shape(x, ("B", "C", "H", "W"), "x")["B"]
         s = self.in_size
         if loc_input is None:
@@ -315,29 +290,37 @@ class SpatialTransformer(nn.Module):
             check_shape(loc_input, (b, "C", s, s), "loc_input")
         params = self.loc(x if loc_input is None else loc_input)
         grid = self.grid(params)
-        warped = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+        warped = F.grid_sample(
+            x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         return warped, params
 
 
 class DigitCNN(nn.Module):
-    """The paper's CNN baseline for distorted MNIST: ``x (B, C, S, S)`` -> logits ``(B, n_classes)``.
+    """The paper's CNN baseline for distorted MNIST: ``x (B, C, S, S)`` -> logits
+    ``(B, n_classes)``.
 
     conv 9x9 -> ReLU -> max-pool 2 -> conv 7x7 -> ReLU -> max-pool 2 -> FC (three weight layers and
     two max-pooling layers, Sec. 4.1 and Appendix A; the filter counts are ours, sized for a CPU).
     Input ``S >= 36`` gives a >= 2x2 map before the FC; 28 gives 2x2 and 42 gives 5x5.
     """
 
-    def __init__(self, *, in_channels: int = 1, in_size: int = 28, channels=(32, 32), n_classes: int = 10):
+    def __init__(
+        self, *, in_channels: int = 1, in_size: int = 28, channels=(32, 32), n_classes: int = 10
+    ):
         super().__init__()
-        side = _conv_pool_size(_check_int(in_size, "in_size", 1), (9, 7))
+        side = _conv_pool_size(check_int(in_size, "in_size", 1), (9, 7))
         if side < 1:
-            raise ValueError(f"Argument in_size must be >= 26 for the 9x9 and 7x7 conv + pool stages, got {in_size}.")
+            raise ValueError(
+                "Argument in_size must be >= 26 for the 9x9 and 7x7 conv + pool stages, got "
+                f"{in_size}."
+            )
         c1, c2 = channels
         self.in_size = in_size
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, c1, 9), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 7), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(c2 * side * side, _check_int(n_classes, "n_classes", 2)),
+            nn.Flatten(), nn.Linear(c2 * side * side, check_int(n_classes, "n_classes", 2)),
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -353,11 +336,26 @@ class STCNN(nn.Module):
     the transformed images and parameters, for figures.
     """
 
-    def __init__(self, kind: str, *, in_size: int = 28, out_size: int = 28, cnn_channels=(32, 32), loc_channels=(20, 20), loc_hidden: int = 50, tps_lattice_size: int = _DEFAULT_LATTICE):
+    def __init__(
+        self,
+        kind: str,
+        *,
+        in_size: int = 28,
+        out_size: int = 28,
+        cnn_channels=(32, 32),
+        loc_channels=(20, 20),
+        loc_hidden: int = 50,
+        tps_lattice_size: int = _DEFAULT_LATTICE,
+    ):
         super().__init__()
         self.kind = check_choice(kind, "kind", STN_KINDS)
         self.st = SpatialTransformer(
-            kind, out_size, in_size=in_size, tps_lattice_size=tps_lattice_size, loc_channels=loc_channels, loc_hidden=loc_hidden
+            kind,
+            out_size,
+            in_size=in_size,
+            tps_lattice_size=tps_lattice_size,
+            loc_channels=loc_channels,
+            loc_hidden=loc_hidden,
         )
         self.cnn = DigitCNN(in_size=out_size, channels=cnn_channels)
 
@@ -374,14 +372,31 @@ def digit_cnn(*, in_size: int = 28, channels=(32, 32)) -> DigitCNN:
     return DigitCNN(in_size=in_size, channels=channels)
 
 
-def st_cnn(kind: str, *, in_size: int = 28, out_size: int = 28, cnn_channels=(32, 32), loc_channels=(20, 20), loc_hidden: int = 50, tps_lattice_size: int = _DEFAULT_LATTICE) -> STCNN:
+def st_cnn(
+    kind: str,
+    *,
+    in_size: int = 28,
+    out_size: int = 28,
+    cnn_channels=(32, 32),
+    loc_channels=(20, 20),
+    loc_hidden: int = 50,
+    tps_lattice_size: int = _DEFAULT_LATTICE,
+) -> STCNN:
     """ST-CNN of ``kind`` (:data:`STN_KINDS`): a spatial transformer, then :class:`DigitCNN`.
 
     Example:
         >>> st_cnn("affine", in_size=42)(torch.rand(2, 1, 42, 42)).shape
         torch.Size([2, 10])
     """
-    return STCNN(kind, in_size=in_size, out_size=out_size, cnn_channels=cnn_channels, loc_channels=loc_channels, loc_hidden=loc_hidden, tps_lattice_size=tps_lattice_size)
+    return STCNN(
+        kind,
+        in_size=in_size,
+        out_size=out_size,
+        cnn_channels=cnn_channels,
+        loc_channels=loc_channels,
+        loc_hidden=loc_hidden,
+        tps_lattice_size=tps_lattice_size,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,10 +415,19 @@ class PairAligner(nn.Module):
     coordinates (backward warping: ``warped_src(p) = src(T(p))``).
     """
 
-    def __init__(self, kind: str = "affine", size: int = 28, *, in_channels: int = 1, tps_lattice_size: int = _DEFAULT_LATTICE, loc_channels=(20, 20), loc_hidden: int = 50):
+    def __init__(
+        self,
+        kind: str = "affine",
+        size: int = 28,
+        *,
+        in_channels: int = 1,
+        tps_lattice_size: int = _DEFAULT_LATTICE,
+        loc_channels=(20, 20),
+        loc_hidden: int = 50,
+    ):
         super().__init__()
         self.kind = check_choice(kind, "kind", STN_KINDS)
-        self.size = _check_int(size, "size", 16)
+        self.size = check_int(size, "size", 16)
         self.st = SpatialTransformer(
             kind, size, in_channels=in_channels, in_size=size, tps_lattice_size=tps_lattice_size,
             loc_channels=loc_channels, loc_hidden=loc_hidden, loc_in_channels=2 * in_channels,
@@ -429,7 +453,9 @@ def photometric_loss(warped: torch.Tensor, trg: torch.Tensor, norm: str = "l2") 
     return (diff * diff).mean() if norm == "l2" else diff.abs().mean()
 
 
-def align_pair(src: torch.Tensor, trg: torch.Tensor, kind: str = "affine", *, model: PairAligner | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def align_pair(
+    src: torch.Tensor, trg: torch.Tensor, kind: str = "affine", *, model: PairAligner | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Warp ``src (B, C, S, S)`` onto ``trg (B, C, S, S)`` with a :class:`PairAligner` of ``kind``.
 
     Returns ``(warped_src (B, C, S, S), params (B, P))``, run without gradients in eval mode.

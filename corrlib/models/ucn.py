@@ -16,18 +16,21 @@ point and its true match should be close, any other point at least a margin away
   as nearest neighbours in feature space (:func:`mine_hard_negatives`, paper Sec. 3.3).
 
 Convention: feature *cells* are ``(x, y)`` on the feature grid (0-based, cell centres at
-integers); :meth:`UCN.feature_grid` places them in image pixels (:class:`corrlib.matching.FeatureGrid`).
+integers); :meth:`UCN.feature_grid` places them in image pixels
+(:class:`corrlib.matching.FeatureGrid`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corrlib._check import check_shape
+from corrlib._check import check_int, check_shape
+from corrlib.checkpoint import finite_metrics, load_state_strict, read_model_file, save_checkpoint
 from corrlib.correlation import l2_normalize
 from corrlib.geometry import pixel_grid, pixel_to_normalized
 from corrlib.matching import FeatureGrid, sample_descriptors
@@ -35,10 +38,13 @@ from corrlib.matching import FeatureGrid, sample_descriptors
 __all__ = [
     "DEFAULT_TRUNK_WIDTHS",
     "UCN",
+    "UCN_FORMAT",
     "ConvSpatialTransformer",
     "CorrespondenceContrastiveLoss",
     "UCNTrunk",
     "correspondence_contrastive_loss",
+    "export_ucn",
+    "load_ucn",
     "local_affine_grid",
     "mine_hard_negatives",
     "random_negatives",
@@ -52,13 +58,7 @@ DEFAULT_TRUNK_WIDTHS = (32, 64, 96)
 _IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-def _check_pos_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Argument {name} must be a positive int, got {value!r}.")
-    return value
-
-
-# ------------------------------------------------------------------ convolutional spatial transformer
+# ------------------------------------------------------------ convolutional spatial transformer
 
 
 def local_affine_grid(theta: torch.Tensor, kernel_size: int, dilation: int = 1) -> torch.Tensor:
@@ -80,8 +80,8 @@ def local_affine_grid(theta: torch.Tensor, kernel_size: int, dilation: int = 1) 
         torch.Size([1, 6, 6, 2])
     """
     b, h, w = check_shape(theta, ("B", 6, "h", "w"), "theta").values()
-    k = _check_pos_int(kernel_size, "kernel_size")
-    d = _check_pos_int(dilation, "dilation")
+    k = check_int(kernel_size, "kernel_size", 1)
+    d = check_int(dilation, "dilation", 1)
     r = (k - 1) / 2
     steps = (torch.arange(k, device=theta.device, dtype=theta.dtype) - r) * d
     oy, ox = torch.meshgrid(steps, steps, indexing="ij")  # (k, k): row i, column j
@@ -95,7 +95,9 @@ def local_affine_grid(theta: torch.Tensor, kernel_size: int, dilation: int = 1) 
     return pixel_to_normalized(pos, (h, w))
 
 
-def sample_local_patches(feat: torch.Tensor, theta: torch.Tensor, kernel_size: int, dilation: int = 1) -> torch.Tensor:
+def sample_local_patches(
+    feat: torch.Tensor, theta: torch.Tensor, kernel_size: int, dilation: int = 1
+) -> torch.Tensor:
     """Resample ``feat (B, C, h, w)`` at the transformed patterns of :func:`local_affine_grid`.
 
     ``theta (B, 6, h, w)`` as there. Returns ``(B, C, k*h, k*w)``: the ``k x k`` block at rows
@@ -106,7 +108,8 @@ def sample_local_patches(feat: torch.Tensor, theta: torch.Tensor, kernel_size: i
     Example:
         >>> feat = torch.arange(9.0).reshape(1, 1, 3, 3)
         >>> theta = torch.tensor([1.0, 0, 0, 0, 1, 0]).reshape(1, 6, 1, 1).expand(1, 6, 3, 3)
-        >>> sample_local_patches(feat, theta, 3)[0, 0, 3:6, 3:6].round()  # centre: its 3x3 neighbourhood
+        >>> patches = sample_local_patches(feat, theta, 3)
+        >>> patches[0, 0, 3:6, 3:6].round()  # centre: its 3x3 neighbourhood
         tensor([[0., 1., 2.],
                 [3., 4., 5.],
                 [6., 7., 8.]])
@@ -137,12 +140,23 @@ class ConvSpatialTransformer(nn.Module):
         torch.Size([2, 16, 5, 7])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1, loc_kernel: int = 3):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        loc_kernel: int = 3,
+    ):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("dilation", dilation)):
-            _check_pos_int(v, name)
+        for name, v in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("dilation", dilation),
+        ):
+            check_int(v, name, 1)
         for name, v in (("kernel_size", kernel_size), ("loc_kernel", loc_kernel)):
-            if _check_pos_int(v, name) % 2 == 0:
+            if check_int(v, name, 1) % 2 == 0:
                 raise ValueError(f"Argument {name} must be odd, got {v}.")
         self.kernel_size, self.dilation = kernel_size, dilation
         self.loc = nn.Conv2d(in_channels, 6, loc_kernel, padding=loc_kernel // 2)
@@ -182,22 +196,30 @@ class UCNTrunk(nn.Module):
         if not widths:
             raise ValueError("Argument widths must hold at least one stage width, got ().")
         for i, c in enumerate(widths):
-            _check_pos_int(c, f"widths[{i}]")
-        _check_pos_int(convs_per_stage, "convs_per_stage")
+            check_int(c, f"widths[{i}]", 1)
+        check_int(convs_per_stage, "convs_per_stage", 1)
         layers: list[nn.Module] = []
         cin = 3
         for s, c in enumerate(widths):
             if s > 0:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(convs_per_stage):
-                layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(cin, c, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c),
+                    nn.ReLU(inplace=True),
+                ]
                 cin = c
         self.body = nn.Sequential(*layers)
         self.widths, self.convs_per_stage = widths, convs_per_stage
         self.stride = 2 ** (len(widths) - 1)
         self.out_channels = widths[-1]
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1), persistent=False
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body((images - self.mean) / self.std)
@@ -222,8 +244,8 @@ def _trunk_features(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor:
     if isinstance(out, dict):  # a backbone returning {tap: map}: exactly one map is usable here
         if len(out) != 1:
             raise ValueError(
-                f"The trunk returned {len(out)} feature maps ({list(out)}); UCN needs one (B, C, h, w) "
-                "map: build the backbone with a single tap or with concat=True."
+                f"The trunk returned {len(out)} feature maps ({list(out)}); UCN needs one "
+                "(B, C, h, w) map: build the backbone with a single tap or with concat=True."
             )
         out = next(iter(out.values()))
     check_shape(out, ("B", "C", "h", "w"), "trunk output")
@@ -245,6 +267,7 @@ class UCN(nn.Module):
         st_kernel, st_dilation: the ``k`` and dilation of the transformer's sampling pattern.
         trunk_widths: widths of the default trunk (ignored when ``trunk`` is given).
         channels, stride: a custom trunk's output channels and stride, if it lacks attributes.
+        variant: a label recorded with the model (the chapter-03 ablation row it trains), or None.
 
     ``forward(images (B, 3, H, W)) -> (features (B, D, h, w) unit-norm per cell, stride)``.
     ``config`` holds the keyword arguments that rebuild a default-trunk model (``None`` for a
@@ -268,20 +291,27 @@ class UCN(nn.Module):
         trunk_widths: Sequence[int] = DEFAULT_TRUNK_WIDTHS,
         channels: int | None = None,
         stride: int | None = None,
+        variant: str | None = None,
     ):
         super().__init__()
-        _check_pos_int(dim, "dim")
+        self.variant = variant
+        check_int(dim, "dim", 1)
         if st_kernel % 2 == 0:
             raise ValueError(f"Argument st_kernel must be odd, got {st_kernel}.")
         self.config = None
         if trunk is None:
             trunk = UCNTrunk(trunk_widths)
             self.config = {
-                "dim": dim, "use_st": bool(use_st), "st_kernel": st_kernel, "st_dilation": st_dilation,
+                "dim": dim,
+                "use_st": bool(use_st),
+                "st_kernel": st_kernel,
+                "st_dilation": st_dilation,
                 "trunk_widths": list(trunk.widths),
             }
         elif not isinstance(trunk, nn.Module):
-            raise TypeError(f"Argument trunk must be a torch.nn.Module or None, got {type(trunk).__name__}.")
+            raise TypeError(
+                f"Argument trunk must be a torch.nn.Module or None, got {type(trunk).__name__}."
+            )
         c = channels or getattr(trunk, "out_channels", None)
         s = stride or getattr(trunk, "stride", None)
         if c is None or s is None:
@@ -292,7 +322,9 @@ class UCN(nn.Module):
         if self.use_st:
             self.st = ConvSpatialTransformer(c, c, st_kernel, st_dilation)
         else:
-            self.st = nn.Conv2d(c, c, st_kernel, padding=st_dilation * (st_kernel // 2), dilation=st_dilation)
+            self.st = nn.Conv2d(
+                c, c, st_kernel, padding=st_dilation * (st_kernel // 2), dilation=st_dilation
+            )
         self.adapt = nn.Conv2d(c, dim, 1)
         head = self.st.conv if self.use_st else self.st
         for conv in (head, self.adapt):  # zero biases: an untrained head keeps the trunk's contrast
@@ -317,9 +349,60 @@ class UCN(nn.Module):
         """
         h, w = image_size
         if min(h, w) < self.stride:
-            raise ValueError(f"Argument image_size must be at least the stride {self.stride} on each side, got {tuple(image_size)}.")
+            raise ValueError(
+                f"Argument image_size must be at least the stride {self.stride} on each side, got "
+                f"{tuple(image_size)}."
+            )
         s = float(self.stride)
         return FeatureGrid(((s - 1) / 2, (s - 1) / 2), (s, s))
+
+    @classmethod
+    def from_checkpoint(cls, path) -> UCN:
+        """Rebuild a UCN saved by :func:`export_ucn` (default trunk), strict load, eval mode."""
+        return load_ucn(path)
+
+
+#: ``format`` tag of files written by :func:`export_ucn`.
+UCN_FORMAT = "corrlib.ucn/1"
+
+
+def export_ucn(path, model: UCN, metrics: dict | None = None) -> Path:
+    """Save a trained UCN (default trunk) with the settings that rebuild it (:func:`load_ucn`).
+
+    Args:
+        path: the file to write (atomically).
+        model: a :class:`UCN` with the default trunk (``model.config`` not None).
+        metrics: numbers recorded beside the weights.
+
+    Returns:
+        The path written. The file holds tensors, numbers and strings only (``weights_only``).
+    """
+    if not isinstance(model, UCN) or model.config is None:
+        raise ValueError(
+            "export_ucn saves a UCN with the default trunk; a custom trunk cannot be rebuilt from "
+            "a file."
+        )
+    state = {
+        "format": UCN_FORMAT,
+        "config": dict(model.config),
+        "variant": model.variant,
+        "model": model.state_dict(),
+        "metrics": finite_metrics(metrics),
+    }
+    return save_checkpoint(path, state)
+
+
+def load_ucn(path) -> UCN:
+    """Rebuild and load (strict) a UCN saved by :func:`export_ucn`, in eval mode."""
+    state = read_model_file(path, UCN_FORMAT, "an exported UCN")
+    try:
+        model = UCN(**state["config"], variant=state.get("variant"))
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{path}: its settings {state['config']!r} do not build a UCN ({e})."
+        ) from e
+    load_state_strict(model, state["model"], path)
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------- loss
@@ -350,7 +433,8 @@ def correspondence_contrastive_loss(
 
     Example:
         >>> f = torch.tensor([[1.0, 0.0]]).T.reshape(1, 2, 1, 1)  # one cell, feature (1, 0)
-        >>> g = torch.tensor([[0.0, 1.0]]).T.reshape(1, 2, 1, 1)  # one cell, feature (0, 1): d = sqrt 2
+        >>> # one cell, feature (0, 1): d = sqrt 2
+        >>> g = torch.tensor([[0.0, 1.0]]).T.reshape(1, 2, 1, 1)
         >>> c = torch.zeros(1, 1, 2)
         >>> correspondence_contrastive_loss(f, g, c, c, c[:, :0], c[:, :0], margin=2.0)  # (1/2) * 2
         tensor(1.)
@@ -386,7 +470,9 @@ class CorrespondenceContrastiveLoss(nn.Module):
         super().__init__()
         self.margin = margin
 
-    def forward(self, f_src, f_trg, pos_src_cells, pos_trg_cells, neg_src_cells, neg_trg_cells) -> torch.Tensor:
+    def forward(
+        self, f_src, f_trg, pos_src_cells, pos_trg_cells, neg_src_cells, neg_trg_cells
+    ) -> torch.Tensor:
         return correspondence_contrastive_loss(
             f_src, f_trg, pos_src_cells, pos_trg_cells, neg_src_cells, neg_trg_cells, self.margin
         )
@@ -408,7 +494,8 @@ def _far_mask(trg_true_cells: torch.Tensor, cells: torch.Tensor, radius: float) 
         bad = (~far.any(-1)).nonzero()[0].tolist()
         raise ValueError(
             f"Argument radius={radius} leaves no target cell farther than it from the true match "
-            f"{trg_true_cells[bad[0], bad[1]].tolist()} (batch {bad[0]}, point {bad[1]}); use a smaller radius."
+            f"{trg_true_cells[bad[0], bad[1]].tolist()} (batch {bad[0]}, point {bad[1]}); use a "
+            "smaller radius."
         )
     return far
 
@@ -453,7 +540,11 @@ def mine_hard_negatives(
         return f_trg.new_zeros(b, 0, 2)
     desc = sample_descriptors(f_src.detach(), src_cells.to(f_src.dtype))  # (B, N, D)
     trg = f_trg.detach().flatten(2).transpose(1, 2)  # (B, T, D)
-    d2 = (desc.pow(2).sum(-1, keepdim=True) - 2 * desc @ trg.transpose(1, 2) + trg.pow(2).sum(-1)[:, None])
+    d2 = (
+        desc.pow(2).sum(-1, keepdim=True)
+        - 2 * desc @ trg.transpose(1, 2)
+        + trg.pow(2).sum(-1)[:, None]
+    )
     far = _far_mask(trg_true_cells.to(cells.dtype), cells, radius)
     idx = d2.masked_fill(~far, float("inf")).argmin(dim=-1)  # (B, N)
     return cells[idx]
@@ -486,14 +577,18 @@ def random_negatives(
         raise ValueError(f"Argument map_size must be positive, got {tuple(map_size)}.")
     if not radius >= 0:
         raise ValueError(f"Argument radius must be >= 0, got {radius}.")
-    dtype = trg_true_cells.dtype if trg_true_cells.is_floating_point() else torch.get_default_dtype()
+    dtype = (
+        trg_true_cells.dtype if trg_true_cells.is_floating_point() else torch.get_default_dtype()
+    )
     true = trg_true_cells.detach().cpu().to(dtype)
     cells = _cell_table(h, w, true)
     out = torch.zeros(b, n, 2, dtype=dtype)
     if n == 0:
         return out.to(trg_true_cells.device)
     corners = true.new_tensor([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]])
-    far_corner = (true[:, :, None] - corners).pow(2).sum(-1).amax(-1)  # the farthest cell is a corner
+    far_corner = (
+        (true[:, :, None] - corners).pow(2).sum(-1).amax(-1)
+    )  # the farthest cell is a corner
     if (far_corner <= radius * radius).any():
         _far_mask(true, cells, radius)  # raises with the offending point
     todo = torch.ones(b, n, dtype=torch.bool)

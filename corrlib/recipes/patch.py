@@ -9,10 +9,9 @@ positive within ``p_hi`` pixels of the true match, a negative ``n_lo..n_hi`` pix
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +28,11 @@ from corrlib.data import (
     sample_synthetic_pairs,
     skimage_photos,
 )
+from corrlib.exercises import as_number, run_student
 from corrlib.losses import contrastive_hinge, hard_mining, label_hinge, margin_ranking_hinge
 from corrlib.metrics import bad_pixel_rate, fpr_at_recall, pr_auc
 from corrlib.models.patch import PATCH_MODELS, PatchModel, patch_model
+from corrlib.recipes._common import TrainingConfig, config_getter, make_presets, optim
 from corrlib.stereo import (
     census_cost_volume,
     cost_volume_from_features,
@@ -39,16 +40,22 @@ from corrlib.stereo import (
     disparity_wta,
     zncc_cost_volume,
 )
-from corrlib.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint
+from corrlib.train import Trainer, seed_everything
 
 __all__ = [
+    "ARCHS",
+    "CHAPTER",
     "HANDCRAFTED_PATCH_SCORES",
+    "PRESETS",
+    "Config",
     "PatchData",
     "PatchPool",
+    "build_model",
     "build_patch_data",
-    "export_patch_model",
+    "check_fpr95",
+    "check_hardest_negative_hinge",
+    "config",
     "handcrafted_patch_scores",
-    "load_patch_model",
     "patch_loss",
     "patch_size_for",
     "stereo_disparity",
@@ -56,6 +63,118 @@ __all__ = [
     "verification_metrics",
     "verification_scores",
 ]
+
+CHAPTER = "01_patch"
+#: Every patch network of the chapter (:data:`corrlib.models.patch.PATCH_MODELS` order).
+ARCHS = (
+    "mccnn-fast",
+    "mccnn-accurate",
+    "2ch",
+    "2ch-deep",
+    "siamese",
+    "pseudo-siamese",
+    "2ch-2stream",
+    "siamese-spp",
+    "deepdesc",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(TrainingConfig):
+    """Chapter 01's settings; the defaults are the papers' (sources beside each value).
+
+    Data: patch pairs sampled from Motorcycle (stereo, ``train_stereo_scale``) and
+    ``synthetic_images`` synthetic warps; tests on Aloe (``test_stereo_scale``) and graffiti.
+    ``p_hi, n_lo, n_hi``: MC-CNN's positive/negative offsets (pixels). ``patch_size``: DeepCompare
+    and DeepDesc patches; ``mccnn_patch``: MC-CNN's receptive field. ``mining``: DeepDesc's hard
+    mining ratio. ``max_disp``: stereo search range; ``willow_limit``: PF-WILLOW pairs (None: all).
+    """
+
+    archs: tuple = ARCHS
+    train_stereo_scale: float = 1.0
+    test_stereo_scale: float = 0.5
+    synthetic_images: int = 400
+    # patch tensors are cached: ~5 GB at 64 px
+    n_train_stereo: int = 100000
+    n_train_synthetic: int = 50000
+    n_test: int = 50000
+    # MC-CNN KITTI 2012 sampling (Zbontar & LeCun, JMLR 2016; official main.lua options)
+    p_hi: float = 1.0
+    n_lo: float = 4.0
+    n_hi: float = 10.0
+    # DeepCompare/DeepDesc compare 64x64 patches; MC-CNN 9x9 (4 conv layers, KITTI)
+    patch_size: int = 64
+    mccnn_patch: int = 9
+    mccnn_fc_units: int = 384
+    width_mult: float = 1.0
+    batch_size: int = 128
+    steps: dict = field(default_factory=lambda: {"default": 100000})
+    optim: dict = field(
+        default_factory=lambda: {
+            # MC-CNN: SGD, momentum 0.9, lr 0.002 (fast) / 0.003 (accurate), batch 128
+            "mccnn-fast": optim(
+                "sgd", 0.002, momentum=0.9, schedule="step", step_size=85000, gamma=0.1
+            ),
+            "mccnn-accurate": optim(
+                "sgd", 0.003, momentum=0.9, schedule="step", step_size=85000, gamma=0.1
+            ),
+            # DeepCompare release: (A)SGD lr 0.1, momentum 0.9, weight decay 5e-4 (plain SGD here)
+            "default": optim("sgd", 0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine"),
+            "deepdesc": optim("sgd", 0.01, momentum=0.9, schedule="cosine"),
+        }
+    )
+    log_every: int = 100
+    ckpt_every: int = 2000
+    mining: float = 2.0
+    max_disp: int = 128
+    willow_limit: int | None = None
+
+
+PRESETS = make_presets(
+    Config(),
+    lab=dict(
+        train_stereo_scale=0.5,
+        test_stereo_scale=0.25,
+        synthetic_images=24,
+        n_train_stereo=16000,
+        n_train_synthetic=8000,
+        n_test=4000,
+        patch_size=32,
+        mccnn_fc_units=128,
+        width_mult=0.5,
+        steps={"default": 600, "mccnn-fast": 1200, "mccnn-accurate": 1200, "deepdesc": 400},
+        optim={
+            "default": optim("adam", 1e-3, schedule="cosine"),
+            "mccnn-accurate": optim("adam", 3e-3, schedule="cosine"),
+        },
+        log_every=25,
+        ckpt_every=100,
+        max_disp=64,
+    ),
+    smoke=dict(
+        train_stereo_scale=0.25,
+        test_stereo_scale=0.125,
+        synthetic_images=4,
+        n_train_stereo=1000,
+        n_train_synthetic=600,
+        n_test=600,
+        patch_size=32,
+        mccnn_fc_units=64,
+        width_mult=0.25,
+        batch_size=32,
+        steps={"default": 6},
+        optim={"default": optim("adam", 1e-3, schedule="cosine")},
+        log_every=2,
+        ckpt_every=0,
+        max_disp=32,
+        willow_limit=6,
+    ),
+)
+
+
+#: ``config(preset)``: the chapter's :class:`Config` at a preset (a deep copy; frozen).
+config = config_getter(PRESETS)
+
 
 #: photographs used to make synthetic training pairs (never PF-WILLOW/TSS images)
 TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -77,24 +196,52 @@ class PatchPool:
 
     @staticmethod
     def from_pairs(sets: list[PatchPairs], size: int) -> PatchPool:
+        """Stack the patches of several pair sets at one size, pairing positives with negatives.
+
+        Args:
+            sets: :class:`corrlib.data.PatchPairs` whose first half are positives and second half
+                one negative per positive, in the same order (as the samplers make them; else
+                ``ValueError``).
+            size: the patch side ``P`` in pixels.
+
+        Returns:
+            A :class:`PatchPool`: ``a``, ``b`` float32 ``(N, 1, P, P)``, ``label`` ``(N,)`` bool
+            (``N`` pairs over all sets) and ``pos``, ``neg`` ``(M,)`` int64 rows (``M = N / 2``).
+        """
         a, b, label, pos, neg, base = [], [], [], [], [], 0
         for s in sets:
             pa, pb = s.patches(size)
             n_pos = int(s.label.sum())
-            if not (s.label[:n_pos].all() and not s.label[n_pos:].any()) or len(s.label) != 2 * n_pos:
-                raise ValueError("PatchPool needs pair sets with positives first and one negative per positive.")
+            if (
+                not (s.label[:n_pos].all() and not s.label[n_pos:].any())
+                or len(s.label) != 2 * n_pos
+            ):
+                raise ValueError(
+                    "PatchPool needs pair sets with positives first and one negative per positive."
+                )
             a.append(pa)
             b.append(pb)
             label.append(s.label)
             pos.append(torch.arange(n_pos) + base)
             neg.append(torch.arange(n_pos) + base + n_pos)
             base += len(s.label)
-        return PatchPool(torch.cat(a), torch.cat(b), torch.cat(label), torch.cat(pos), torch.cat(neg))
+        return PatchPool(
+            torch.cat(a), torch.cat(b), torch.cat(label), torch.cat(pos), torch.cat(neg)
+        )
 
     def batch_fn(self, batch_size: int):
         """A resumable ``batch_fn(step, generator)`` for :class:`corrlib.train.Trainer`.
 
-        Each batch holds ``batch_size // 2`` references: their positives first, then their negatives.
+        Each batch holds ``batch_size // 2`` references: their positives first, then their
+        negatives.
+
+        Args:
+            batch_size: the pairs per batch ``B`` (even; an odd one gives ``B - 1`` pairs).
+
+        Returns:
+            ``fn(step, generator) -> batch``: references drawn uniformly with replacement from
+            ``generator``; ``batch`` is ``{"a": (B, 1, P, P), "b": (B, 1, P, P), "label": (B,)
+            bool}``, rows ``j`` and ``j + B / 2`` sharing their reference patch.
         """
         half = batch_size // 2
 
@@ -118,29 +265,54 @@ class PatchData:
     info: dict = field(default_factory=dict)
 
 
-def build_patch_data(cfg: dict, data_root=None, seed: int = 0) -> PatchData:
+def build_patch_data(cfg: Config, data_root=None, seed: int = 0) -> PatchData:
     """Sample the train and held-out test pairs of chapter 01 from ``cfg`` (a preset config).
 
-    Train: Motorcycle (stereo, scale ``cfg["train_stereo_scale"]``) and synthetic warps of
-    :data:`TRAIN_PHOTOS`. Test: Aloe (stereo, ``cfg["test_stereo_scale"]``) and graffiti
+    Train: Motorcycle (stereo, scale ``cfg.train_stereo_scale``) and synthetic warps of
+    :data:`TRAIN_PHOTOS`. Test: Aloe (stereo, ``cfg.test_stereo_scale``) and graffiti
     (homography). Train and test images are disjoint.
+
+    Args:
+        cfg: the chapter's :class:`Config` (its fields used: ``train_stereo_scale``,
+            ``test_stereo_scale``, ``synthetic_images``, ``n_train_stereo``,
+            ``n_train_synthetic``, ``n_test``, ``p_hi``, ``n_lo``, ``n_hi``).
+        data_root: the folder that holds the Aloe and graffiti data (None: ``$CORRLIB_DATA``).
+        seed: the seed of the synthetic warps and of every pair sampler.
+
+    Returns:
+        A :class:`PatchData`: ``train`` (two :class:`corrlib.data.PatchPairs`: Motorcycle, then
+        synthetic), ``test`` (``{"aloe (stereo)": ..., "graffiti (homography)": ...}``),
+        ``stereo_train``/``stereo_test`` (the Motorcycle and Aloe stereo pairs: grey
+        ``(H, W)`` float in ``[0, 1]``, disparity and validity), ``graffiti`` (its
+        homography pair) and ``info`` (keys ``train``, ``test``, ``n_train``, ``n_test``).
     """
     g = torch.Generator().manual_seed(seed)
-    sampling = {"p_hi": cfg["p_hi"], "n_lo": cfg["n_lo"], "n_hi": cfg["n_hi"]}
-    moto = load_motorcycle(scale=cfg["train_stereo_scale"])
-    synth = SyntheticPairs(skimage_photos(TRAIN_PHOTOS), size=(160, 160), kind="mixed", strength=0.4, n_pairs=cfg["synthetic_images"], n_kps=64, seed=seed)
+    sampling = {"p_hi": cfg.p_hi, "n_lo": cfg.n_lo, "n_hi": cfg.n_hi}
+    moto = load_motorcycle(scale=cfg.train_stereo_scale)
+    synth = SyntheticPairs(
+        skimage_photos(TRAIN_PHOTOS),
+        size=(160, 160),
+        kind="mixed",
+        strength=0.4,
+        n_pairs=cfg.synthetic_images,
+        n_kps=64,
+        seed=seed,
+    )
     train = [
-        sample_stereo_pairs(moto, cfg["n_train_stereo"], generator=g, **sampling),
-        sample_synthetic_pairs(synth, cfg["n_train_synthetic"], generator=g, **sampling),
+        sample_stereo_pairs(moto, cfg.n_train_stereo, generator=g, **sampling),
+        sample_synthetic_pairs(synth, cfg.n_train_synthetic, generator=g, **sampling),
     ]
-    aloe = load_aloe(data_root, scale=cfg["test_stereo_scale"])
+    aloe = load_aloe(data_root, scale=cfg.test_stereo_scale)
     graf = load_graffiti(data_root)
     test = {
-        "aloe (stereo)": sample_stereo_pairs(aloe, cfg["n_test"], generator=g, **sampling),
-        "graffiti (homography)": sample_homography_pairs(graf, cfg["n_test"], generator=g, **sampling),
+        "aloe (stereo)": sample_stereo_pairs(aloe, cfg.n_test, generator=g, **sampling),
+        "graffiti (homography)": sample_homography_pairs(graf, cfg.n_test, generator=g, **sampling),
     }
     info = {
-        "train": f"Motorcycle {tuple(moto.size)} + {cfg['synthetic_images']} synthetic warps of {', '.join(TRAIN_PHOTOS)}",
+        "train": (
+            f"Motorcycle {tuple(moto.size)} + {cfg.synthetic_images} synthetic warps of "
+            f"{', '.join(TRAIN_PHOTOS)}"
+        ),
         "test": f"Aloe {tuple(aloe.size)} and graffiti 1->3",
         "n_train": sum(len(t) for t in train),
         "n_test": {k: len(v) for k, v in test.items()},
@@ -148,35 +320,80 @@ def build_patch_data(cfg: dict, data_root=None, seed: int = 0) -> PatchData:
     return PatchData(train, test, moto, aloe, graf, info)
 
 
-def patch_size_for(arch: str, cfg: dict) -> int:
-    """MC-CNN compares patches of its receptive field; the other families ``cfg["patch_size"]``."""
+def patch_size_for(arch: str, cfg: Config) -> int:
+    """MC-CNN compares patches of its receptive field; the other families ``cfg.patch_size``.
+
+    Args:
+        arch: one of :data:`corrlib.models.patch.PATCH_MODELS`.
+        cfg: the chapter's :class:`Config` (its fields used: ``mccnn_patch``, ``patch_size``).
+
+    Returns:
+        The patch side ``P`` in pixels.
+    """
     check_choice(arch, "arch", PATCH_MODELS)
-    return cfg["mccnn_patch"] if arch.startswith("mccnn") else cfg["patch_size"]
+    return cfg.mccnn_patch if arch.startswith("mccnn") else cfg.patch_size
 
 
-def _model_kwargs(arch: str, cfg: dict) -> dict:
+def _model_kwargs(arch: str, cfg: Config) -> dict:
     if arch == "mccnn-fast":
-        return {"layers": (cfg["mccnn_patch"] - 1) // 2}
+        return {"layers": (cfg.mccnn_patch - 1) // 2}
     if arch == "mccnn-accurate":
-        return {"layers": (cfg["mccnn_patch"] - 1) // 2, "fc_units": cfg["mccnn_fc_units"]}
+        return {"layers": (cfg.mccnn_patch - 1) // 2, "fc_units": cfg.mccnn_fc_units}
     if arch == "deepdesc":
-        return {"patch_size": cfg["patch_size"], "width_mult": cfg["width_mult"]}
-    return {"patch_size": cfg["patch_size"], "width_mult": cfg["width_mult"]}  # the kind is the registry name
+        return {"patch_size": cfg.patch_size, "width_mult": cfg.width_mult}
+    return {
+        "patch_size": cfg.patch_size,
+        "width_mult": cfg.width_mult,
+    }  # the kind is the registry name
 
 
-def build_model(arch: str, cfg: dict) -> PatchModel:
-    """The registered model ``arch`` at the preset's sizes."""
+def build_model(arch: str, cfg: Config) -> PatchModel:
+    """The registered model ``arch`` at the preset's sizes.
+
+    Args:
+        arch: one of :data:`corrlib.models.patch.PATCH_MODELS`.
+        cfg: the chapter's :class:`Config` (its fields used: ``mccnn_patch``, ``mccnn_fc_units``,
+            ``patch_size``, ``width_mult``).
+
+    Returns:
+        A new, randomly initialised :class:`~corrlib.models.patch.PatchModel`:
+        ``model(a, b) -> (B,)`` for patches ``a``, ``b`` float ``(B, 1, P, P)``, ``P`` from
+        :func:`patch_size_for`.
+    """
     kw = _model_kwargs(arch, cfg)
     return patch_model(arch, **kw)
 
 
-def patch_loss(arch: str, model: PatchModel, batch: dict, *, margin: float = 0.2, desc_margin: float = 4.0, mining: float = 1.0):
+def patch_loss(
+    arch: str,
+    model: PatchModel,
+    batch: dict,
+    *,
+    margin: float = 0.2,
+    desc_margin: float = 4.0,
+    mining: float = 1.0,
+):
     """The loss each paper trains with, on a batch of positives then negatives.
 
     MC-CNN fast: hinge on the score difference of the pair sharing a reference (margin 0.2);
     MC-CNN accurate: binary cross-entropy; DeepCompare: hinge on labels +-1; DeepDesc: L2
     distance for positives, ``max(0, C - d)`` for negatives, keeping the hardest ``1/mining``.
     Returns ``(loss, logs)``.
+
+    Args:
+        arch: one of :data:`corrlib.models.patch.PATCH_MODELS` (picks the loss).
+        model: the patch network, ``model(a, b) -> (B,)``.
+        batch: ``{"a": (B, 1, P, P), "b": (B, 1, P, P), "label": (B,) bool}`` float patches, the
+            ``B / 2`` positives first and row ``j + B / 2`` the negative of row ``j``'s
+            reference (:meth:`PatchPool.batch_fn`).
+        margin: MC-CNN fast's hinge margin.
+        desc_margin: DeepDesc's margin ``C`` on the descriptor distance.
+        mining: DeepDesc's mining ratio (1: no mining); the other losses ignore it.
+
+    Returns:
+        ``(loss, logs)``: a scalar tensor and ``{"rank_acc": float}``, the fraction of all
+        ``B/2 x B/2`` (positive, negative) combinations of the batch whose match scores are
+        ordered correctly (positive above negative).
     """
     a, b, label = batch["a"], batch["b"], batch["label"]
     out = model(a, b)
@@ -198,7 +415,7 @@ def patch_loss(arch: str, model: PatchModel, batch: dict, *, margin: float = 0.2
 
 def train_patch_model(
     arch: str,
-    cfg: dict,
+    cfg: Config,
     pool: PatchPool,
     *,
     ckpt_path=None,
@@ -208,22 +425,38 @@ def train_patch_model(
     progress: bool = False,
     steps: int | None = None,
 ):
-    """Train one architecture with :class:`corrlib.train.Trainer`; returns ``(model, history, seconds)``.
+    """Train one architecture with :class:`corrlib.train.Trainer`.
 
     Resumes from ``ckpt_path`` if a checkpoint is there (finished runs return at once).
+
+    Args:
+        arch: one of :data:`corrlib.models.patch.PATCH_MODELS`.
+        cfg: the chapter's :class:`Config` (its fields used: ``batch_size``, ``steps``, ``optim``,
+            ``log_every``, ``ckpt_every`` and those of :func:`build_model`; not ``mining``).
+        pool: the training pairs at ``patch_size_for(arch, cfg)`` (:meth:`PatchPool.from_pairs`).
+        ckpt_path: the checkpoint file (None: no checkpoints, no resume).
+        seed: seeds the initialisation and the batches.
+        device: ``"auto"`` or a torch device string.
+        mining: DeepDesc's mining ratio for :func:`patch_loss` (pass ``cfg.mining`` for the
+            paper's; 1: no mining).
+        progress: show a progress bar.
+        steps: the number of steps (None: ``cfg.steps``).
+
+    Returns:
+        ``(model, history, seconds)``: the trained :class:`~corrlib.models.patch.PatchModel` in
+        ``eval()`` mode on the training device, the Trainer's history rows (``{"step", "loss",
+        "lr", "seconds", "rank_acc"}``) and this call's wall time.
     """
+    seed_everything(seed)  # the model's initialisation
     model = build_model(arch, cfg)
-    opt = cfg["optim"].get(arch, cfg["optim"]["default"])
-    config = TrainConfig(
-        steps=steps or cfg["steps"].get(arch, cfg["steps"]["default"]),
-        lr=opt["lr"], optimizer=opt["optimizer"], momentum=opt.get("momentum", 0.9),
-        weight_decay=opt.get("weight_decay", 0.0), schedule=opt.get("schedule", "cosine"),
-        step_size=opt.get("step_size"), gamma=opt.get("gamma", 0.1),
-        log_every=cfg["log_every"], ckpt_every=cfg["ckpt_every"], seed=seed, device=device,
-    )
+    config = cfg.train_config(arch, seed=seed, device=device, steps=steps)
     trainer = Trainer(
-        model, lambda m, batch: patch_loss(arch, m, batch, mining=mining), pool.batch_fn(cfg["batch_size"]),
-        config, ckpt_path=ckpt_path, progress=progress,
+        model,
+        lambda m, batch: patch_loss(arch, m, batch, mining=mining),
+        pool.batch_fn(cfg.batch_size),
+        config,
+        ckpt_path=ckpt_path,
+        progress=progress,
     )
     t0 = time.perf_counter()
     history = trainer.fit(resume=True)
@@ -232,12 +465,29 @@ def train_patch_model(
 
 
 @torch.no_grad()
-def verification_scores(model: PatchModel, pairs: PatchPairs, size: int, batch: int = 2048) -> torch.Tensor:
-    """``match_score`` of every pair (higher = more alike): ``(N,)``."""
+def verification_scores(
+    model: PatchModel, pairs: PatchPairs, size: int, batch: int = 2048
+) -> torch.Tensor:
+    """``match_score`` of every pair (higher = more alike): ``(N,)``.
+
+    Args:
+        model: a patch network (put in ``eval()`` mode; runs on its parameters' device).
+        pairs: ``N`` labelled patch pairs (:class:`corrlib.data.PatchPairs`).
+        size: the patch side ``P`` the model compares (:func:`patch_size_for`).
+        batch: pairs per forward pass.
+
+    Returns:
+        Float ``(N,)`` scores on the CPU, in the order of ``pairs``.
+    """
     model.eval()
     a, b = pairs.patches(size)
     device = next(model.parameters()).device
-    return torch.cat([model.match_score(a[i : i + batch].to(device), b[i : i + batch].to(device)).cpu() for i in range(0, len(a), batch)])
+    return torch.cat(
+        [
+            model.match_score(a[i : i + batch].to(device), b[i : i + batch].to(device)).cpu()
+            for i in range(0, len(a), batch)
+        ]
+    )
 
 
 def _census_bits(p: torch.Tensor) -> torch.Tensor:
@@ -248,21 +498,49 @@ def _census_bits(p: torch.Tensor) -> torch.Tensor:
 #: hand-crafted patch similarities (higher = more alike) on ``(N, 1, P, P)`` patches
 HANDCRAFTED_PATCH_SCORES = {
     "ssd": lambda a, b: -((a - b) ** 2).flatten(1).sum(1),
-    "zncc": lambda a, b: F.cosine_similarity((a - a.mean((2, 3), keepdim=True)).flatten(1), (b - b.mean((2, 3), keepdim=True)).flatten(1), dim=1, eps=1e-6),
+    "zncc": lambda a, b: F.cosine_similarity(
+        (a - a.mean((2, 3), keepdim=True)).flatten(1),
+        (b - b.mean((2, 3), keepdim=True)).flatten(1),
+        dim=1,
+        eps=1e-6,
+    ),
     "census": lambda a, b: -(_census_bits(a) != _census_bits(b)).float().sum(1),
 }
 
 
 def handcrafted_patch_scores(pairs: PatchPairs, kind: str, size: int) -> torch.Tensor:
-    """Similarity of each pair by a hand-crafted measure: ``ssd``, ``zncc`` or census Hamming."""
+    """Similarity of each pair by a hand-crafted measure: ``ssd``, ``zncc`` or census Hamming.
+
+    Args:
+        pairs: ``N`` labelled patch pairs (:class:`corrlib.data.PatchPairs`).
+        kind: a key of :data:`HANDCRAFTED_PATCH_SCORES` (``"ssd"``, ``"zncc"``, ``"census"``).
+        size: the patch side ``P`` in pixels.
+
+    Returns:
+        Float ``(N,)`` scores, higher = more alike: minus the sum of squared differences, the
+        ZNCC in ``[-1, 1]``, or minus the Hamming distance of the patches' census bits (each
+        pixel against the patch centre).
+    """
     check_choice(kind, "kind", HANDCRAFTED_PATCH_SCORES)
     a, b = pairs.patches(size)
     return HANDCRAFTED_PATCH_SCORES[kind](a, b)
 
 
 def verification_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict:
-    """FPR95 (false-positive rate at 95 % recall; lower is better) and PR-AUC (average precision)."""
-    return {"fpr95": float(fpr_at_recall(scores, labels, 0.95)), "pr_auc": float(pr_auc(scores, labels))}
+    """FPR95 (false-positive rate at 95 % recall; lower is better) and PR-AUC.
+
+    Args:
+        scores: float ``(N,)`` pair scores, higher = more alike (e.g. :func:`verification_scores`).
+        labels: ``(N,)`` bool, True for a matching pair.
+
+    Returns:
+        ``{"fpr95": float, "pr_auc": float}``: :func:`corrlib.metrics.fpr_at_recall` at 0.95 and
+        :func:`corrlib.metrics.pr_auc` (average precision; higher is better), both in ``[0, 1]``.
+    """
+    return {
+        "fpr95": float(fpr_at_recall(scores, labels, 0.95)),
+        "pr_auc": float(pr_auc(scores, labels)),
+    }
 
 
 @torch.no_grad()
@@ -272,6 +550,20 @@ def stereo_disparity(method, pair, max_disp: int, *, window: int = 0) -> torch.T
     ``method``: a trained MC-CNN (fast: cosine of dense features; accurate: its learned decision
     on every disparity), or ``"census"``/``"zncc"`` (hand-crafted costs, radius 4 = 9x9 windows,
     like MC-CNN's 9x9 patches; ``window`` sums scores over a box as classic aggregation would).
+
+    Args:
+        method: a trained MC-CNN (:class:`~corrlib.models.patch.MCCNNFast` or
+            :class:`~corrlib.models.patch.MCCNNAccurate`; runs on its parameters' device), or
+            ``"census"`` or ``"zncc"``.
+        pair: a rectified stereo pair (e.g. ``PatchData.stereo_test``) with ``left``, ``right``
+            grey float ``(H, W)`` in ``[0, 1]``.
+        max_disp: the largest disparity searched, in pixels (``D = max_disp + 1`` candidates).
+        window: hand-crafted costs only: average the scores over a ``(2 window + 1)^2`` box
+            (0: per pixel); ignored for an MC-CNN.
+
+    Returns:
+        Float ``(H, W)`` integer-valued disparities of the left image in pixels
+        (``x_right = x_left - d``), on the CPU; 0 where no disparity is defined.
     """
     if isinstance(method, str):
         check_choice(method, "method", ("census", "zncc"))
@@ -293,30 +585,98 @@ def stereo_disparity(method, pair, max_disp: int, *, window: int = 0) -> torch.T
 
 
 def stereo_errors(disp: torch.Tensor, pair) -> dict:
-    """Middlebury bad-pixel rates (> 1 px and > 3 px) over the valid ground truth."""
-    return {f"bad{t:g}": float(bad_pixel_rate(disp, pair.disparity, pair.valid, t)) for t in (1.0, 3.0)}
+    """Middlebury bad-pixel rates (> 1 px and > 3 px) over the valid ground truth.
 
+    Args:
+        disp: float ``(H, W)`` disparities of the left image in pixels (e.g.
+            :func:`stereo_disparity`).
+        pair: the stereo pair, with ``disparity`` float ``(H, W)`` and ``valid`` bool ``(H, W)``.
 
-def export_patch_model(path, arch: str, cfg: dict, model: PatchModel, metrics: dict | None = None) -> Path:
-    """Save a trained model with what is needed to rebuild it (``load_patch_model``)."""
-    state = {
-        "arch": arch,
-        "kwargs": _model_kwargs(arch, cfg),
-        "model": model.state_dict(),
-        "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)},
-    }
-    return save_checkpoint(path, state)
-
-
-def load_patch_model(path) -> PatchModel:
-    """Rebuild and load (strict) a model saved by :func:`export_patch_model`, in eval mode.
-
-    The returned model has an ``arch`` attribute (its :data:`PATCH_MODELS` name).
+    Returns:
+        ``{"bad1": float, "bad3": float}``: fractions in ``[0, 1]`` (lower is better; NaN
+        without valid pixels), :func:`corrlib.metrics.bad_pixel_rate`.
     """
-    state = load_checkpoint(path)
-    if "arch" not in state or "kwargs" not in state:
-        raise ValueError(f"{path} is not an exported patch model (no 'arch'/'kwargs'); export it with export_patch_model.")
-    model = patch_model(state["arch"], **state["kwargs"])
-    model.load_state_dict(state["model"], strict=True)
-    model.arch = state["arch"]  # which registry entry it is (used by corrlib.eval)
-    return model.eval()
+    return {
+        f"bad{t:g}": float(bad_pixel_rate(disp, pair.disparity, pair.valid, t)) for t in (1.0, 3.0)
+    }
+
+
+def check_fpr95(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> str:
+    """``fn(scores (N,), labels (N,) bool) -> FPR at 95 % recall`` (scores: higher = more alike).
+
+    Args:
+        fn: the student's FPR95, ``fn(scores, labels)`` with ``scores`` float ``(N,)`` and
+            ``labels`` bool ``(N,)``, returning a number (a float or a 0-dim tensor) in
+            ``[0, 1]``.
+
+    Returns:
+        A one-line verdict: ``"pass: ..."``, ``"wrong: ..."`` (more than 1e-6 from
+        :func:`corrlib.metrics.fpr_at_recall` on 200 random scores) or
+        ``"not attempted yet: ..."``.
+    """
+    from corrlib.metrics import fpr_at_recall
+
+    g = torch.Generator().manual_seed(2)
+    labels = torch.rand(200, generator=g) < 0.5
+    scores = labels.float() + 0.8 * torch.randn(200, generator=g)
+    want = float(fpr_at_recall(scores, labels, 0.95))
+    got, err = run_student(fn, scores.clone(), labels.clone())
+    if err:
+        return err
+    got, err = as_number(got)
+    if err:
+        return err
+    if not abs(got - want) <= 1e-6:
+        return (
+            f"wrong: got {got:.4f}, expected {want:.4f}. Lower the threshold until 95 % of the "
+            "positives score at or above it, then count the fraction of negatives at or above it."
+        )
+    return "pass: your FPR95 matches corrlib.metrics.fpr_at_recall on 200 random scores."
+
+
+def check_hardest_negative_hinge(
+    fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor],
+) -> str:
+    """``fn(s_pos (B,), s_neg (B, K), margin)``: MC-CNN's hinge changed to mine the hardest of ``K``
+    negatives of each reference: ``mean_b max(0, margin + max_k s_neg[b, k] - s_pos[b])``.
+
+    Args:
+        fn: the student's loss, ``fn(s_pos, s_neg, margin)`` with ``s_pos`` float ``(B,)``
+            scores of the positives, ``s_neg`` float ``(B, K)`` scores of each reference's ``K``
+            negatives and ``margin`` a float, returning a 0-dim tensor that carries the gradient.
+
+    Returns:
+        A one-line verdict: ``"pass: ..."``, ``"wrong: ..."`` (including the mean over the
+        negatives instead of their maximum, or a value without gradient) or
+        ``"not attempted yet: ..."``.
+    """
+    s_pos = torch.tensor([0.9, 0.1, 0.5, 0.3])
+    s_neg = torch.tensor([[0.1, 0.75, 0.2], [0.2, 0.0, 0.1], [0.45, 0.3, 0.5], [0.6, 0.0, 0.0]])
+    terms = [max(0.0, 0.2 + max(row) - p) for p, row in zip(s_pos.tolist(), s_neg.tolist())]
+    want = sum(terms) / len(terms)  # independent reference: plain Python
+    got, err = run_student(fn, s_pos.clone().requires_grad_(True), s_neg.clone(), 0.2)
+    if err:
+        return err
+    if not isinstance(got, torch.Tensor) or got.dim() != 0:
+        return (
+            "wrong: return a scalar tensor (the mean over the batch), so that it can be "
+            "back-propagated."
+        )
+    value = float(got.detach())
+    mean_neg = float(torch.clamp(0.2 + s_neg.mean(1) - s_pos, min=0).mean())
+    if abs(value - mean_neg) <= 1e-6:
+        return (
+            "wrong: this averages the negatives; mining keeps the hardest (highest-scoring) "
+            "negative of each reference."
+        )
+    if not abs(value - want) <= 1e-6:
+        return (
+            f"wrong: got {value:.4f}, expected {want:.4f} (max over the K negatives, then the "
+            "hinge, then the mean)."
+        )
+    if not got.requires_grad:
+        return (
+            "wrong: the value is right but no gradient flows; use torch operations (amax, clamp), "
+            "not Python floats."
+        )
+    return "pass: only the hardest negative of each reference is pushed below the positive."

@@ -15,39 +15,44 @@ hard negatives, hard negatives + convolutional spatial transformer.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from corrlib._check import check_choice
-from corrlib.data import SyntheticPairs, photometric_jitter, skimage_photos
+from corrlib.data import PairPool, PFWillow, SyntheticPairs, photometric_jitter, skimage_photos
+from corrlib.eval import evaluate_keypoints, evaluate_tss
+from corrlib.exercises import as_number, run_student
 from corrlib.matching import FeatureGrid, sample_descriptors
+from corrlib.methods import CorrespondenceMethod, UCNMethod, get_method
 from corrlib.models.ucn import (
     UCN,
     correspondence_contrastive_loss,
     mine_hard_negatives,
     random_negatives,
 )
-from corrlib.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint, seed_everything
+from corrlib.recipes._common import TrainingConfig, config_getter, make_presets, optim
+from corrlib.train import Trainer, seed_everything
 
 __all__ = [
+    "CHAPTER",
     "HELDOUT_PHOTOS",
+    "PRESETS",
     "TRAIN_PHOTOS",
     "VARIANTS",
-    "PairPool",
+    "Config",
     "build_pair_pool",
     "build_ucn",
+    "check_double_margin_loss",
+    "config",
     "evaluate_synthetic",
     "evaluate_ucn_pfwillow",
     "evaluate_ucn_tss",
-    "export_ucn",
     "heldout_photos",
     "heldout_pool",
-    "load_ucn",
     "make_batch_fn",
     "random_crops",
     "train_pool",
@@ -68,28 +73,151 @@ TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 #: scikit-learn's bundled photographs, held out for the synthetic test.
 HELDOUT_PHOTOS = ("china", "flower")
 
-CKPT_FORMAT = "corrlib.ucn/1"
+CHAPTER = "03_ucn"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(TrainingConfig):
+    """Chapter 03's settings. The paper (Choy et al., NeurIPS 2016, Sec. 4) trains on real
+    annotated pairs (KITTI; PASCAL and CUB-2011 keypoints) with ImageNet GoogLeNet layers as the
+    trunk, loss Eq. 1, hard negatives and the conv spatial transformer. The defaults here: synthetic
+    warps of the same photographs at 256 px, a larger trunk and Caffe-style SGD (our choices).
+
+    ``size``: training image size; ``pool_pairs`` pairs cut from ``crops`` random crops, warp
+    ``kind``/``strength``, photometric ``jitter``; ``points`` positives per pair, one negative
+    each; ``radius_px``: a negative is farther than this from the true match; ``test_*``: the
+    held-out synthetic test; ``willow_limit``, ``max_side``, ``tss_*``: the real benchmarks.
+    """
+
+    variants: tuple = VARIANTS
+    size: tuple = (256, 256)
+    pool_pairs: int = 1000
+    crops: int = 500
+    kind: str = "mixed"
+    strength: float = 0.5
+    jitter: float = 0.2
+    trunk_widths: tuple = (64, 128, 256)
+    dim: int = 128
+    st_kernel: int = 3
+    st_dilation: int = 1
+    batch_size: int = 8
+    points: int = 1024
+    margin: float = 1.0  # with unit features (our choice)
+    radius_px: float = 16.0
+    steps: dict = field(default_factory=lambda: {"default": 20000})
+    optim: dict = field(
+        default_factory=lambda: {
+            "default": optim(
+                "sgd", 1e-3, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_steps=500
+            )
+        }
+    )
+    log_every: int = 100
+    ckpt_every: int = 1000
+    test_pairs: int = 200
+    test_points: int = 256
+    willow_limit: int | None = None
+    max_side: int | None = None
+    tss_max_side: int | None = None
+    tss_subsets: tuple = ("FG3DCar", "JODS", "PASCAL")
+    tss_limit: int | None = None
+
+
+PRESETS = make_presets(
+    Config(),
+    # 192 pairs (any warp family) cut from 64 random crops of 4 photographs, 128 px; thousands of
+    # correspondences per batch (UCN's point): 4 pairs x 256 positives, 1 negative each
+    lab=dict(
+        size=(128, 128),
+        pool_pairs=192,
+        crops=64,
+        trunk_widths=(16, 48, 96),
+        dim=64,
+        batch_size=4,
+        points=256,
+        radius_px=8.0,
+        steps={"default": 150},
+        optim={"default": optim("adam", 1e-3, schedule="cosine")},
+        log_every=25,
+        ckpt_every=50,
+        test_pairs=24,
+        test_points=64,
+        max_side=160,
+        tss_max_side=160,
+    ),
+    smoke=dict(
+        size=(32, 32),
+        pool_pairs=4,
+        crops=4,
+        kind="affine",
+        strength=0.4,
+        jitter=0.1,
+        trunk_widths=(8, 8, 8),
+        dim=8,
+        batch_size=2,
+        points=16,
+        radius_px=4.0,
+        steps={"default": 2},
+        optim={"default": optim("adam", 1e-3)},
+        log_every=1,
+        ckpt_every=0,
+        test_pairs=2,
+        test_points=16,
+        willow_limit=4,
+        max_side=64,
+        tss_max_side=64,
+        tss_subsets=("JODS",),
+        tss_limit=1,
+    ),
+)
+
+
+#: ``config(preset)``: the chapter's :class:`Config` at a preset (a deep copy; frozen).
+config = config_getter(PRESETS)
 
 
 # ------------------------------------------------------------------------------------------ data
 
 
 def heldout_photos() -> list[torch.Tensor]:
-    """scikit-learn's bundled ``china`` and ``flower`` photographs as uint8 ``(3, H, W)``."""
+    """scikit-learn's bundled ``china`` and ``flower`` photographs as uint8 ``(3, H, W)``.
+
+    Returns:
+        A list of two uint8 ``(3, H, W)`` tensors (RGB, ``H, W = 427, 640``).
+    """
     from sklearn.datasets import load_sample_images
 
     imgs = load_sample_images().images
     return [torch.from_numpy(a[..., :3].copy()).permute(2, 0, 1).contiguous() for a in imgs]
 
 
-def random_crops(images: Sequence[torch.Tensor], n: int, *, min_frac: float = 0.4, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def random_crops(
+    images: Sequence[torch.Tensor],
+    n: int,
+    *,
+    min_frac: float = 0.4,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
     """``n`` random square crops of the ``(3, H, W)`` ``images`` (round-robin over the images).
 
     Each side is a uniform fraction in ``[min_frac, 1]`` of the image's shorter side, placed
     uniformly: more scales and contents than one warp per photograph gives.
+
+    Args:
+        images: ``(C, H, W)`` images of any dtype (e.g. uint8 ``(3, H, W)`` photographs), each at
+            least 16 pixels on its shorter side.
+        n: the number of crops (>= 1); crop ``i`` comes from image ``i % len(images)``.
+        min_frac: the smallest side as a fraction of the shorter side, in ``(0, 1]``.
+        generator: the source of every random draw (None: the global one).
+
+    Returns:
+        ``n`` square crops ``(C, s, s)`` (copies, the input's dtype), ``s = max(16,
+        int(min(H, W) * f))`` with ``f`` uniform in ``[min_frac, 1]``.
     """
     if n < 1 or not 0 < min_frac <= 1:
-        raise ValueError(f"Arguments n >= 1 and min_frac in (0, 1] are required, got {n} and {min_frac}.")
+        raise ValueError(
+            f"Arguments n >= 1 and min_frac in (0, 1] are required, got {n} and {min_frac}."
+        )
     out = []
     for i in range(n):
         img = images[i % len(images)]
@@ -100,38 +228,6 @@ def random_crops(images: Sequence[torch.Tensor], n: int, *, min_frac: float = 0.
         x0 = int(torch.randint(0, w - side + 1, (), generator=generator))
         out.append(img[:, y0 : y0 + side, x0 : x0 + side].clone())
     return out
-
-
-@dataclass
-class PairPool:
-    """Synthetic pairs held in memory, usable in both directions.
-
-    ``src``/``trg``: uint8 ``(N, 3, H, W)``; ``flow``: ``(N, 2, H, W)`` src->trg on the src grid
-    (pixels) with ``valid (N, H, W)`` (lands inside trg); ``trg_flow``/``trg_valid`` the same
-    trg->src on the trg grid. ``info`` says what the pool was built from.
-    """
-
-    src: torch.Tensor
-    trg: torch.Tensor
-    flow: torch.Tensor
-    valid: torch.Tensor
-    trg_flow: torch.Tensor
-    trg_valid: torch.Tensor
-    info: str = ""
-
-    def __len__(self) -> int:
-        return self.src.shape[0]
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return tuple(self.src.shape[-2:])
-
-    def pair(self, i: int, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(a (3, H, W) float in [0, 1], b, flow a->b (2, H, W), valid (H, W))``."""
-        a, b, flow, valid = self.src[i], self.trg[i], self.flow[i], self.valid[i]
-        if reverse:
-            a, b, flow, valid = b, a, self.trg_flow[i], self.trg_valid[i]
-        return a.float() / 255, b.float() / 255, flow, valid
 
 
 def build_pair_pool(
@@ -147,44 +243,84 @@ def build_pair_pool(
     """``n_pairs`` pairs of :class:`corrlib.data.SyntheticPairs` (deterministic in ``seed``).
 
     With ``n_crops > 0`` the pairs are cut from that many :func:`random_crops` of ``images``.
+
+    Args:
+        images: source images ``(3, H0, W0)``, uint8 or float in ``[0, 1]``.
+        n_pairs: the number of pairs ``N``.
+        size: ``(H, W)`` of both images of every pair.
+        kind: the warp family: ``"affine"``, ``"homography"``, ``"tps"`` or ``"mixed"``.
+        strength: the warp strength, in ``[0, 1]`` (:func:`corrlib.geometry.sample_random_warp`).
+        n_crops: the number of random crops to cut the pairs from (0: the whole images).
+        seed: the seed of the crops and of the warps.
+
+    Returns:
+        A :class:`PairPool`: ``src``/``trg`` uint8 ``(N, 3, H, W)``; ``flow`` ``(N, 2, H, W)``
+        src->trg and ``trg_flow`` trg->src, each on its own grid, in pixels and exact;
+        ``flow_valid``/``trg_flow_valid`` ``(N, H, W)`` bool; no masks.
     """
     g = torch.Generator().manual_seed(seed)
     source = random_crops(images, n_crops, generator=g) if n_crops else list(images)
-    ds = SyntheticPairs(source, size=tuple(size), kind=kind, strength=strength, n_pairs=n_pairs, n_kps=0, seed=seed)
-    items = [ds[i] for i in range(n_pairs)]
-
-    def stack(key, u8=False):
-        t = torch.stack([it[key] for it in items])
-        return (t * 255).round().to(torch.uint8) if u8 else t
-
-    info = f"{n_pairs} {kind} warps (strength {strength}) of {len(source)} images at {tuple(size)}"
-    return PairPool(
-        stack("src_img", True), stack("trg_img", True), stack("flow"), stack("flow_valid"),
-        stack("trg_flow"), stack("trg_flow_valid"), info,
+    ds = SyntheticPairs(
+        source, size=tuple(size), kind=kind, strength=strength, n_pairs=n_pairs, n_kps=0, seed=seed
     )
+    info = f"{n_pairs} {kind} warps (strength {strength}) of {len(source)} images at {tuple(size)}"
+    return PairPool.from_dataset(ds, n_pairs, info)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_pool(key: tuple) -> PairPool:
     photos, n_pairs, size, kind, strength, n_crops, seed = key
-    return build_pair_pool(skimage_photos(photos), n_pairs, size, kind=kind, strength=strength, n_crops=n_crops, seed=seed)
+    return build_pair_pool(
+        skimage_photos(photos),
+        n_pairs,
+        size,
+        kind=kind,
+        strength=strength,
+        n_crops=n_crops,
+        seed=seed,
+    )
 
 
-def train_pool(cfg: dict, seed: int = 0) -> PairPool:
-    """The training pool of a preset ``cfg`` (cached in memory: the three variants share it)."""
-    key = (TRAIN_PHOTOS, cfg["pool_pairs"], tuple(cfg["size"]), cfg["kind"], cfg["strength"], cfg["crops"], seed)
+def train_pool(cfg: Config, seed: int = 0) -> PairPool:
+    """The training pool of a preset ``cfg`` (cached in memory: the three variants share it).
+
+    Args:
+        cfg: the chapter's :class:`Config` (its fields used: ``pool_pairs``, ``size``, ``kind``,
+            ``strength``, ``crops``).
+        seed: the seed of the crops and warps.
+
+    Returns:
+        The :class:`PairPool` of :func:`build_pair_pool` over :data:`TRAIN_PHOTOS` (the same
+        object for equal settings: do not modify it).
+    """
+    key = (TRAIN_PHOTOS, cfg.pool_pairs, tuple(cfg.size), cfg.kind, cfg.strength, cfg.crops, seed)
     return _cached_pool(key)
 
 
-def heldout_pool(cfg: dict, seed: int = 0) -> PairPool:
+def heldout_pool(cfg: Config, seed: int = 0) -> PairPool:
     """The held-out synthetic test pairs of a preset ``cfg``: warps of :data:`HELDOUT_PHOTOS`.
 
-    ``cfg["test_pairs"]`` pairs at the training size and warp distribution, cut from as many
+    ``cfg.test_pairs`` pairs at the training size and warp distribution, cut from as many
     random crops of scikit-learn's photographs (never a training photograph).
+
+    Args:
+        cfg: the chapter's :class:`Config` (its fields used: ``test_pairs``, ``size``, ``kind``,
+            ``strength``).
+        seed: the seed (crops and warps use ``seed + 1000``: never the training pairs' draws).
+
+    Returns:
+        A :class:`PairPool` as :func:`build_pair_pool` gives it: ``N = cfg.test_pairs`` pairs at
+        ``(H, W) = cfg.size``, with exact flows both ways.
     """
-    n = cfg["test_pairs"]
+    n = cfg.test_pairs
     return build_pair_pool(
-        heldout_photos(), n, tuple(cfg["size"]), kind=cfg["kind"], strength=cfg["strength"], n_crops=n, seed=seed + 1000
+        heldout_photos(),
+        n,
+        tuple(cfg.size),
+        kind=cfg.kind,
+        strength=cfg.strength,
+        n_crops=n,
+        seed=seed + 1000,
     )
 
 
@@ -198,21 +334,36 @@ def _sample_points(valid: torch.Tensor, n: int, g: torch.Generator) -> torch.Ten
     return torch.stack((idx % w, idx // w), dim=-1).float()
 
 
-def make_batch_fn(pool: PairPool, grid: FeatureGrid, cfg: dict) -> Callable:
+def make_batch_fn(pool: PairPool, grid: FeatureGrid, cfg: Config) -> Callable:
     """A resumable ``batch_fn(step, generator)`` for :class:`corrlib.train.Trainer`.
 
-    Every random draw comes from ``generator``: ``cfg["batch_size"]`` pairs of ``pool`` (each
-    in a random direction), ``cfg["points"]`` source pixels with a valid flow per pair, mapped
-    to the target by the exact flow, photometric jitter (``cfg["jitter"]``) and one random
-    negative per positive (farther than ``cfg["radius_px"]``). ``grid`` is the model's
+    Every random draw comes from ``generator``: ``cfg.batch_size`` pairs of ``pool`` (each
+    in a random direction), ``cfg.points`` source pixels with a valid flow per pair, mapped
+    to the target by the exact flow, photometric jitter (``cfg.jitter``) and one random
+    negative per positive (farther than ``cfg.radius_px``). ``grid`` is the model's
     :class:`FeatureGrid` (pixels -> cells). A batch: ``src``/``trg`` ``(B, 3, H, W)``,
     ``pos_src``/``pos_trg`` ``(B, P, 2)`` cells of true matches, ``neg_random`` ``(B, P, 2)``
     target cells.
+
+    Args:
+        pool: the training pairs (needs ``trg_flow``: pairs are used in both directions).
+        grid: the model's :class:`FeatureGrid` at the pool's size
+            (:meth:`corrlib.models.ucn.UCN.feature_grid`).
+        cfg: the chapter's :class:`Config` (its fields used: ``batch_size``, ``points``,
+            ``jitter``, ``radius_px``).
+
+    Returns:
+        ``fn(step, generator) -> batch``, a dict with ``B = cfg.batch_size``,
+        ``P = cfg.points``: ``src``/``trg`` float ``(B, 3, H, W)`` in ``[0, 1]``;
+        ``pos_src`` ``(B, P, 2)`` fractional cells (x, y) of integer source pixels, ``pos_trg``
+        ``(B, P, 2)`` fractional cells of their exact matches; ``neg_random`` ``(B, P, 2)``
+        integer target cells farther than ``cfg.radius_px / grid.step[0]`` cells from
+        ``pos_trg``.
     """
     h, w = pool.size
     map_size = (h // int(grid.step[1]), w // int(grid.step[0]))
-    radius = cfg["radius_px"] / grid.step[0]
-    bsz, n = cfg["batch_size"], cfg["points"]
+    radius = cfg.radius_px / grid.step[0]
+    bsz, n = cfg.batch_size, cfg.points
 
     def fn(step: int, g: torch.Generator) -> dict:
         idx = torch.randint(len(pool), (bsz,), generator=g).tolist()
@@ -222,13 +373,16 @@ def make_batch_fn(pool: PairPool, grid: FeatureGrid, cfg: dict) -> Callable:
             a, b, flow, valid = pool.pair(i, rev)
             p = _sample_points(valid, n, g)  # (P, 2) pixels in a
             q = p + flow[:, p[:, 1].long(), p[:, 0].long()].T  # exact at integer pixels
-            src.append(photometric_jitter(a, cfg["jitter"], g))
-            trg.append(photometric_jitter(b, cfg["jitter"], g))
+            src.append(photometric_jitter(a, cfg.jitter, g))
+            trg.append(photometric_jitter(b, cfg.jitter, g))
             ps.append(grid.to_cells(p))
             pt.append(grid.to_cells(q))
         pos_trg = torch.stack(pt)
         return {
-            "src": torch.stack(src), "trg": torch.stack(trg), "pos_src": torch.stack(ps), "pos_trg": pos_trg,
+            "src": torch.stack(src),
+            "trg": torch.stack(trg),
+            "pos_src": torch.stack(ps),
+            "pos_trg": pos_trg,
             "neg_random": random_negatives(pos_trg, map_size, radius, generator=g),
         }
 
@@ -238,22 +392,55 @@ def make_batch_fn(pool: PairPool, grid: FeatureGrid, cfg: dict) -> Callable:
 # ------------------------------------------------------------------------------ model, loss, train
 
 
-def build_ucn(variant: str, cfg: dict) -> UCN:
-    """The UCN of an ablation ``variant`` at the preset's sizes (default trunk)."""
+def build_ucn(variant: str, cfg: Config) -> UCN:
+    """The UCN of an ablation ``variant`` at the preset's sizes (default trunk).
+
+    Args:
+        variant: one of :data:`VARIANTS` (``"hard-negatives+st"`` adds the conv spatial
+            transformer).
+        cfg: the chapter's :class:`Config` (its fields used: ``dim``, ``st_kernel``,
+            ``st_dilation``, ``trunk_widths``).
+
+    Returns:
+        A new, randomly initialised :class:`~corrlib.models.ucn.UCN`: ``images (B, 3, H, W)``
+        float in ``[0, 1]`` ``-> (features (B, D, h, w) unit-norm per cell, stride)``,
+        ``D = cfg.dim``.
+    """
     check_choice(variant, "variant", VARIANTS)
     return UCN(
-        dim=cfg["dim"], use_st=_VARIANT_SETTINGS[variant]["use_st"], st_kernel=cfg["st_kernel"],
-        st_dilation=cfg["st_dilation"], trunk_widths=cfg["trunk_widths"],
+        dim=cfg.dim,
+        use_st=_VARIANT_SETTINGS[variant]["use_st"],
+        st_kernel=cfg.st_kernel,
+        st_dilation=cfg.st_dilation,
+        trunk_widths=cfg.trunk_widths,
+        variant=variant,
     )
 
 
-def ucn_loss(model: UCN, batch: dict, *, mining: str, margin: float, radius: float) -> tuple[torch.Tensor, dict]:
+def ucn_loss(
+    model: UCN, batch: dict, *, mining: str, margin: float, radius: float
+) -> tuple[torch.Tensor, dict]:
     """Correspondence contrastive loss of a batch with ``mining`` ``"hard"`` or ``"random"``.
 
     One negative per positive: the same source point paired with a random target cell
     (``batch["neg_random"]``) or with its hardest negative, mined on the current features
     (``radius`` in cells). Logs: mean positive and negative distances and ``nn_acc``, the
     fraction of points whose true match is nearer than every target cell outside the radius.
+
+    Args:
+        model: the UCN being trained.
+        batch: a batch of :func:`make_batch_fn`: ``src``/``trg`` float ``(B, 3, H, W)`` in
+            ``[0, 1]``, ``pos_src``/``pos_trg`` ``(B, P, 2)`` cells (x, y) of true matches and
+            ``neg_random`` ``(B, P, 2)`` target cells.
+        mining: ``"hard"`` or ``"random"``.
+        margin: the contrastive margin ``m`` on descriptor distances.
+        radius: the exclusion radius around the true match, in target feature cells.
+
+    Returns:
+        ``(loss, logs)``: the scalar loss
+        (:func:`corrlib.models.ucn.correspondence_contrastive_loss` over the ``B * P``
+        positives and ``B * P`` negatives) and ``{"d_pos": float, "d_neg": float, "nn_acc":
+        float}`` (the hard negatives are mined for ``nn_acc`` in both modes).
     """
     check_choice(mining, "mining", ("hard", "random"))
     b = batch["src"].shape[0]
@@ -268,13 +455,17 @@ def ucn_loss(model: UCN, batch: dict, *, mining: str, margin: float, radius: flo
         d_pos = (a - sample_descriptors(f_trg, pos_trg)).norm(dim=-1)
         d_hard = (a - sample_descriptors(f_trg, hard)).norm(dim=-1)
         d_neg = (a - sample_descriptors(f_trg, neg)).norm(dim=-1)
-    logs = {"d_pos": d_pos.mean().item(), "d_neg": d_neg.mean().item(), "nn_acc": (d_pos < d_hard).float().mean().item()}
+    logs = {
+        "d_pos": d_pos.mean().item(),
+        "d_neg": d_neg.mean().item(),
+        "nn_acc": (d_pos < d_hard).float().mean().item(),
+    }
     return loss, logs
 
 
 def train_ucn(
     variant: str,
-    cfg: dict,
+    cfg: Config,
     ckpt_path=None,
     seed: int = 0,
     device: str = "auto",
@@ -283,66 +474,54 @@ def train_ucn(
     steps: int | None = None,
     progress: bool = False,
 ) -> tuple[UCN, list[dict], float]:
-    """Train one ablation ``variant`` with :class:`corrlib.train.Trainer`; returns ``(model, history, seconds)``.
+    """Train one ablation ``variant`` with :class:`corrlib.train.Trainer`.
 
-    Data: ``pool`` (default :func:`train_pool` of ``cfg``); each step draws ``cfg["batch_size"]``
-    pairs (either direction) and ``cfg["points"]`` positives per pair from the step's generator,
+    Data: ``pool`` (default :func:`train_pool` of ``cfg``); each step draws ``cfg.batch_size``
+    pairs (either direction) and ``cfg.points`` positives per pair from the step's generator,
     so resuming from ``ckpt_path`` is exact. ``seconds`` is this call's wall time (the pool is
     built, or taken from the cache, before the clock starts).
+
+    Args:
+        variant: one of :data:`VARIANTS`.
+        cfg: the chapter's :class:`Config` (its fields used: ``margin``, ``radius_px``,
+            ``steps``, ``optim``, ``log_every``, ``ckpt_every`` and those of :func:`build_ucn`,
+            :func:`make_batch_fn` and, without ``pool``, :func:`train_pool`).
+        ckpt_path: the checkpoint file (None: no checkpoints, no resume).
+        seed: seeds the pool, the initialisation and the batches.
+        device: ``"auto"`` or a torch device string.
+        pool: the training pairs (None: :func:`train_pool` of ``cfg`` and ``seed``).
+        steps: the number of steps (None: ``cfg.steps``).
+        progress: show a progress bar.
+
+    Returns:
+        ``(model, history, seconds)``: the trained :class:`~corrlib.models.ucn.UCN` in
+        ``eval()`` mode on the training device, the Trainer's history rows (``{"step", "loss",
+        "lr", "seconds", "d_pos", "d_neg", "nn_acc"}``) and this call's wall time.
     """
     check_choice(variant, "variant", VARIANTS)
     pool = pool if pool is not None else train_pool(cfg, seed)
     seed_everything(seed)
     model = build_ucn(variant, cfg)
     grid = model.feature_grid(pool.size)
-    config = TrainConfig(
-        steps=steps or cfg["steps"], lr=cfg["lr"], optimizer=cfg["optimizer"], momentum=cfg["momentum"],
-        weight_decay=cfg["weight_decay"], schedule=cfg["schedule"], warmup_steps=cfg["warmup_steps"],
-        log_every=cfg["log_every"], ckpt_every=cfg["ckpt_every"], seed=seed, device=device,
-    )
+    config = cfg.train_config(variant, seed=seed, device=device, steps=steps)
     mining = _VARIANT_SETTINGS[variant]["mining"]
-    radius = cfg["radius_px"] / grid.step[0]
+    radius = cfg.radius_px / grid.step[0]
 
     def loss_fn(m, batch):
-        return ucn_loss(m, batch, mining=mining, margin=cfg["margin"], radius=radius)
+        return ucn_loss(m, batch, mining=mining, margin=cfg.margin, radius=radius)
 
-    trainer = Trainer(model, loss_fn, make_batch_fn(pool, grid, cfg), config, ckpt_path=ckpt_path, progress=progress)
+    trainer = Trainer(
+        model,
+        loss_fn,
+        make_batch_fn(pool, grid, cfg),
+        config,
+        ckpt_path=ckpt_path,
+        progress=progress,
+    )
     t0 = time.perf_counter()
     history = trainer.fit(resume=True)
     model.eval()
-    model.variant = variant
     return model, history, time.perf_counter() - t0
-
-
-# --------------------------------------------------------------------------------- export / load
-
-
-def export_ucn(path, model: UCN, variant: str | None = None, metrics: dict | None = None) -> Path:
-    """Save a trained UCN (default trunk) with the config that rebuilds it (:func:`load_ucn`).
-
-    The file holds tensors, numbers and strings only (``weights_only`` loading).
-    """
-    if not isinstance(model, UCN) or model.config is None:
-        raise ValueError("export_ucn saves a UCN with the default trunk; a custom trunk cannot be rebuilt from a checkpoint.")
-    state = {
-        "format": CKPT_FORMAT,
-        "config": dict(model.config),
-        "variant": variant or getattr(model, "variant", None),
-        "model": model.state_dict(),
-        "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)},
-    }
-    return save_checkpoint(path, state)
-
-
-def load_ucn(path) -> UCN:
-    """Rebuild and load (strict) a UCN saved by :func:`export_ucn`, in eval mode (``.variant`` set)."""
-    state = load_checkpoint(path)
-    if state.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{path} is not an exported UCN (format {state.get('format')!r}); export it with export_ucn.")
-    model = UCN(**state["config"])
-    model.load_state_dict(state["model"], strict=True)
-    model.variant = state.get("variant")
-    return model.eval()
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -350,8 +529,6 @@ def load_ucn(path) -> UCN:
 
 def _as_method(model_or_method, max_side: int | None = None):
     """A UCN, a checkpoint path (the registered ``ucn`` method) or a method, as a method."""
-    from corrlib.eval import CorrespondenceMethod, UCNMethod, get_method
-
     if isinstance(model_or_method, CorrespondenceMethod):
         return model_or_method
     if isinstance(model_or_method, (str, Path)):
@@ -370,12 +547,28 @@ def evaluate_synthetic(
 ) -> dict:
     """Matching accuracy on held-out synthetic pairs with exact ground truth.
 
-    ``model_or_method``: a :class:`UCN` (wrapped in :class:`corrlib.eval.UCNMethod` at the
+    ``model_or_method``: a :class:`UCN` (wrapped in :class:`corrlib.methods.UCNMethod` at the
     pairs' resolution) or any :class:`corrlib.eval.CorrespondenceMethod`. ``n_points`` source
     pixels with a valid flow per pair (drawn with ``seed``) are transferred; a prediction is
     correct within ``alpha * max(H, W)`` pixels. Returns ``{"pck@<alpha>": ...,
     "random_pck@<alpha>": ..., "mean_error_px": ..., "points": ...}``; ``random_pck`` scores
     uniform random predictions on the same points (chance level).
+
+    Args:
+        model_or_method: a :class:`~corrlib.models.ucn.UCN`, the path of a
+            :func:`corrlib.models.ucn.export_ucn` checkpoint, or a
+            :class:`corrlib.eval.CorrespondenceMethod` (its ``match`` takes ``(3, H, W)``
+            images in ``[0, 1]`` and ``(n_points, 2)`` pixels).
+        pool: held-out pairs with exact flows (e.g. :func:`heldout_pool`); only the src->trg
+            direction is scored.
+        n_points: source pixels per pair, drawn among those with a valid flow.
+        alphas: PCK thresholds, as fractions of ``max(H, W)``.
+        seed: the seed of the points and of the random predictions.
+
+    Returns:
+        ``{"points": int, "mean_error_px": float, "pck@<alpha>": float,
+        "random_pck@<alpha>": float, ...}`` (one pair of keys per alpha, ``f"{alpha:g}"``),
+        errors in target pixels and PCKs in ``[0, 1]``.
     """
     method = _as_method(model_or_method)
     g = torch.Generator().manual_seed(seed)
@@ -398,17 +591,41 @@ def evaluate_synthetic(
     return out
 
 
-def evaluate_ucn_pfwillow(model, data_root=None, limit: int | None = None, max_side: int | None = None, *, progress: bool = False):
+def evaluate_ucn_pfwillow(
+    model,
+    data_root=None,
+    limit: int | None = None,
+    max_side: int | None = None,
+    *,
+    progress: bool = False,
+):
     """PCK of UCN nearest-neighbour matching on PF-WILLOW (``limit``: the first pairs only).
 
     ``model``: a :class:`UCN` or the path of an :func:`export_ucn` checkpoint (the registered
     ``ucn`` method); images are resized to ``max_side`` (None: original). Returns a
     :class:`corrlib.eval.KeypointResult` under the ``pf-willow`` protocol.
-    """
-    from corrlib.data import PFWillow
-    from corrlib.eval import evaluate_keypoints
 
-    return evaluate_keypoints(_as_method(model, max_side), PFWillow(data_root), "pf-willow", limit=limit, progress=progress)
+    Args:
+        model: a :class:`~corrlib.models.ucn.UCN`, the path of a
+            :func:`corrlib.models.ucn.export_ucn` checkpoint, or a
+            :class:`corrlib.eval.CorrespondenceMethod` (used as it is).
+        data_root: the folder that holds ``PF-WILLOW/`` (None: ``$CORRLIB_DATA``).
+        limit: the number of pairs evaluated, from the first (None: all 900).
+        max_side: the longer side images are resized to (None: original); keypoints stay in
+            original pixels.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`corrlib.eval.KeypointResult` (see :func:`corrlib.eval.evaluate_keypoints`):
+        e.g. ``result.pck(0.1)``.
+    """
+    return evaluate_keypoints(
+        _as_method(model, max_side),
+        PFWillow(data_root),
+        "pf-willow",
+        limit=limit,
+        progress=progress,
+    )
 
 
 def evaluate_ucn_tss(
@@ -425,7 +642,72 @@ def evaluate_ucn_tss(
 
     ``model`` as in :func:`evaluate_ucn_pfwillow`; ``limit`` pairs per subset. Returns a
     :class:`corrlib.eval.TSSResult` (:func:`corrlib.eval.evaluate_tss`).
-    """
-    from corrlib.eval import evaluate_tss
 
-    return evaluate_tss(_as_method(model, max_side), data_root, out_dir, subsets=tuple(subsets), limit=limit, progress=progress)
+    Args:
+        model: a :class:`~corrlib.models.ucn.UCN`, the path of a
+            :func:`corrlib.models.ucn.export_ucn` checkpoint, or a
+            :class:`corrlib.eval.CorrespondenceMethod`.
+        data_root: the folder that holds ``TSS/`` (None: ``$CORRLIB_DATA``).
+        max_side: the longer side images are resized to (None: original); flows stay in
+            original pixels.
+        subsets: the TSS subsets evaluated.
+        limit: pairs per subset, from the first (None: all).
+        out_dir: where the flows and ``scores.csv`` go (None: a temporary folder).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`corrlib.eval.TSSResult`: e.g. ``result.per_subset[subset]["PCK@0.05"]``.
+    """
+    return evaluate_tss(
+        _as_method(model, max_side),
+        data_root,
+        out_dir,
+        subsets=tuple(subsets),
+        limit=limit,
+        progress=progress,
+    )
+
+
+def check_double_margin_loss(fn: Callable[..., torch.Tensor]) -> str:
+    """``fn(d (N,), s (N,) bool, m_pos, m_neg)``: the contrastive loss above changed so that
+    positives pay only beyond a margin of their own:
+    ``1/(2N) sum s max(0, d - m_pos)^2 + (1 - s) max(0, m_neg - d)^2``.
+
+    Args:
+        fn: the student's loss, ``fn(d, s, m_pos, m_neg)`` with ``d`` float ``(N,)`` descriptor
+            distances, ``s`` bool ``(N,)`` (True: a true correspondence) and the two margins
+            (floats), returning a scalar (a 0-dim tensor or a float).
+
+    Returns:
+        A one-line verdict: ``"pass: ..."``, ``"wrong: ..."`` (including the plain loss without
+        ``m_pos``) or ``"not attempted yet: ..."``.
+    """
+    d = torch.tensor([0.2, 0.5, 0.3, 1.4, 0.9, 0.05])
+    s = torch.tensor([True, True, False, False, False, True])
+    m_pos, m_neg = 0.25, 1.0
+    terms = [
+        max(0.0, di - m_pos) ** 2 if si else max(0.0, m_neg - di) ** 2
+        for di, si in zip(d.tolist(), s.tolist())
+    ]
+    want = sum(terms) / (2 * len(terms))  # independent reference: plain Python
+    got, err = run_student(fn, d.clone(), s.clone(), m_pos, m_neg)
+    if err:
+        return err
+    value, err = as_number(got.detach() if isinstance(got, torch.Tensor) else got)
+    if err:
+        return err
+    plain = float((s * d**2 + (~s) * torch.clamp(m_neg - d, min=0) ** 2).sum() / (2 * len(d)))
+    if abs(value - plain) <= 1e-6:
+        return (
+            "wrong: this is the loss of the cell above; a positive closer than m_pos must cost "
+            "nothing."
+        )
+    if not abs(value - want) <= 1e-6:
+        return (
+            f"wrong: got {value:.4f}, expected {want:.4f}: positives max(0, d - m_pos)^2, "
+            "negatives max(0, m_neg - d)^2, over 2N."
+        )
+    return (
+        "pass: positives inside their margin are free, so features are no longer pulled to a "
+        "single point."
+    )

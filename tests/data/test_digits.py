@@ -1,4 +1,5 @@
-"""MNIST-style digits and the STN distortions (corrlib.data.digits), on fake idx files and real data."""
+"""MNIST-style digits and the STN distortions (corrlib.data.digits), on fake idx files and real
+data."""
 
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def test_only_root(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     _fake_split(raw, "t10k", 100, seed=0)
-    (raw / "train-labels-idx1-ubyte").write_bytes(b"")  # labels alone do not count as a training set
+    (raw / "train-labels-idx1-ubyte").write_bytes(
+        b""
+    )  # labels alone do not count as a training set
     return tmp_path
 
 
@@ -84,7 +87,10 @@ def test_official_split_when_training_files_exist(tmp_path):
 def test_test_only_fallback_is_disjoint_stratified_and_loud(test_only_root):
     train, test = D.load_mnist(test_only_root, "train"), D.load_mnist(test_only_root, "test")
     assert (len(train), len(test)) == (80, 20)  # TEST_ONLY_SPLIT proportions (8,000 / 2,000)
-    assert torch.bincount(train.labels).tolist() == [8] * 10 and torch.bincount(test.labels).tolist() == [2] * 10
+    assert (
+        torch.bincount(train.labels).tolist() == [8] * 10
+        and torch.bincount(test.labels).tolist() == [2] * 10
+    )
     for ds in (train, test):
         assert ds.info["official"] is False and "OFFLINE FALLBACK" in ds.info["warning"]
     # disjoint: no test image appears in train, and together they are the whole test file
@@ -141,7 +147,12 @@ def test_distort_shapes_and_determinism(kind, side):
     assert a.shape == (4, 1, side, side) and torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.allclose(a[0], a[1])  # each image gets its own distortion
     assert 0.0 <= a.min() and a.max() <= 1.0 + 1e-6
-    assert D.distort_digits(x, kind, torch.Generator().manual_seed(0), canvas=32).shape == (4, 1, 32, 32)
+    assert D.distort_digits(x, kind, torch.Generator().manual_seed(0), canvas=32).shape == (
+        4,
+        1,
+        32,
+        32,
+    )
 
 
 def test_rotation_keeps_the_ink_and_the_centre():
@@ -172,7 +183,8 @@ def test_rts_keeps_the_scaled_frame_inside_the_canvas():
     scale = draws[:, 1]
     assert 0.7 <= scale.min() and scale.max() <= 1.2
     grid = D._grid_from_draws("RTS", draws, 42)
-    # the centre of the 42x42 output reads the digit point at -t/s (R^-1 only rotates): |t| <= (42 - 28 s) / 2
+    # the centre of the 42x42 output reads the digit point at -t/s (R^-1 only rotates):
+    # |t| <= (42 - 28 s) / 2
     centre = (grid[:, 20, 20] + grid[:, 21, 21]) / 2 * 14  # centred digit pixels
     t_len = centre.norm(dim=-1) * scale.float()
     assert (t_len <= ((42 - 28 * scale) / 2 * math.sqrt(2)).float() + 1e-3).all()
@@ -183,20 +195,30 @@ def test_grids_match_the_geometry_reference():
     e = D._draw("E", 3, g)
     k = D.DISTORTION_PARAMS["E"]["lattice"]
     axis = torch.linspace(-1, 1, k, dtype=torch.float64)
-    ctrl = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(1, -1, 2).expand(3, -1, -1).contiguous()
+    ctrl = (
+        torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1)
+        .reshape(1, -1, 2)
+        .expand(3, -1, -1)
+        .contiguous()
+    )
     slow = tps_grid(ctrl, ctrl + e.reshape(3, -1, 2) / 14, (28, 28))
     assert torch.allclose(D._grid_from_draws("E", e, 28), slow.float(), atol=1e-5)
     # P: the four output corners (image edges) read the perturbed, scaled corners
     p = D._draw("P", 2, g)
     grid = D._grid_from_draws("P", p, 28)
-    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64) * 14
+    corners = (
+        torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64) * 14
+    )
     dst = (p[:, :1, None] * corners + p[:, 1:].reshape(2, 4, 2)) / 14  # normalised output corners
     h = homography_from_points(dst, corners.expand(2, -1, -1) / 14).float()
     assert torch.allclose(grid, homography_grid(h, (28, 28)), atol=1e-4)
 
 
 def test_distort_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"Unknown value 'T' for argument kind\. Valid values are \{R, RTS, P, E\}\."):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown value 'T' for argument kind\. Valid values are \{R, RTS, P, E\}\.",
+    ):
         D.distort_digits(_digit(), "T")
     with pytest.raises(ValueError, match=r"Argument images must have shape \(B, C, 28, 28\)"):
         D.distort_digits(torch.zeros(2, 1, 32, 32), "R")
@@ -224,7 +246,9 @@ def test_distorted_items_are_deterministic_and_match_tensors(kind):
     all_x, all_y = fresh.tensors(chunk=4)  # chunked computation = item by item
     assert torch.allclose(all_x[4], x, atol=1e-6) and torch.equal(all_y, labels)
     # item i depends on (seed, i) only: a prefix of the data gives the same items
-    assert torch.allclose(D.DistortedDigits(images[:5], labels[:5], kind, seed=3)[4][0], x, atol=1e-6)
+    assert torch.allclose(
+        D.DistortedDigits(images[:5], labels[:5], kind, seed=3)[4][0], x, atol=1e-6
+    )
     assert not torch.allclose(D.DistortedDigits(images, labels, kind, seed=4)[4][0], x)
 
 

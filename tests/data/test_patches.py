@@ -58,7 +58,9 @@ def _translation_pair(h: int = 48, w: int = 80, d0: int = 6) -> StereoPair:
 def _homography_pair(h: int = 64, w: int = 80) -> HomographyPair:
     """img3 = img1 seen through a mild homography ``hom`` (img1 pixels -> img3 pixels)."""
     img1 = _texture(h, w, seed=1)
-    hom = torch.tensor([[0.9, 0.1, 6.0], [-0.08, 1.05, 2.0], [2e-4, -1e-4, 1.0]], dtype=torch.float64)
+    hom = torch.tensor(
+        [[0.9, 0.1, 6.0], [-0.08, 1.05, 2.0], [2e-4, -1e-4, 1.0]], dtype=torch.float64
+    )
     q = pixel_grid((h, w), dtype=torch.float64).reshape(-1, 2)  # img3 pixels
     p, _ = P._apply_homography(torch.linalg.inv(hom), q)  # where they come from in img1
     flow = (p - q).reshape(h, w, 2).permute(2, 0, 1)[None].float()
@@ -82,7 +84,9 @@ def _ramp(h: int, w: int) -> torch.Tensor:
 
 def test_patches_known_answer_on_a_linear_image():
     img = _ramp(30, 40)
-    a_b = torch.tensor([[[0.8, -0.3, 20.5], [0.2, 1.1, 14.25]], [[1.0, 0.0, 10.0], [0.0, 1.0, 9.0]]])
+    a_b = torch.tensor(
+        [[[0.8, -0.3, 20.5], [0.2, 1.1, 14.25]], [[1.0, 0.0, 10.0], [0.0, 1.0, 9.0]]]
+    )
     pp = PatchPairs(
         [img],
         torch.tensor([0, 0]),
@@ -176,7 +180,9 @@ def test_stereo_positives_identical_for_a_translation_pair():
 
 def test_stereo_negatives_are_offset_by_the_sampled_amount():
     pair, d0 = _translation_pair(), 6.0
-    pp = sample_stereo_pairs(pair, 60, p_hi=1.0, n_lo=4.0, n_hi=10.0, generator=torch.Generator().manual_seed(1))
+    pp = sample_stereo_pairs(
+        pair, 60, p_hi=1.0, n_lo=4.0, n_hi=10.0, generator=torch.Generator().manual_seed(1)
+    )
     pos, o = pp.label, pp.offset
     x, y = pp.xy_a[:, 0], pp.xy_a[:, 1]
     torch.testing.assert_close(pp.A_b[:, 0, 2], x - d0 + o[:, 0])
@@ -199,7 +205,9 @@ def test_stereo_references_respect_validity_and_margin():
     pair.valid[:, :40] = False
     pp = sample_stereo_pairs(pair, 50, margin=5)
     x, y = pp.xy_a[:, 0], pp.xy_a[:, 1]
-    assert (x >= 40).all() and (x <= 80 - 1 - 5).all() and (y >= 5).all() and (y <= 48 - 1 - 5).all()
+    assert (
+        (x >= 40).all() and (x <= 80 - 1 - 5).all() and (y >= 5).all() and (y <= 48 - 1 - 5).all()
+    )
     assert (x - 6 + 10 <= 80 - 1 - 5).all()  # the farthest negative stays margin inside
 
 
@@ -213,7 +221,9 @@ def test_stereo_sampler_is_deterministic_per_seed():
     assert torch.equal(p1.xy_a, p2.xy_a) and torch.equal(p1.A_b, p2.A_b)
     assert torch.equal(p1.patches(7)[1], p2.patches(7)[1])
     assert not torch.equal(p1.A_b, p3.A_b)
-    assert torch.equal(sample_stereo_pairs(pair, 8).A_b, sample_stereo_pairs(pair, 8).A_b)  # default
+    assert torch.equal(
+        sample_stereo_pairs(pair, 8).A_b, sample_stereo_pairs(pair, 8).A_b
+    )  # default
 
 
 def test_stereo_sampler_ratio_and_errors():
@@ -241,21 +251,29 @@ def test_homography_jacobian_matches_finite_differences():
     for k in range(2):
         step = torch.zeros(2, dtype=torch.float64)
         step[k] = e
-        fd = (P._apply_homography(hom, pts + step)[0] - P._apply_homography(hom, pts - step)[0]) / (2 * e)
+        fd = (P._apply_homography(hom, pts + step)[0] - P._apply_homography(hom, pts - step)[0]) / (
+            2 * e
+        )
         torch.testing.assert_close(jac[:, :, k], fd)
 
 
 def test_homography_positives_rectified():
     pair = _homography_pair()
-    pp = sample_homography_pairs(pair, 40, p_hi=0.0, margin=8, generator=torch.Generator().manual_seed(0))
+    pp = sample_homography_pairs(
+        pair, 40, p_hi=0.0, margin=8, generator=torch.Generator().manual_seed(0)
+    )
     a, b = pp.patches(9)
     pos = pp.label
     err = (a - b).abs().mean((1, 2, 3))
-    assert err[pos].max() < 0.04  # two bilinear resamplings (making img3, sampling b); measured 0.026
+    assert (
+        err[pos].max() < 0.04
+    )  # two bilinear resamplings (making img3, sampling b); measured 0.026
     assert err[~pos].mean() > 10 * err[pos].mean()
     plain = pp.A_b.clone()
     plain[:, :, :2] = torch.eye(2)  # the same centres, not rectified
-    a2, b2 = PatchPairs(pp.images, pp.img_a_index, pp.xy_a, pp.img_b_index, plain, pp.label).patches(9)
+    a2, b2 = PatchPairs(
+        pp.images, pp.img_a_index, pp.xy_a, pp.img_b_index, plain, pp.label
+    ).patches(9)
     assert err[pos].mean() < 0.6 * (a2 - b2).abs().mean((1, 2, 3))[pos].mean()  # 0.015 vs 0.039
     q, jac = P._apply_homography(pair.H, pp.xy_a.double())
     torch.testing.assert_close(pp.A_b[:, :, 2], (q + pp.offset.double()).float())
@@ -278,7 +296,9 @@ def test_homography_sampler_deterministic():
 def synthetic() -> SyntheticPairs:
     g = torch.Generator().manual_seed(0)
     coarse = torch.rand(2, 3, 8, 10, generator=g)
-    images = list(F.interpolate(coarse, size=(48, 60), mode="bicubic", align_corners=False).clamp(0, 1))
+    images = list(
+        F.interpolate(coarse, size=(48, 60), mode="bicubic", align_corners=False).clamp(0, 1)
+    )
     return SyntheticPairs(images, size=(48, 64), kind="affine", strength=0.3, n_pairs=2, n_kps=10)
 
 
@@ -294,7 +314,9 @@ def test_synthetic_positives_at_the_true_match(synthetic):
         sample = synthetic[int(pp.img_a_index[k]) // 2]
         i = int((sample["src_kps"] - pp.xy_a[k]).norm(dim=1).argmin())
         torch.testing.assert_close(pp.xy_a[k], sample["src_kps"][i])
-        torch.testing.assert_close(pp.A_b[k, :, 2], sample["trg_kps"][i] + pp.offset[k], atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            pp.A_b[k, :, 2], sample["trg_kps"][i] + pp.offset[k], atol=1e-4, rtol=0
+        )
 
 
 def test_synthetic_sampler_deterministic_and_checked(synthetic):
@@ -368,7 +390,10 @@ def test_phototour_test_split_uses_the_match_list(fake_phototour):
     torch.testing.assert_close(a[0], data[2].float() / 255)
     torch.testing.assert_close(b[0], data[5].float() / 255)
     small = PhotoTourPairs(root, "liberty", train=False, size=32)
-    assert small[0][0].shape == (1, 32, 32) and 0 <= float(small[0][0].min()) <= float(small[0][0].max()) <= 1
+    assert (
+        small[0][0].shape == (1, 32, 32)
+        and 0 <= float(small[0][0].min()) <= float(small[0][0].max()) <= 1
+    )
 
 
 def test_phototour_train_pairs_from_point_labels(fake_phototour):
@@ -391,7 +416,9 @@ def motorcycle() -> StereoPair:
 
 def test_motorcycle_facts(motorcycle):
     p = motorcycle
-    assert p.size == (500, 741) and p.left.dtype == torch.float32 and p.left_rgb.shape == (3, 500, 741)
+    assert (
+        p.size == (500, 741) and p.left.dtype == torch.float32 and p.left_rgb.shape == (3, 500, 741)
+    )
     assert p.left_rgb.dtype == torch.uint8 and 0 <= float(p.left.min()) <= float(p.left.max()) <= 1
     assert int((~p.valid).sum()) == 27226 and (p.disparity[~p.valid] == 0).all()
     d = p.disparity[p.valid]
@@ -441,7 +468,11 @@ def test_aloe_disparity_scale_factor_is_measured(data_root):
         np.asarray(Image.open(data_root / "opencv-samples" / "aloeGT.png")).astype(np.float32)
     )
     torch.testing.assert_close(pair.disparity, raw / ALOE_GT_SCALE)
-    left, right, raw = pair.left[::3], pair.right[::3], raw[::3]  # every 3rd row: rows are independent
+    left, right, raw = (
+        pair.left[::3],
+        pair.right[::3],
+        raw[::3],
+    )  # every 3rd row: rows are independent
     known = raw > 0
     factors = (1 / 4, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 4.0)
     errors = {s: _stereo_error(left, right, raw / s, known) for s in factors}
@@ -450,7 +481,9 @@ def test_aloe_disparity_scale_factor_is_measured(data_root):
     others = [e for s, e in errors.items() if s != best]
     assert errors[best] < 0.5 * min(others)  # measured 0.034 vs >= 0.119
     assert errors[best] < 0.5 * _stereo_error(left, right, 0 * raw, known)  # no warp: 0.129
-    assert errors[best] < 0.5 * _stereo_error(left, right, -raw / best, known)  # sign flipped: 0.140
+    assert errors[best] < 0.5 * _stereo_error(
+        left, right, -raw / best, known
+    )  # sign flipped: 0.140
 
 
 @pytest.mark.realdata

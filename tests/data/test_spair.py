@@ -23,17 +23,28 @@ def _ann(src: str, trg: str, cat: str, n: int, **flags) -> dict:
         "src_kps": [[i, i + 1] for i in range(n)], "trg_kps": [[i + 2, i] for i in range(n)],
         "src_bndbox": [0, 1, 5, 4], "trg_bndbox": [1, 1, 6, 5],
         "src_imsize": [9, 6, 3], "trg_imsize": [8, 7, 3],
-        "viewpoint_variation": 1, "scale_variation": 0, "truncation": 0, "occlusion": 2, "mirror": 1,
+        "viewpoint_variation": 1, "scale_variation": 0, "truncation": 0, "occlusion": 2,
+        "mirror": 1,
         **flags,
     }  # fmt: skip
 
 
 # split -> [(layout line, pair annotation)]
 SPLITS = {
-    "trn": [("000001-2008_000008-2008_000017:aeroplane", _ann("2008_000008.jpg", "2008_000017.jpg", "aeroplane", 3)),
-            ("000002-2009_000100-2009_000200:cat", _ann("2009_000100.jpg", "2009_000200.jpg", "cat", 0))],
-    "val": [("000003-2008_000017-2008_000008:aeroplane", _ann("2008_000017.jpg", "2008_000008.jpg", "aeroplane", 2))],
-    "test": [("000004-2009_000200-2009_000100:cat", _ann("2009_000200.jpg", "2009_000100.jpg", "cat", 4))],
+    "trn": [
+        ("000001-2008_000008-2008_000017:aeroplane",
+         _ann("2008_000008.jpg", "2008_000017.jpg", "aeroplane", 3)),
+        ("000002-2009_000100-2009_000200:cat",
+         _ann("2009_000100.jpg", "2009_000200.jpg", "cat", 0)),
+    ],
+    "val": [
+        ("000003-2008_000017-2008_000008:aeroplane",
+         _ann("2008_000017.jpg", "2008_000008.jpg", "aeroplane", 2)),
+    ],
+    "test": [
+        ("000004-2009_000200-2009_000100:cat",
+         _ann("2009_000200.jpg", "2009_000100.jpg", "cat", 4)),
+    ],
 }  # fmt: skip
 
 

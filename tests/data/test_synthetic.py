@@ -228,7 +228,12 @@ def test_mask_is_warped_with_the_image():
     assert agree.float().mean() > 0.99  # only boundary pixels may differ by rounding
     h, w = SIZE
     pts = pixel_grid(SIZE) + s["trg_flow"].permute(1, 2, 0)
-    beyond = (pts[..., 0] < -0.5) | (pts[..., 0] > w - 0.5) | (pts[..., 1] < -0.5) | (pts[..., 1] > h - 0.5)
+    beyond = (
+        (pts[..., 0] < -0.5)
+        | (pts[..., 0] > w - 0.5)
+        | (pts[..., 1] < -0.5)
+        | (pts[..., 1] > h - 0.5)
+    )
     assert not s["trg_mask"][beyond].any()  # beyond the source image's edge: background
 
 
@@ -240,7 +245,10 @@ def test_mask_is_warped_with_the_image():
 def test_unknown_kind(images):
     with pytest.raises(
         ValueError,
-        match=r"Unknown value 'spline' for argument kind\. Valid values are \{affine, homography, tps, mixed\}\.",
+        match=(
+            r"Unknown value 'spline' for argument kind\. "
+            r"Valid values are \{affine, homography, tps, mixed\}\."
+        ),
     ):
         SyntheticPairs(images, kind="spline")
 

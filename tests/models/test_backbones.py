@@ -14,6 +14,7 @@ import torch
 from torchvision.ops import FrozenBatchNorm2d
 
 from corrlib import eval as ev
+from corrlib.methods import BackboneMethod
 from corrlib.models import backbones as bbs
 from corrlib.models.backbones import (
     BACKBONES,
@@ -75,7 +76,10 @@ def test_real_forward_small_input():
     torch.manual_seed(0)
     bb = backbone("resnet18", weights="none", taps=("layer3", "layer4"))
     out = bb(torch.rand(1, 3, 64, 64))
-    assert {k: tuple(v.shape) for k, v in out.items()} == {"layer3": (1, 256, 4, 4), "layer4": (1, 512, 2, 2)}
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "layer3": (1, 256, 4, 4),
+        "layer4": (1, 512, 2, 2),
+    }
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
@@ -105,7 +109,9 @@ def test_imagenet_normalisation_is_inside():
     grey = torch.tensor(bbs.IMAGENET_MEAN).view(1, 3, 1, 1).expand(1, 3, 16, 16)
     first = bb.stages["block1"][0]
     out = first((grey - bb.mean) / bb.std)
-    torch.testing.assert_close(out, first.bias.view(1, -1, 1, 1).expand_as(out))  # zero input to the conv
+    torch.testing.assert_close(
+        out, first.bias.view(1, -1, 1, 1).expand_as(out)
+    )  # zero input to the conv
     assert "mean" not in bb.state_dict()  # not a weight
 
 
@@ -161,7 +167,9 @@ def test_concat_upsamples_later_taps():
     bb.concat = False
     sep = bb(x)
     torch.testing.assert_close(cat[:, :64], sep["block2"])
-    up = torch.nn.functional.interpolate(sep["block3"], size=(8, 8), mode="bilinear", align_corners=False)
+    up = torch.nn.functional.interpolate(
+        sep["block3"], size=(8, 8), mode="bilinear", align_corners=False
+    )
     torch.testing.assert_close(cat[:, 64:], up)
 
 
@@ -189,7 +197,10 @@ def test_imagenet_missing_is_a_clear_error(empty_hub):
         backbone("resnet101", weights="imagenet")
     msg = str(info.value)
     assert "ImageNet" in msg and "imagenet" in msg.lower()
-    assert "resnet101-63fe2227.pth" in msg and "https://download.pytorch.org/models/resnet101-63fe2227.pth" in msg
+    assert (
+        "resnet101-63fe2227.pth" in msg
+        and "https://download.pytorch.org/models/resnet101-63fe2227.pth" in msg
+    )
     assert str(empty_hub / "checkpoints") in msg and "URLError" in msg
 
 
@@ -220,7 +231,9 @@ def test_imagenet_cached_file_is_used(tmp_path, monkeypatch, resnet18_state, rec
     bb = backbone("resnet18", weights="auto", taps=("layer1",))  # cached: no fallback, no warning
     assert bb.weights_source == "imagenet (torchvision ResNet18_Weights.IMAGENET1K_V1)"
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
-    torch.testing.assert_close(bb.stages["layer1"][0].conv1.weight, resnet18_state["layer1.0.conv1.weight"])
+    torch.testing.assert_close(
+        bb.stages["layer1"][0].conv1.weight, resnet18_state["layer1.0.conv1.weight"]
+    )
     torch.testing.assert_close(bb.stages["stem"][1].running_var, resnet18_state["bn1.running_var"])
 
 
@@ -269,14 +282,16 @@ def test_offline_weights_file_is_small_and_loads_strictly():
     for key in ("arch", "script", "seed", "steps", "data", "date", "pf_willow", "train_seconds"):
         assert key in meta
     assert "PF-WILLOW" not in meta["data"] and meta["script"] == entry.value.script
-    assert meta["pf_willow"]["PCK@0.1"] == pytest.approx(entry.value.metrics["pf-willow PCK@0.1"], abs=1e-3)
+    assert meta["pf_willow"]["PCK@0.1"] == pytest.approx(
+        entry.value.metrics["pf-willow PCK@0.1"], abs=1e-3
+    )
     bb = backbone("offline")
     assert bb.weights_source.startswith("offline fallback: OfflineWeights.SYNTHETIC_UCN_V1")
     torch.testing.assert_close(bb.stages["block1"][0].weight, net.block1[0].weight)
 
 
 def test_offline_weights_wrong_keys_are_refused(tmp_path):
-    from corrlib.train import load_checkpoint, save_checkpoint
+    from corrlib.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(OfflineWeights.SYNTHETIC_UCN_V1.path)
     state["model"]["block9.weight"] = torch.zeros(1)
@@ -326,7 +341,9 @@ def test_backbone_method_recovers_a_translation(shifted_photo):
 
 def test_backbone_method_caches_and_maps_to_original_pixels(shifted_photo, monkeypatch):
     src, _, kps = shifted_photo
-    m = ev.BackboneMethod("offline", max_side=64, matcher="argmax")  # half size: cells of 16 original pixels
+    m = BackboneMethod(
+        "offline", max_side=64, matcher="argmax"
+    )  # half size: cells of 16 original pixels
     calls = []
     real = m._describe_image
     monkeypatch.setattr(m, "_describe_image", lambda img: calls.append(1) or real(img))
@@ -335,27 +352,36 @@ def test_backbone_method_caches_and_maps_to_original_pixels(shifted_photo, monke
     assert len(calls) == 1
     feat, grid = m.describe(src, "a")
     assert feat.shape == (128, 8, 8) and grid.step == (16.0, 16.0) and grid.origin == (7.5, 7.5)
-    torch.testing.assert_close(pred, kps)  # keypoints on cell centres match themselves, in original pixels
+    torch.testing.assert_close(
+        pred, kps
+    )  # keypoints on cell centres match themselves, in original pixels
 
 
 def test_backbone_method_flow_and_errors(shifted_photo):
     src, trg, _ = shifted_photo
-    m = ev.BackboneMethod("offline", max_side=128)
+    m = BackboneMethod("offline", max_side=128)
     flow = m.flow(src, trg, src_key="s", trg_key="t")
     assert flow.shape == (2, 128, 128)
     assert flow[:, 40:90, 40:90].median() == pytest.approx(16.0, abs=2.0)
     with pytest.raises(ValueError, match=r"src_img must have 3 channels"):
         m.match(torch.rand(1, 32, 32), torch.rand(3, 32, 32), torch.zeros(1, 2))
     with pytest.raises(ValueError, match=r"max_side"):
-        ev.BackboneMethod("offline", max_side=4)
+        BackboneMethod("offline", max_side=4)
     with pytest.raises(TypeError, match=r"Backbone"):
-        ev.BackboneMethod(model=torch.nn.Conv2d(3, 3, 1))
+        BackboneMethod(model=torch.nn.Conv2d(3, 3, 1))
 
 
 def test_backbone_method_on_a_custom_model():
     model = Backbone(
-        backbone("offline", weights="none").stages, ("block2",), arch="offline", specs=TAPS["offline"]
+        backbone("offline", weights="none").stages,
+        ("block2",),
+        arch="offline",
+        specs=TAPS["offline"],
     )
-    m = ev.BackboneMethod(model=model, max_side=32)
+    m = BackboneMethod(model=model, max_side=32)
     assert m.tap == "block2" and m.stride == 4
-    assert m.describe(torch.rand(3, 32, 48))[0].shape == (64, 5, 8)  # (20, 32) pixels: sides multiples of 4
+    assert m.describe(torch.rand(3, 32, 48))[0].shape == (
+        64,
+        5,
+        8,
+    )  # (20, 32) pixels: sides multiples of 4

@@ -450,3 +450,59 @@ def test_dense_flow_chunking_and_max_side():
     torch.testing.assert_close(full, chunked)
     small = dense_flow_handcrafted(img, img.flip(-1), "zncc", max_side=25)
     assert small.shape == (2, 40, 50) and torch.isfinite(small).all()
+
+
+def _census_first_tied_target(desc: torch.Tensor) -> torch.Tensor:
+    """For census ``desc (n_bits, h, w)`` matched against itself: per source cell, the SMALLEST
+    target cell with the same code (Hamming 0, the best score), from exact integer arithmetic."""
+    codes = (desc > 0).flatten(1).T.long() * 2 - 1  # (h*w, n_bits) +-1
+    return (codes @ codes.T).argmax(-1)  # integer dot products: argmax gives the first maximum
+
+
+def test_dense_flow_census_ties_go_to_the_first_target_whatever_the_chunking():
+    # the failure reported on another CPU: equal census codes are exact ties, and the chunked and
+    # the full matrix products broke them differently. The ties here are exact by construction
+    # (integer codes), so this fails on any CPU if the tie rule depends on the summation order.
+    from corrlib.correlation import dense_nearest_neighbour
+
+    img = torch.rand(3, 40, 50, generator=torch.Generator().manual_seed(9))
+    desc, _ = census_descriptors(img, radius=2)  # (24, 36, 46)
+    want = _census_first_tied_target(desc)
+    assert (
+        want != torch.arange(want.numel())
+    ).sum() > 20  # many cells share a code with a smaller one
+    for max_bytes in (1, 4096, 123_457, 2**28):
+        idx, score = dense_nearest_neighbour(desc[None], desc[None], max_bytes=max_bytes)
+        assert torch.equal(idx[0], want)
+        torch.testing.assert_close(score[0], torch.ones(want.numel()))
+    flows = [
+        dense_flow_handcrafted(img, img, "census", radius=2, max_bytes=m) for m in (1, 4096, 2**28)
+    ]
+    assert all(torch.equal(f, flows[0]) for f in flows)
+    h, w = desc.shape[-2:]
+    src = torch.arange(h * w)
+    cell_flow = torch.stack(((want % w - src % w), (want // w - src // w))).float().reshape(2, h, w)
+    inner = flows[0][:, 2 : 2 + h, 2 : 2 + w]  # census cell (i, j) is pixel (i + 2, j + 2)
+    # the flow points at the first tied target (float32 bilinear upsampling at the cell centres)
+    torch.testing.assert_close(inner, cell_flow, rtol=0, atol=1e-4)
+
+
+def test_match_keypoints_census_ties_do_not_depend_on_the_batch():
+    img = torch.rand(3, 30, 36, generator=torch.Generator().manual_seed(9))
+    desc, grid = census_descriptors(img, radius=2)
+    h, w = desc.shape[-2:]
+    want = _census_first_tied_target(desc)
+    tied = (want != torch.arange(h * w)).nonzero()[:, 0][
+        :12
+    ]  # cells whose first tie is another cell
+    assert tied.numel() >= 5
+    cells = torch.stack((tied % w, tied // w), dim=-1).float()
+    kps = grid.to_pixels(cells)
+    pred, _ = match_keypoints_handcrafted(img, img, kps, "census", radius=2, matcher="argmax")
+    expected = grid.to_pixels(torch.stack((want[tied] % w, want[tied] // w), dim=-1).float())
+    assert torch.equal(pred, expected)
+    for i in range(len(kps)):  # one keypoint at a time: the same answer, bit for bit
+        one, _ = match_keypoints_handcrafted(
+            img, img, kps[i : i + 1], "census", radius=2, matcher="argmax"
+        )
+        assert torch.equal(one[0], pred[i])

@@ -6,15 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from corrlib.checkpoint import load_checkpoint, save_checkpoint
 from corrlib.losses import contrastive_hinge, label_hinge, margin_ranking_hinge
 from corrlib.models.patch import (
     DEEPCOMPARE_KINDS,
     OUTPUTS,
+    PATCH_FORMAT,
     PATCH_MODELS,
     SPP_LEVELS,
     PatchModel,
     deepcompare,
     deepdesc,
+    export_patch_model,
+    load_patch_model,
     mccnn_accurate,
     mccnn_fast,
     patch_model,
@@ -67,9 +71,14 @@ def _input_size(model: PatchModel) -> int:
 
 def test_registry_names_and_unknown_name():
     assert tuple(PATCH_MODELS) == NAMES
-    with pytest.raises(ValueError, match=r"Unknown value 'sift' for argument name. Valid values are \{mccnn-fast, "):
+    with pytest.raises(
+        ValueError, match=r"Unknown value 'sift' for argument name. Valid values are \{mccnn-fast, "
+    ):
         patch_model("sift")
-    with pytest.raises(ValueError, match=r"Unknown value '3ch' for argument kind. Valid values are \{2ch, 2ch-deep, "):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown value '3ch' for argument kind. Valid values are \{2ch, 2ch-deep, ",
+    ):
         deepcompare("3ch")
 
 
@@ -96,7 +105,10 @@ def test_spatial_pyramid_pool_layout():
     out = spatial_pyramid_pool(x, (1, 2))
     # level 1: the max 15; level 2: the max of each 2x2 quadrant, row-major
     assert torch.equal(out, torch.tensor([[15.0, 5.0, 7.0, 13.0, 15.0]]))
-    assert spatial_pyramid_pool(torch.zeros(2, 3, 1, 1)).shape == (2, 3 * sum(n * n for n in SPP_LEVELS))
+    assert spatial_pyramid_pool(torch.zeros(2, 3, 1, 1)).shape == (
+        2,
+        3 * sum(n * n for n in SPP_LEVELS),
+    )
 
 
 @pytest.mark.parametrize("name", ["mccnn-fast", "mccnn-accurate"])
@@ -115,7 +127,9 @@ def test_mccnn_shapes_at_receptive_field_and_dense(name):
 
 def test_paper_parameter_count_2ch():
     # C(2->96, 7x7), C(96->192, 5x5), C(192->256, 3x3), F(256->256), F(256->1), with biases
-    expected = (2 * 96 * 49 + 96) + (96 * 192 * 25 + 192) + (192 * 256 * 9 + 256) + (256 * 256 + 256) + 257
+    expected = (
+        (2 * 96 * 49 + 96) + (96 * 192 * 25 + 192) + (192 * 256 * 9 + 256) + (256 * 256 + 256) + 257
+    )
     assert _n_params(deepcompare("2ch", patch_size=64)) == expected == 979_169
 
 
@@ -139,9 +153,17 @@ def test_decision_input_size(kind, p, in_features):
 
 @pytest.mark.parametrize("kind", [k for k in DEEPCOMPARE_KINDS if k != "siamese-spp"])
 def test_paper_towers_unpadded_at_64(kind):
-    convs = [m for m in deepcompare(kind, patch_size=64).towers.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [
+        m
+        for m in deepcompare(kind, patch_size=64).towers.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     assert all(c.padding == (0, 0) for c in convs)
-    padded = [m for m in deepcompare(kind, patch_size=32).towers.modules() if isinstance(m, torch.nn.Conv2d)]
+    padded = [
+        m
+        for m in deepcompare(kind, patch_size=32).towers.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     assert padded[0].padding == (0, 0) and padded[-1].padding != (0, 0)  # trailing ones padded
 
 
@@ -209,7 +231,11 @@ def test_mccnn_fast_dense_features_equal_patch_features():
     with torch.no_grad():
         dense = model.features(image)  # (1, 8, 12, 22)
         patches = torch.cat(
-            [image[..., y : y + rf, x : x + rf] for y in range(dense.shape[2]) for x in range(dense.shape[3])]
+            [
+                image[..., y : y + rf, x : x + rf]
+                for y in range(dense.shape[2])
+                for x in range(dense.shape[3])
+            ]
         )  # (12 * 22, 1, 9, 9), row-major
         loop = model.features(patches).reshape(12, 22, 8).permute(2, 0, 1)
     assert torch.allclose(dense[0], loop, atol=1e-5)
@@ -235,14 +261,18 @@ def test_mccnn_accurate_dense_decision_equals_patch_forward():
         # disparity d: left cell (x, y) against right cell (x - d, y)
         dense = model.decision(fl[..., d:], fr[..., :-d])[0]  # (12, 19)
         for y in range(dense.shape[0]):
-            a = torch.cat([left[..., y : y + rf, x + d : x + d + rf] for x in range(dense.shape[1])])
+            a = torch.cat(
+                [left[..., y : y + rf, x + d : x + d + rf] for x in range(dense.shape[1])]
+            )
             b = torch.cat([right[..., y : y + rf, x : x + rf] for x in range(dense.shape[1])])
             assert torch.allclose(dense[y], model(a, b), atol=1e-5)
 
 
 def test_mccnn_errors():
     model = mccnn_accurate(features=8, fc_units=16)
-    with pytest.raises(ValueError, match=r"Argument image must be at least 9x9 \(the receptive field\)"):
+    with pytest.raises(
+        ValueError, match=r"Argument image must be at least 9x9 \(the receptive field\)"
+    ):
         model.features(torch.rand(1, 1, 8, 30))
     with pytest.raises(ValueError, match=r"Argument a must hold patches of at least 9 pixels"):
         model(*_pair(1, 7))
@@ -261,9 +291,13 @@ def test_mccnn_errors():
 
 def test_patch_input_errors():
     model = deepcompare("2ch", patch_size=32, width_mult=0.125)
-    with pytest.raises(ValueError, match=r"Argument a must have shape \(B, 1, 32, 32\) for this DeepCompare"):
+    with pytest.raises(
+        ValueError, match=r"Argument a must have shape \(B, 1, 32, 32\) for this DeepCompare"
+    ):
         model(*_pair(1, 64))
-    with pytest.raises(ValueError, match=r"Argument a must have shape \(B, 1, P, P\); dim 1 should be 1"):
+    with pytest.raises(
+        ValueError, match=r"Argument a must have shape \(B, 1, P, P\); dim 1 should be 1"
+    ):
         model(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"Argument b must have shape \(2, 1, 32, 32\)"):
         model(torch.rand(2, 1, 32, 32), torch.rand(1, 1, 32, 32))
@@ -331,3 +365,74 @@ def test_overfits_16_random_pairs(name):
         loss.backward()
         _adam_step(params, state)
     assert loss.item() < 0.2 * start
+
+
+# ------------------------------------------------------------------------------------------------
+# trained-model files
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_models_record_their_arch_and_config(name):
+    model = _small(name)
+    assert model.arch == name
+    rebuilt = patch_model(name, **model.config)
+    assert rebuilt.arch == name and rebuilt.config == model.config
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+
+
+def test_export_load_round_trip(tmp_path):
+    model = _small("deepdesc").eval()
+    path = export_patch_model(tmp_path / "dd.pt", model, {"fpr95": 0.25, "bad": float("nan")})
+    state = load_checkpoint(path)
+    assert (
+        state["format"] == PATCH_FORMAT
+        and state["arch"] == "deepdesc"
+        and state["metrics"] == {"fpr95": 0.25}
+    )
+    loaded = patch_model("deepdesc", weights=path)
+    assert loaded.arch == "deepdesc" and loaded.config == model.config and not loaded.training
+    assert loaded.config == {"dim": 128, "patch_size": 32, "width_mult": 0.125}
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded.describe(x), model.describe(x))
+    assert torch.equal(load_patch_model(path).describe(x), model.describe(x))
+    with pytest.raises(ValueError, match=r"dd\.pt holds a 'deepdesc' model, not '2ch'"):
+        patch_model("2ch", weights=path)
+    with pytest.raises(ValueError, match=r"weights= or model settings, not both"):
+        patch_model("deepdesc", weights=path, dim=8)
+
+
+def test_load_accepts_legacy_files_and_refuses_others(tmp_path):
+    model = _small("mccnn-fast").eval()
+    legacy = save_checkpoint(
+        tmp_path / "old.pt",
+        {"arch": "mccnn-fast", "kwargs": dict(model.config), "model": model.state_dict()},
+    )
+    x = torch.rand(2, 1, 9, 9)
+    assert torch.equal(load_patch_model(legacy)(x, x), model(x, x))
+    save_checkpoint(tmp_path / "other.pt", {"format": "corrlib.ucn/1", "model": {}})
+    with pytest.raises(
+        ValueError, match=r"other\.pt is not an exported patch network \(format 'corrlib.ucn/1'"
+    ):
+        load_patch_model(tmp_path / "other.pt")
+    with pytest.raises(TypeError, match="PatchModel"):
+        export_patch_model(tmp_path / "x.pt", torch.nn.Linear(2, 2))
+
+
+def test_load_wrong_shape_weights_names_the_file(tmp_path):
+    model = _small("deepdesc")
+    path = export_patch_model(tmp_path / "dd.pt", model)
+    state = load_checkpoint(path)
+    key = next(k for k in state["model"] if k.endswith("weight"))
+    state["model"][key] = torch.zeros(1, 1)
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"dd\.pt: the saved model weights do not fit a DeepDesc"):
+        patch_model("deepdesc", weights=path)
+    state["kwargs"]["dim"] = 0
+    save_checkpoint(path, state)
+    with pytest.raises(
+        ValueError, match=r"dd\.pt: its settings .* do not build a 'deepdesc' network"
+    ):
+        load_patch_model(path)

@@ -1,10 +1,12 @@
-"""Tests of SFNet (chapter 06): dense-flow losses, the two-level correlation, argmax modes, flows."""
+"""Tests of SFNet (chapter 06): dense-flow losses, the two-level correlation, argmax modes,
+flows."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from corrlib.checkpoint import load_checkpoint, save_checkpoint
 from corrlib.losses import (
     flow_consistency_loss,
     flow_smoothness_loss,
@@ -16,8 +18,11 @@ from corrlib.models.sfnet import (
     LOSS_WEIGHTS,
     OFFLINE_GRID_STRIDE,
     OFFLINE_TAPS,
+    SFNET_FORMAT,
     SFNet,
+    export_sfnet,
     flow_cells_to_normalized,
+    load_sfnet,
     mask_to_grid,
     sfnet,
     sfnet_loss,
@@ -66,7 +71,8 @@ def test_flow_consistency_zero_for_inverse_flows_on_the_foreground():
     ms, mt = _box_mask(), _box_mask()
     ok = flow_consistency_loss(_const_flow(1.0, -1.0), _const_flow(-1.0, 1.0), ms, mt)
     bad = flow_consistency_loss(_const_flow(1.0, -1.0), _const_flow(1.0, -1.0), ms, mt)
-    # a cycle error of (2, -2) on every foreground cell: |.|^2 = 8, times n / (n + 1), both directions
+    # a cycle error of (2, -2) on every foreground cell: |.|^2 = 8, times n / (n + 1),
+    # both directions
     n = ms.sum().item()
     assert ok.item() < 1e-9 and bad.item() == pytest.approx(2 * 8 * n / (n + 1), rel=1e-5)
 
@@ -94,7 +100,9 @@ def test_smoothness_sees_a_one_cell_zigzag():
 
 def test_smoothness_is_the_slope_of_a_linear_flow():
     flow = torch.zeros(1, 2, 12, 12)
-    flow[:, 0] = 0.25 * torch.arange(12.0)  # dF_x/dx = 0.25 everywhere (one-sided at the borders too)
+    flow[:, 0] = 0.25 * torch.arange(
+        12.0
+    )  # dF_x/dx = 0.25 everywhere (one-sided at the borders too)
     m = _box_mask()
     n = m.sum().item()
     assert flow_smoothness_loss(flow, m).item() == pytest.approx(0.25 * n / (n + 1), rel=1e-5)
@@ -103,7 +111,9 @@ def test_smoothness_is_the_slope_of_a_linear_flow():
 
 def test_dense_losses_check_shapes():
     with pytest.raises(ValueError, match="mask_s"):
-        mask_consistency_loss(_const_flow(0, 0), _const_flow(0, 0), torch.zeros(1, 1, 5, 5), _box_mask())
+        mask_consistency_loss(
+            _const_flow(0, 0), _const_flow(0, 0), torch.zeros(1, 1, 5, 5), _box_mask()
+        )
     with pytest.raises(ValueError, match="flow"):
         flow_smoothness_loss(torch.zeros(1, 3, 12, 12), _box_mask())
 
@@ -114,7 +124,9 @@ def test_dense_losses_check_shapes():
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return SFNet(backbones.backbone("resnet18", weights="none", taps=("layer3", "layer4")), blocks=0)
+    return SFNet(
+        backbones.backbone("resnet18", weights="none", taps=("layer3", "layer4")), blocks=0
+    )
 
 
 def _one_hot_features(h, w, shift=(0, 0)):
@@ -129,13 +141,26 @@ def test_flows_recover_a_shift_in_both_directions(net, argmax):
     fa = {t: _one_hot_features(h, w) for t in net.taps}
     fb = {t: _one_hot_features(h, w, shift=(2, 1)) for t in net.taps}  # content moves +2 x, +1 y
     out = net.forward_features(fa, fb, (h * 16, w * 16), argmax=argmax)
-    assert out.flow_st.shape == (1, 2, h, w) and out.corr_st.shape == (1, h * w, h, w) and out.corr_ts.shape == (1, h * w, h, w)
-    inner = (slice(None), slice(None), slice(1, 6), slice(1, 5))  # cells whose content stays in the frame
+    assert (
+        out.flow_st.shape == (1, 2, h, w)
+        and out.corr_st.shape == (1, h * w, h, w)
+        and out.corr_ts.shape == (1, h * w, h, w)
+    )
+    inner = (
+        slice(None),
+        slice(None),
+        slice(1, 6),
+        slice(1, 5),
+    )  # cells whose content stays in the frame
     assert torch.allclose(out.flow_st[:, 0][inner[:1] + inner[2:]], torch.tensor(2.0), atol=1e-3)
     assert torch.allclose(out.flow_st[:, 1][inner[:1] + inner[2:]], torch.tensor(1.0), atol=1e-3)
-    assert torch.allclose(out.flow_ts[:, :, 3:7, 3:7], torch.tensor([-2.0, -1.0]).view(1, 2, 1, 1), atol=1e-3)
+    assert torch.allclose(
+        out.flow_ts[:, :, 3:7, 3:7], torch.tensor([-2.0, -1.0]).view(1, 2, 1, 1), atol=1e-3
+    )
     px = out.flow_pixels("st", (h * 16, w * 16))
-    assert px.shape == (1, 2, 128, 128) and torch.allclose(px[0, :, 40, 40], torch.tensor([32.0, 16.0]), atol=1e-2)
+    assert px.shape == (1, 2, 128, 128) and torch.allclose(
+        px[0, :, 40, 40], torch.tensor([32.0, 16.0]), atol=1e-2
+    )
 
 
 def test_kernel_soft_argmax_ignores_a_distant_second_peak(net):
@@ -143,7 +168,9 @@ def test_kernel_soft_argmax_ignores_a_distant_second_peak(net):
     corr[0, 0, 4, 4], corr[0, 0, 20, 20] = 1.0, 0.98
     soft = net.match(corr, "soft")[0, 0]
     kernel = net.match(corr, "kernel")[0, 0]
-    assert torch.allclose(kernel, torch.tensor([4.0, 4.0]), atol=0.05) and soft[0] > 6  # soft is pulled away from the peak
+    assert (
+        torch.allclose(kernel, torch.tensor([4.0, 4.0]), atol=0.05) and soft[0] > 6
+    )  # soft is pulled away from the peak
 
 
 def test_correlation_is_relu_product_and_each_map_unit_norm(net):
@@ -158,7 +185,9 @@ def test_correlation_is_relu_product_and_each_map_unit_norm(net):
 
 def test_trunk_frozen_adaptation_trains_and_train_keeps_trunk_in_eval():
     torch.manual_seed(0)
-    model = SFNet(backbones.backbone("resnet18", weights="none", taps=("layer3", "layer4")), blocks=1).train()
+    model = SFNet(
+        backbones.backbone("resnet18", weights="none", taps=("layer3", "layer4")), blocks=1
+    ).train()
     assert not model.trunk.training and all(not p.requires_grad for p in model.trunk.parameters())
     x = torch.rand(2, 3, 64, 64)
     mask = torch.zeros(2, 64, 64)
@@ -180,7 +209,9 @@ def test_sfnet_loss_weights_drop_terms_and_reject_unknown(net):
     mask = torch.ones(1, 64, 64)
     full, terms = sfnet_loss(out, mask, mask)
     only_mask, _ = sfnet_loss(out, mask, mask, {"mask": 1.0, "flow": 0.0, "smooth": 0.0})
-    assert full.item() == pytest.approx(sum(LOSS_WEIGHTS[k] * v for k, v in terms.items()), rel=1e-5)
+    assert full.item() == pytest.approx(
+        sum(LOSS_WEIGHTS[k] * v for k, v in terms.items()), rel=1e-5
+    )
     assert only_mask.item() == pytest.approx(terms["mask"], rel=1e-5)
     with pytest.raises(ValueError, match="weights"):
         sfnet_loss(out, mask, mask, {"masks": 1.0})
@@ -197,9 +228,119 @@ def test_mask_to_grid_and_normalised_units():
     assert torch.allclose(f[0, :, 0, 0], torch.tensor([0.2, 0.1]))
 
 
-@pytest.mark.skipif(backbones.imagenet_weights_path("resnet101").is_file(), reason="ImageNet weights are cached: no fallback")
+@pytest.mark.skipif(
+    backbones.imagenet_weights_path("resnet101").is_file(),
+    reason="ImageNet weights are cached: no fallback",
+)
 def test_builder_falls_back_loudly_to_the_offline_trunk():
     with pytest.warns(UserWarning, match="OFFLINE FALLBACK"):
-        model = sfnet("resnet101", weights="auto")
-    assert model.trunk.arch == "offline" and model.taps == OFFLINE_TAPS and model.grid_stride == OFFLINE_GRID_STRIDE
+        model = sfnet(arch="resnet101", trunk_weights="auto")
+    assert (
+        model.trunk.arch == "offline"
+        and model.taps == OFFLINE_TAPS
+        and model.grid_stride == OFFLINE_GRID_STRIDE
+    )
     assert "fallback for resnet101" in model.trunk.weights_source
+
+
+# ------------------------------------------------------------------------------------ model files
+
+
+def _offline_sfnet(**kwargs):
+    torch.manual_seed(0)
+    model = sfnet(
+        arch="offline",
+        trunk_weights=kwargs.pop("trunk_weights", "offline"),
+        kernels=(3, 3),
+        blocks=1,
+        **kwargs,
+    )
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model.train()(
+            x, x.flip(-1)
+        )  # moves the adaptation layers' batch-norm statistics off their init
+        for p in model.adapt.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_constructor_records_variant_and_image_size():
+    model = sfnet(
+        arch="offline",
+        trunk_weights="offline",
+        kernels=(3, 3),
+        blocks=1,
+        image_size=(64, 96),
+        variant="full",
+    )
+    assert (
+        model.variant == "full" and model.image_size == (64, 96) and model.trunk.arch == "offline"
+    )
+    assert model.config["variant"] == "full" and model.config["image_size"] == (64, 96)
+    assert sfnet(arch="offline", trunk_weights="offline", kernels=(3, 3), blocks=1).variant is None
+
+
+def test_export_from_checkpoint_round_trip(tmp_path):
+    model = _offline_sfnet(image_size=(64, 64), variant="no-flow-loss", argmax="soft", sigma=4.0)
+    path = export_sfnet(tmp_path / "sfnet.pt", model, metrics={"pck@0.1": 0.4, "bad": float("nan")})
+    state = load_checkpoint(path)
+    assert (
+        state["format"] == SFNET_FORMAT
+        and state["trunk_arch"] == "offline"
+        and state["trunk_weights"] == "offline"
+    )
+    assert "trunk" not in state and state["metrics"] == {
+        "pck@0.1": 0.4
+    }  # a frozen offline trunk is rebuilt, not saved
+    loaded = SFNet.from_checkpoint(path)
+    assert isinstance(loaded, SFNet) and not loaded.training
+    assert (
+        loaded.variant == "no-flow-loss"
+        and loaded.image_size == (64, 64)
+        and loaded.trunk.arch == "offline"
+    )
+    assert (
+        loaded.taps == model.taps
+        and loaded.config == model.config
+        and loaded.argmax == "soft"
+        and loaded.sigma == 4.0
+    )
+    for (k, p), (k2, q) in zip(model.adapt.state_dict().items(), loaded.adapt.state_dict().items()):
+        assert k == k2 and torch.equal(p, q), k
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        a, b = model(x, x.flip(-1)), loaded(x, x.flip(-1))
+    assert torch.equal(a.flow_st, b.flow_st) and torch.equal(a.corr_st, b.corr_st)
+    built = sfnet(weights=path)  # the builder's weights= is a trained SFNet file
+    assert built.variant == "no-flow-loss" and built.image_size == (64, 64) and not built.training
+    assert load_sfnet(path).config == model.config
+
+
+def test_export_saves_a_random_trunk_with_the_model(tmp_path):
+    model = _offline_sfnet(trunk_weights="none")
+    assert model.trunk.weights_source.startswith("random")
+    path = export_sfnet(tmp_path / "random.pt", model)
+    state = load_checkpoint(path)
+    assert "trunk" in state and state["trunk_weights"] == "none"
+    loaded = SFNet.from_checkpoint(path)
+    assert loaded.variant is None and loaded.image_size is None
+    for k, v in model.trunk.state_dict().items():
+        assert torch.equal(v, loaded.trunk.state_dict()[k]), k
+
+
+def test_load_refuses_wrong_shapes_and_other_files(tmp_path):
+    path = export_sfnet(tmp_path / "sfnet.pt", _offline_sfnet())
+    state = load_checkpoint(path)
+    key = next(k for k in state["adapt"] if k.endswith("conv.weight"))
+    state["adapt"][key] = torch.zeros(2, 2, 3, 3)
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"sfnet\.pt: the saved adaptation weights do not fit"):
+        SFNet.from_checkpoint(path)
+    save_checkpoint(tmp_path / "ucn.pt", {"format": "corrlib.ucn/1", "model": {}})
+    with pytest.raises(
+        ValueError, match=r"ucn\.pt is not an exported SFNet \(format 'corrlib.ucn/1'"
+    ):
+        load_sfnet(tmp_path / "ucn.pt")
+    with pytest.raises(TypeError, match="SFNet"):
+        export_sfnet(tmp_path / "x.pt", torch.nn.Linear(2, 2))

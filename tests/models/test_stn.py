@@ -1,4 +1,5 @@
-"""Spatial transformers (corrlib.models.stn): identity init, known shifts, gradients, shapes, errors."""
+"""Spatial transformers (corrlib.models.stn): identity init, known shifts, gradients, shapes,
+errors."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from corrlib.geometry import tps_grid
+from corrlib.geometry import tps_basis, tps_grid, tps_lattice
 from corrlib.models import stn
 
 pytestmark = pytest.mark.usefixtures("one_thread", "warm_optimizer")
@@ -32,7 +33,7 @@ def test_n_params_and_identity(kind, n):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_identity_grid_is_the_pixel_grid(kind):
-    ctrl = stn.tps_lattice(3) if kind == "tps" else None
+    ctrl = tps_lattice(3) if kind == "tps" else None
     params = stn.identity_params(kind, tps_lattice_size=3)[None]
     grid = stn.transform_grid(params, kind, (5, 7), ctrl=ctrl)
     assert grid.shape == (1, 5, 7, 2)
@@ -43,9 +44,11 @@ def test_identity_grid_is_the_pixel_grid(kind):
 
 
 def test_tps_basis_matches_geometry_tps_grid():
-    ctrl = stn.tps_lattice(4, dtype=torch.float64)
-    target = ctrl + 0.1 * torch.randn(3, 16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    basis = stn.tps_basis(ctrl, (9, 11))
+    ctrl = tps_lattice(4, dtype=torch.float64)
+    target = ctrl + 0.1 * torch.randn(
+        3, 16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    basis = tps_basis(ctrl, (9, 11))
     fast = (basis @ target).reshape(3, 9, 11, 2)
     slow = tps_grid(ctrl.expand(3, -1, -1).contiguous(), target, (9, 11))
     assert basis.shape == (99, 16)
@@ -58,7 +61,9 @@ def test_module_grid_matches_transform_grid_for_every_kind():
         st = stn.SpatialTransformer(kind, (12, 10), in_size=28)
         params = st.identity_params + 0.05 * torch.randn(3, st.identity_params.numel(), generator=g)
         ctrl = st.ctrl if kind == "tps" else None
-        assert torch.allclose(st.grid(params), stn.transform_grid(params, kind, (12, 10), ctrl=ctrl), atol=1e-5), kind
+        assert torch.allclose(
+            st.grid(params), stn.transform_grid(params, kind, (12, 10), ctrl=ctrl), atol=1e-5
+        ), kind
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,7 +100,9 @@ def test_tps_uniform_offset_is_a_translation():
     x = _image(1, w)
     st = stn.SpatialTransformer("tps", w, in_size=w)
     out = F.grid_sample(x, st.grid(params), align_corners=False)
-    assert torch.allclose(out[..., : w - k, :], torch.roll(x, -k, dims=-2)[..., : w - k, :], atol=1e-5)
+    assert torch.allclose(
+        out[..., : w - k, :], torch.roll(x, -k, dims=-2)[..., : w - k, :], atol=1e-5
+    )
 
 
 def test_gradients_reach_the_localisation_net():
@@ -105,7 +112,8 @@ def test_gradients_reach_the_localisation_net():
     target = torch.roll(x, 2, dims=-1)
     loss = F.mse_loss(st(x)[0], target)
     loss.backward()
-    # at the identity initialisation only the last layer gets a gradient (its zero weights block the rest)
+    # at the identity initialisation only the last layer gets a gradient
+    # (its zero weights block the rest)
     assert st.loc.head.weight.grad.abs().sum() > 0 and st.loc.head.bias.grad.abs().sum() > 0
     with torch.no_grad():
         for p in st.parameters():
@@ -124,7 +132,13 @@ def test_out_size_differs_from_in_size():
 
 
 def test_unknown_kind_error_message():
-    with pytest.raises(ValueError, match=r"Unknown value 'similarity' for argument kind\. Valid values are \{affine, projective, tps\}\."):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"Unknown value 'similarity' for argument kind\. "
+            r"Valid values are \{affine, projective, tps\}\."
+        ),
+    ):
         stn.SpatialTransformer("similarity", 28)
     with pytest.raises(ValueError, match=r"Unknown value 'homography' for argument kind"):
         stn.st_cnn("homography")

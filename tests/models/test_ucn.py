@@ -1,4 +1,5 @@
-"""Tests of corrlib.models.ucn: conv spatial transformer, UCN network, contrastive loss, negatives."""
+"""Tests of corrlib.models.ucn: conv spatial transformer, UCN network, contrastive loss,
+negatives."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corrlib.checkpoint import load_checkpoint, save_checkpoint
 from corrlib.matching import FeatureGrid
 from corrlib.models.ucn import (
     UCN,
+    UCN_FORMAT,
     ConvSpatialTransformer,
     CorrespondenceContrastiveLoss,
     UCNTrunk,
     correspondence_contrastive_loss,
+    export_ucn,
+    load_ucn,
     local_affine_grid,
     mine_hard_negatives,
     random_negatives,
@@ -33,7 +38,8 @@ def _theta(b, h, w, params=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), dtype=torch.float32):
 def test_local_affine_grid_identity_taps_known_answer():
     grid = local_affine_grid(_theta(1, 3, 4), kernel_size=3, dilation=2)
     assert grid.shape == (1, 9, 12, 2)
-    # location (x=1, y=2), element (i=0, j=2): offset dilation * (j - 1, i - 1) = (2, -2) -> cell (3, 0)
+    # location (x=1, y=2), element (i=0, j=2): offset dilation * (j - 1, i - 1) = (2, -2)
+    # -> cell (3, 0)
     cell = ((grid[0, 2 * 3 + 0, 1 * 3 + 2] + 1) * torch.tensor([4.0, 3.0]) - 1) / 2
     assert torch.allclose(cell, torch.tensor([3.0, 0.0]), atol=1e-6)
 
@@ -62,12 +68,15 @@ def test_transformer_gradients_reach_the_transform_predictor():
 
 def test_sample_local_patches_translation_and_rotation_known_answers():
     feat = torch.arange(25.0).reshape(1, 1, 5, 5)
-    # translation by one cell in x: the centre patch of location (2, 2) is its neighbourhood shifted right
+    # translation by one cell in x: the centre patch of location (2, 2) is its neighbourhood
+    # shifted right
     moved = sample_local_patches(feat, _theta(1, 5, 5, (1, 0, 1, 0, 1, 0)), 3)
     assert torch.allclose(moved[0, 0, 6:9, 6:9], feat[0, 0, 1:4, 2:5], atol=1e-5)
     # a 90 degree rotation of the pattern: offset (ox, oy) -> (-oy, ox) rotates the patch
     rot = sample_local_patches(feat, _theta(1, 5, 5, (0, -1, 0, 1, 0, 0)), 3)
-    assert torch.allclose(rot[0, 0, 6:9, 6:9], torch.rot90(feat[0, 0, 1:4, 1:4], 1, (0, 1)), atol=1e-5)
+    assert torch.allclose(
+        rot[0, 0, 6:9, 6:9], torch.rot90(feat[0, 0, 1:4, 1:4], 1, (0, 1)), atol=1e-5
+    )
 
 
 def test_sample_local_patches_zero_outside_and_gradcheck():
@@ -76,14 +85,17 @@ def test_sample_local_patches_zero_outside_and_gradcheck():
     assert out[0, 0, 0, 0] == 0 and out[0, 0, 1, 1] == 1  # corner tap outside the map reads zero
     g = torch.Generator().manual_seed(0)
     f64 = torch.rand(1, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
-    th = (_theta(1, 3, 3, dtype=torch.float64) + 0.13 * torch.rand(1, 6, 3, 3, dtype=torch.float64, generator=g)).requires_grad_()
+    th = (
+        _theta(1, 3, 3, dtype=torch.float64)
+        + 0.13 * torch.rand(1, 6, 3, 3, dtype=torch.float64, generator=g)
+    ).requires_grad_()
     assert torch.autograd.gradcheck(lambda a, t: sample_local_patches(a, t, 3), (f64, th))
 
 
 def test_transformer_rejects_bad_arguments():
     with pytest.raises(ValueError, match="Argument kernel_size must be odd, got 4"):
         ConvSpatialTransformer(3, 3, kernel_size=4)
-    with pytest.raises(ValueError, match="Argument dilation must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="Argument dilation must be an int >= 1, got 0"):
         ConvSpatialTransformer(3, 3, dilation=0)
     with pytest.raises(ValueError, match=r"Argument theta must have shape \(B, 6, h, w\)"):
         local_affine_grid(torch.zeros(1, 4, 2, 2), 3)
@@ -102,7 +114,13 @@ def test_ucn_shapes_stride_and_unit_norm(use_st):
     assert feat.shape == (2, 12, 8, 6) and stride == 4
     assert torch.allclose(feat.norm(dim=1), torch.ones(2, 8, 6), atol=1e-5)
     assert isinstance(model.st, ConvSpatialTransformer if use_st else nn.Conv2d)
-    assert model.config == {"dim": 12, "use_st": use_st, "st_kernel": 3, "st_dilation": 1, "trunk_widths": [8, 8, 16]}
+    assert model.config == {
+        "dim": 12,
+        "use_st": use_st,
+        "st_kernel": 3,
+        "st_dilation": 1,
+        "trunk_widths": [8, 8, 16],
+    }
 
 
 def test_ucn_without_st_equals_identity_st_with_same_weights():
@@ -159,28 +177,41 @@ def _cells(*xy):
 
 
 def test_contrastive_loss_known_values():
-    f_src = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)  # cells (0,0)=(1,0), (1,0)=(0,1)
+    f_src = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(
+        1, 2, 1, 2
+    )  # cells (0,0)=(1,0), (1,0)=(0,1)
     f_trg = torch.tensor([[0.6, 0.8], [1.0, 0.0]]).T.reshape(1, 2, 1, 2)
     pos_s, pos_t = _cells((0, 0)), _cells((1, 0))  # d = 0: contributes 0
-    neg_s, neg_t = _cells((0, 0), (1, 0)), _cells((0, 0), (0, 0))  # d = sqrt(0.16+0.64), sqrt(0.36+0.04)
+    neg_s, neg_t = (
+        _cells((0, 0), (1, 0)),
+        _cells((0, 0), (0, 0)),
+    )  # d = sqrt(0.16+0.64), sqrt(0.36+0.04)
     loss = correspondence_contrastive_loss(f_src, f_trg, pos_s, pos_t, neg_s, neg_t, margin=1.0)
     d1, d2 = math.sqrt(0.8), math.sqrt(0.4)
     expected = ((1 - d1) ** 2 + (1 - d2) ** 2) / (2 * 3)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     # positives only: 1/(2N) * sum d^2 with d^2 = |(1,0) - (0.6,0.8)|^2 = 0.8
-    only_pos = correspondence_contrastive_loss(f_src, f_trg, _cells((0, 0)), _cells((0, 0)), neg_s[:, :0], neg_t[:, :0])
+    only_pos = correspondence_contrastive_loss(
+        f_src, f_trg, _cells((0, 0)), _cells((0, 0)), neg_s[:, :0], neg_t[:, :0]
+    )
     assert only_pos.item() == pytest.approx(0.8 / 2, rel=1e-5)
     # a negative beyond the margin costs nothing
-    far = correspondence_contrastive_loss(f_src, f_trg, pos_s[:, :0], pos_t[:, :0], _cells((1, 0)), _cells((1, 0)), margin=1.0)
+    far = correspondence_contrastive_loss(
+        f_src, f_trg, pos_s[:, :0], pos_t[:, :0], _cells((1, 0)), _cells((1, 0)), margin=1.0
+    )
     assert far.item() == 0.0
     module = CorrespondenceContrastiveLoss(margin=1.0)
-    assert module(f_src, f_trg, pos_s, pos_t, neg_s, neg_t).item() == pytest.approx(expected, rel=1e-5)
+    assert module(f_src, f_trg, pos_s, pos_t, neg_s, neg_t).item() == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_contrastive_loss_samples_fractional_cells_bilinearly():
     f_src = torch.tensor([[0.0, 2.0]]).reshape(1, 1, 1, 2)
     f_trg = torch.zeros(1, 1, 1, 2)
-    loss = correspondence_contrastive_loss(f_src, f_trg, _cells((0.5, 0)), _cells((0, 0)), _cells()[:, :0], _cells()[:, :0])
+    loss = correspondence_contrastive_loss(
+        f_src, f_trg, _cells((0.5, 0)), _cells((0, 0)), _cells()[:, :0], _cells()[:, :0]
+    )
     assert loss.item() == pytest.approx(1.0 / 2)  # descriptor 1.0 at x = 0.5
 
 
@@ -196,16 +227,30 @@ def test_contrastive_loss_matches_loop_reference_and_gradcheck():
     for b in range(2):  # pairs drawn one by one, as the equation reads
         for i in range(3):
             x0, y0 = ps[b, i].tolist()
-            a = F.grid_sample(f_src[b : b + 1], torch.tensor([[[[(2 * x0 + 1) / 5 - 1, (2 * y0 + 1) / 4 - 1]]]], dtype=torch.float64), align_corners=False)[0, :, 0, 0]
+            a = F.grid_sample(
+                f_src[b : b + 1],
+                torch.tensor(
+                    [[[[(2 * x0 + 1) / 5 - 1, (2 * y0 + 1) / 4 - 1]]]], dtype=torch.float64
+                ),
+                align_corners=False,
+            )[0, :, 0, 0]
             x1, y1 = pt[b, i].tolist()
-            c = F.grid_sample(f_trg[b : b + 1], torch.tensor([[[[(2 * x1 + 1) / 5 - 1, (2 * y1 + 1) / 4 - 1]]]], dtype=torch.float64), align_corners=False)[0, :, 0, 0]
+            c = F.grid_sample(
+                f_trg[b : b + 1],
+                torch.tensor(
+                    [[[[(2 * x1 + 1) / 5 - 1, (2 * y1 + 1) / 4 - 1]]]], dtype=torch.float64
+                ),
+                align_corners=False,
+            )[0, :, 0, 0]
             ref += float((a - c).detach().pow(2).sum())
         for j in range(4):
             (x0, y0), (x1, y1) = ns[b, j].long().tolist(), nt[b, j].long().tolist()
             d = float((f_src[b, :, y0, x0] - f_trg[b, :, y1, x1]).detach().norm())
             ref += max(0.0, 3.0 - d) ** 2
     assert loss.item() == pytest.approx(ref / (2 * 2 * 7), rel=1e-9)
-    assert torch.autograd.gradcheck(lambda a, c: correspondence_contrastive_loss(a, c, ps, pt, ns, nt, 3.0), (f_src, f_trg))
+    assert torch.autograd.gradcheck(
+        lambda a, c: correspondence_contrastive_loss(a, c, ps, pt, ns, nt, 3.0), (f_src, f_trg)
+    )
 
 
 def test_contrastive_loss_empty_and_errors():
@@ -215,7 +260,9 @@ def test_contrastive_loss_empty_and_errors():
     loss.backward()
     assert loss.item() == 0.0 and f.grad is not None
     with pytest.raises(ValueError, match=r"Argument pos_trg_cells must have shape \(1, 2, 2\)"):
-        correspondence_contrastive_loss(f, f, torch.zeros(1, 2, 2), torch.zeros(1, 3, 2), empty, empty)
+        correspondence_contrastive_loss(
+            f, f, torch.zeros(1, 2, 2), torch.zeros(1, 3, 2), empty, empty
+        )
     with pytest.raises(ValueError, match="Argument margin must be positive, got 0"):
         correspondence_contrastive_loss(f, f, empty, empty, empty, empty, margin=0)
     # identical negative features (d = 0) still give a finite gradient
@@ -229,22 +276,32 @@ def test_contrastive_loss_empty_and_errors():
 
 
 def _mine_loop(f_src, f_trg, src_cells, true_cells, radius):
+    """Loop reference: the nearest allowed cell, and the float64 distance to every cell (inf where
+    not allowed), ``(B, N, Ht, Wt)``."""
     b, _, h, w = f_trg.shape
     out = torch.zeros(b, src_cells.shape[1], 2)
+    dist = torch.full((b, src_cells.shape[1], h, w), math.inf, dtype=torch.float64)
     for bi in range(b):
         for i in range(src_cells.shape[1]):
             x, y = src_cells[bi, i].tolist()
-            q = F.grid_sample(f_src[bi : bi + 1], torch.tensor([[[[(2 * x + 1) / f_src.shape[-1] - 1, (2 * y + 1) / f_src.shape[-2] - 1]]]]), align_corners=False)[0, :, 0, 0]
+            q = F.grid_sample(
+                f_src[bi : bi + 1],
+                torch.tensor(
+                    [[[[(2 * x + 1) / f_src.shape[-1] - 1, (2 * y + 1) / f_src.shape[-2] - 1]]]]
+                ),
+                align_corners=False,
+            )[0, :, 0, 0]
             best, arg = float("inf"), None
             for cy in range(h):
                 for cx in range(w):
                     if math.dist((cx, cy), true_cells[bi, i].tolist()) <= radius:
                         continue
-                    d = float((q - f_trg[bi, :, cy, cx]).pow(2).sum())
+                    d = float((q.double() - f_trg[bi, :, cy, cx].double()).pow(2).sum())
+                    dist[bi, i, cy, cx] = d
                     if d < best:
                         best, arg = d, (cx, cy)
             out[bi, i] = torch.tensor(arg, dtype=torch.float32)
-    return out
+    return out, dist
 
 
 def test_mine_hard_negatives_matches_loop_and_respects_radius():
@@ -257,7 +314,17 @@ def test_mine_hard_negatives_matches_loop_and_respects_radius():
         neg = mine_hard_negatives(f_src, f_trg, src, true, radius)
         assert neg.shape == (2, 6, 2)
         assert ((neg - true).norm(dim=-1) > radius).all()
-        assert torch.equal(neg, _mine_loop(f_src, f_trg, src, true, radius))
+        # mine_hard_negatives ranks float32 |q|^2 - 2 q.t + |t|^2, the loop float64 |q - t|^2: two
+        # summation orders, so only a clear winner (float32 error of unit vectors ~1e-6) must agree;
+        # a near-tie may go either way but must be as close as the loop's best
+        ref, dist = _mine_loop(f_src, f_trg, src, true, radius)
+        two = dist.flatten(2).topk(2, dim=-1, largest=False).values
+        clear = two[..., 1] - two[..., 0] > 1e-5
+        assert clear.float().mean() > 0.9 and torch.equal(neg[clear], ref[clear])
+        chosen = dist.flatten(2).gather(
+            -1, (neg[..., 1] * dist.shape[-1] + neg[..., 0]).long()[..., None]
+        )[..., 0]
+        assert (chosen <= two[..., 0] + 1e-5).all()
 
 
 def test_mine_hard_negatives_radius_zero_excludes_only_the_true_cell():
@@ -270,7 +337,11 @@ def test_mine_hard_negatives_radius_zero_excludes_only_the_true_cell():
 
 def test_mine_hard_negatives_errors_and_empty():
     f = torch.rand(1, 3, 2, 2)
-    assert mine_hard_negatives(f, f, torch.zeros(1, 0, 2), torch.zeros(1, 0, 2), 1.0).shape == (1, 0, 2)
+    assert mine_hard_negatives(f, f, torch.zeros(1, 0, 2), torch.zeros(1, 0, 2), 1.0).shape == (
+        1,
+        0,
+        2,
+    )
     with pytest.raises(ValueError, match=r"radius=5.0 leaves no target cell farther than it"):
         mine_hard_negatives(f, f, torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), 5.0)
     with pytest.raises(ValueError, match="Argument radius must be >= 0"):
@@ -287,7 +358,9 @@ def test_random_negatives_outside_radius_uniform_and_deterministic():
     assert torch.equal(a, b) and a.shape == (4, 3, 2)
     assert ((a - true).norm(dim=-1) > 1.2).all()
     # every allowed cell of point (1, 1) shows up, with about equal frequency
-    many = random_negatives(torch.tensor([[[1.0, 1.0]]]).expand(1, 3000, -1), (3, 4), 1.2, generator=g1)[0]
+    many = random_negatives(
+        torch.tensor([[[1.0, 1.0]]]).expand(1, 3000, -1), (3, 4), 1.2, generator=g1
+    )[0]
     cells, counts = torch.unique(many, dim=0, return_counts=True)
     allowed = [(x, y) for y in range(3) for x in range(4) if math.dist((x, y), (1, 1)) > 1.2]
     assert sorted(map(tuple, cells.long().tolist())) == sorted(allowed)
@@ -303,3 +376,48 @@ def test_random_negatives_few_allowed_cells_and_errors():
     with pytest.raises(ValueError, match="Argument map_size must be positive"):
         random_negatives(true, (0, 5), 1.0)
     assert random_negatives(torch.zeros(2, 0, 2), (3, 3), 1.0).shape == (2, 0, 2)
+
+
+# ------------------------------------------------------------------------------------ model files
+
+
+def test_export_from_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = UCN(
+        dim=8, trunk_widths=(8, 16), st_kernel=3, st_dilation=2, variant="hard-negatives+st"
+    ).eval()
+    assert model.variant == "hard-negatives+st"  # recorded by the constructor
+    path = export_ucn(tmp_path / "ucn.pt", model, metrics={"pck": 0.5, "bad": float("inf")})
+    state = load_checkpoint(path)
+    assert (
+        state["format"] == UCN_FORMAT
+        and state["variant"] == "hard-negatives+st"
+        and state["metrics"] == {"pck": 0.5}
+    )
+    loaded = UCN.from_checkpoint(path)
+    assert isinstance(loaded, UCN) and not loaded.training
+    assert loaded.variant == "hard-negatives+st" and loaded.config == model.config and loaded.use_st
+    assert loaded.st.dilation == 2 and loaded.stride == model.stride == 2
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(loaded(x)[0], model(x)[0])
+    assert load_ucn(path).variant == "hard-negatives+st"
+    plain = export_ucn(tmp_path / "plain.pt", UCN(dim=4, trunk_widths=(4,), use_st=False))
+    assert UCN.from_checkpoint(plain).variant is None and not UCN.from_checkpoint(plain).use_st
+
+
+def test_load_refuses_wrong_shapes_and_other_files(tmp_path):
+    path = export_ucn(tmp_path / "ucn.pt", UCN(dim=8, trunk_widths=(8, 16)))
+    state = load_checkpoint(path)
+    state["model"]["adapt.weight"] = torch.zeros(4, 16, 1, 1)  # a head of another dimension
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"ucn\.pt: the saved model weights do not fit a UCN"):
+        UCN.from_checkpoint(path)
+    state["config"]["dim"] = 0
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"ucn\.pt: its settings .* do not build a UCN"):
+        load_ucn(path)
+    save_checkpoint(tmp_path / "other.pt", {"format": "corrlib.patch/1", "model": {}})
+    with pytest.raises(
+        ValueError, match=r"other\.pt is not an exported UCN \(format 'corrlib.patch/1'"
+    ):
+        UCN.from_checkpoint(tmp_path / "other.pt")

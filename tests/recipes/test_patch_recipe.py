@@ -5,7 +5,8 @@ import torch
 
 from corrlib import eval as ev
 from corrlib.data import PatchPairs
-from corrlib.presets import get_config
+from corrlib.models.patch import export_patch_model, load_patch_model
+from corrlib.recipes import get_config
 from corrlib.recipes import patch as recipe
 
 
@@ -69,24 +70,36 @@ def test_handcrafted_scores_separate_shifted_pairs():
 
 def test_train_resume_and_export_roundtrip(tmp_path, cfg):
     pool = recipe.PatchPool.from_pairs([_shift_pairs(32)], 9)
-    model, hist, _ = recipe.train_patch_model("mccnn-fast", cfg, pool, ckpt_path=tmp_path / "m.ckpt", steps=8, device="cpu")
+    model, hist, _ = recipe.train_patch_model(
+        "mccnn-fast", cfg, pool, ckpt_path=tmp_path / "m.ckpt", steps=8, device="cpu"
+    )
     assert hist[-1]["step"] == 8
-    again, hist2, _ = recipe.train_patch_model("mccnn-fast", cfg, pool, ckpt_path=tmp_path / "m.ckpt", steps=8, device="cpu")
+    again, hist2, _ = recipe.train_patch_model(
+        "mccnn-fast", cfg, pool, ckpt_path=tmp_path / "m.ckpt", steps=8, device="cpu"
+    )
     assert [r["loss"] for r in hist2] == [r["loss"] for r in hist]
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))  # loaded, not retrained
-    path = recipe.export_patch_model(tmp_path / "m.pt", "mccnn-fast", cfg, model, {"fpr95": 0.5})
-    loaded = recipe.load_patch_model(path)
-    assert loaded.arch == "mccnn-fast"
+    assert all(
+        torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters())
+    )  # loaded, not retrained
+    # seeded before the model is built: a fresh run (no checkpoint) repeats the first exactly
+    fresh, hist3, _ = recipe.train_patch_model(
+        "mccnn-fast", cfg, pool, ckpt_path=tmp_path / "other.ckpt", steps=8, device="cpu"
+    )
+    assert [r["loss"] for r in hist3] == [r["loss"] for r in hist]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh.parameters()))
+    path = export_patch_model(tmp_path / "m.pt", model, {"fpr95": 0.5})
+    loaded = load_patch_model(path)
+    assert loaded.arch == "mccnn-fast" and loaded.config == model.config
     x = torch.rand(4, 1, 9, 9)
     assert torch.allclose(loaded(x, x), model(x, x))
 
 
 def test_load_patch_model_rejects_other_files(tmp_path):
-    from corrlib.train import save_checkpoint
+    from corrlib.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "x.pt", {"model": {}})
-    with pytest.raises(ValueError, match="not an exported patch model"):
-        recipe.load_patch_model(tmp_path / "x.pt")
+    with pytest.raises(ValueError, match=r"x\.pt is not an exported patch network"):
+        load_patch_model(tmp_path / "x.pt")
 
 
 def test_learned_descriptor_method_matches_a_translated_image(tmp_path, cfg):
@@ -96,7 +109,7 @@ def test_learned_descriptor_method_matches_a_translated_image(tmp_path, cfg):
     for arch in ("mccnn-fast", "deepdesc"):
         torch.manual_seed(0)
         model = recipe.build_model(arch, cfg)
-        path = recipe.export_patch_model(tmp_path / f"{arch}.pt", arch, cfg, model)
+        path = export_patch_model(tmp_path / f"{arch}.pt", model)
         m = ev.get_method(arch, checkpoint=path, stride=1)
         kps = torch.tensor([[40.0, 30.0], [50.0, 40.0]])
         pred = m.match(img, shifted, kps)
@@ -113,7 +126,7 @@ def test_learned_method_needs_a_checkpoint(tmp_path):
 
 
 def test_learned_method_rejects_wrong_architecture(tmp_path, cfg):
-    path = recipe.export_patch_model(tmp_path / "a.pt", "2ch", cfg, recipe.build_model("2ch", cfg))
+    path = export_patch_model(tmp_path / "a.pt", recipe.build_model("2ch", cfg))
     with pytest.raises(ValueError, match="architecture"):
         ev.get_method("deepdesc", checkpoint=path)
 
@@ -141,7 +154,7 @@ def test_stereo_disparity_handcrafted_and_mccnn(cfg):
 @pytest.mark.realdata
 def test_build_patch_data_smoke(cfg, data_root):
     data = recipe.build_patch_data(cfg, data_root, seed=0)
-    assert data.info["n_train"] == cfg["n_train_stereo"] + cfg["n_train_synthetic"]
+    assert data.info["n_train"] == cfg.n_train_stereo + cfg.n_train_synthetic
     assert set(data.test) == {"aloe (stereo)", "graffiti (homography)"}
     for pairs in data.test.values():
-        assert len(pairs) == cfg["n_test"] and pairs.label.float().mean() == 0.5
+        assert len(pairs) == cfg.n_test and pairs.label.float().mean() == 0.5

@@ -1,4 +1,5 @@
-"""Tests of the chapter-06 recipe: masked pair pools, cached features, SFNet training, resume, export, eval."""
+"""Tests of the chapter-06 recipe: masked pair pools, cached features, SFNet training, resume,
+export, eval."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import pytest
 import torch
 
 from corrlib import eval as ev
-from corrlib.data import DatasetNotFoundError, load_fashion_mnist
-from corrlib.presets import get_config
+from corrlib.data import DatasetNotFoundError, PairPool, load_fashion_mnist
+from corrlib.methods import SFNetMethod
+from corrlib.models.sfnet import export_sfnet, load_sfnet
+from corrlib.recipes import get_config
 from corrlib.recipes import sfnet as recipe
 
 try:
@@ -15,14 +18,17 @@ try:
     HAVE_FASHION = True
 except DatasetNotFoundError:
     HAVE_FASHION = False
-needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
+)
 
 
 @pytest.fixture(scope="module")
 def cfg():
     c = get_config("06_sfnet", "smoke")
-    c.update(images=12, pairs=12, test_images=4, test_pairs=4, steps={"default": 4}, ckpt_every=2)
-    return c
+    return c.replace(
+        images=12, pairs=12, test_images=4, test_pairs=4, steps={"default": 4}, ckpt_every=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +37,7 @@ def pools(cfg):
         pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
     train, test = recipe.build_pool(cfg, "train"), recipe.build_pool(cfg, "test")
     model = recipe.build_model(cfg)
-    return train.cache_features(model), test.cache_features(model)
+    return recipe.cache_trunk_features(train, model), recipe.cache_trunk_features(test, model)
 
 
 @needs_fashion
@@ -39,12 +45,17 @@ def test_pool_layout_masks_trimmed_and_deterministic(cfg, pools):
     train, test = pools
     assert len(train) == 12 and train.size == (64, 64) and train.src.dtype == torch.uint8
     assert train.src_mask.dtype == torch.bool and train.flow.shape == (12, 2, 64, 64)
-    assert not (train.src_mask & ~train.flow_valid).any()  # object pixels leaving the target are dropped
+    assert not (
+        train.src_mask & ~train.flow_valid
+    ).any()  # object pixels leaving the target are dropped
     assert 0.02 < train.src_mask.float().mean() < 0.6
     again = recipe.build_pool(cfg, "train")
     assert torch.equal(again.src, train.src) and torch.equal(again.trg_mask, train.trg_mask)
     assert not torch.equal(test.src[:4], train.src[:4])  # held-out objects and backgrounds
-    assert set(train.feats_src) == set(recipe.build_model(cfg).taps) and train.feats_src["block3"].dtype == torch.float16
+    assert (
+        set(train.feats_src) == set(recipe.build_model(cfg).taps)
+        and train.feats_src["block3"].dtype == torch.float16
+    )
 
 
 @needs_fashion
@@ -53,24 +64,48 @@ def test_batches_are_resumable_and_directions_swap(cfg, pools):
     fn = recipe.make_batch_fn(train, cfg)
     a = fn(3, torch.Generator().manual_seed(7))
     b = fn(3, torch.Generator().manual_seed(7))
-    assert torch.equal(a["mask_src"], b["mask_src"]) and a["feats_src"]["block2"].dtype == torch.float32
-    assert a["mask_src"].shape == (cfg["batch_size"], 64, 64)
-    # over a few steps both directions occur: a reversed row carries the pool's target mask as its source
+    assert (
+        torch.equal(a["mask_src"], b["mask_src"])
+        and a["feats_src"]["block2"].dtype == torch.float32
+    )
+    assert a["mask_src"].shape == (cfg.batch_size, 64, 64)
+    # over a few steps both directions occur: a reversed row carries the pool's target mask as its
+    # source
     rows = [fn(s, torch.Generator().manual_seed(s)) for s in range(6)]
-    masks = {tuple(b["mask_src"][i].flatten()[::97].tolist()) for b in rows for i in range(cfg["batch_size"])}
+    masks = {
+        tuple(b["mask_src"][i].flatten()[::97].tolist())
+        for b in rows
+        for i in range(cfg.batch_size)
+    }
     trg = {tuple(m.float().flatten()[::97].tolist()) for m in train.trg_mask}
     src = {tuple(m.float().flatten()[::97].tolist()) for m in train.src_mask}
     assert masks & trg - src and masks & src - trg
-    with pytest.raises(ValueError, match="cache_features"):
-        recipe.make_batch_fn(recipe.PairPool(*[getattr(train, k) for k in ("src", "trg", "src_mask", "trg_mask", "flow", "flow_valid")]), cfg)
+    with pytest.raises(
+        ValueError, match=r"no cached trunk features; call cache_trunk_features\(pool, model\)"
+    ):
+        bare = PairPool(
+            **{
+                k: getattr(train, k)
+                for k in ("src", "trg", "flow", "flow_valid", "src_mask", "trg_mask")
+            }
+        )
+        recipe.make_batch_fn(bare, cfg)
 
 
 @needs_fashion
 def test_training_lowers_the_loss_on_a_fixed_batch():
-    c = get_config("06_sfnet", "smoke")
-    c.update(images=4, pairs=4, batch_size=4, steps={"default": 40}, lr=3e-3, log_every=40, ckpt_every=0)
+    c = get_config("06_sfnet", "smoke").replace(
+        images=4,
+        pairs=4,
+        batch_size=4,
+        steps={"default": 40},
+        optim={"default": {"optimizer": "adam", "lr": 3e-3}},
+        log_every=40,
+        ckpt_every=0,
+    )
+    assert c.train_config("full", seed=0).lr == 3e-3
     pool = recipe.build_pool(c, "train")
-    pool.cache_features(recipe.build_model(c))
+    recipe.cache_trunk_features(pool, recipe.build_model(c))
     model0 = recipe.build_model(c)
     fn = recipe.make_batch_fn(pool, c)
     batch = fn(0, torch.Generator().manual_seed(0))
@@ -90,7 +125,9 @@ def test_interrupt_and_resume_equals_one_run(cfg, pools, tmp_path):
     train, _ = pools
     whole, _, _ = recipe.train_sfnet("no-smooth-loss", cfg, train, device="cpu")
     ckpt = tmp_path / "run.pt"
-    _, h1, _ = recipe.train_sfnet("no-smooth-loss", cfg, train, ckpt_path=ckpt, device="cpu", stop_after=2)
+    _, h1, _ = recipe.train_sfnet(
+        "no-smooth-loss", cfg, train, ckpt_path=ckpt, device="cpu", stop_after=2
+    )
     assert ckpt.is_file() and h1[-1]["step"] == 2
     resumed, h2, _ = recipe.train_sfnet("no-smooth-loss", cfg, train, ckpt_path=ckpt, device="cpu")
     assert h2[-1]["step"] == 4
@@ -102,8 +139,9 @@ def test_interrupt_and_resume_equals_one_run(cfg, pools, tmp_path):
 def test_export_load_and_registered_method(cfg, pools, tmp_path):
     train, test = pools
     model, _, _ = recipe.train_sfnet("full", cfg, train, device="cpu", steps=2)
-    path = recipe.export_sfnet(tmp_path / "sfnet.pt", model, cfg, metrics={"x": 1.0})
-    loaded = recipe.load_sfnet(path)
+    assert model.variant == "full" and model.image_size == (64, 64)  # recorded by the constructor
+    path = export_sfnet(tmp_path / "sfnet.pt", model, metrics={"x": 1.0})
+    loaded = load_sfnet(path)
     assert loaded.variant == "full" and loaded.image_size == (64, 64)
     for p, q in zip(model.adapt.state_dict().values(), loaded.adapt.state_dict().values()):
         assert torch.equal(p, q)
@@ -118,7 +156,7 @@ def test_export_load_and_registered_method(cfg, pools, tmp_path):
     assert flow.shape == (2, 50, 70) and torch.isfinite(flow).all()
     with pytest.raises(ValueError, match="not an exported SFNet"):
         torch.save({"format": "x"}, tmp_path / "bad.pt")
-        recipe.load_sfnet(tmp_path / "bad.pt")
+        load_sfnet(tmp_path / "bad.pt")
 
 
 def test_method_needs_a_checkpoint():
@@ -130,8 +168,10 @@ def test_method_on_identical_images_returns_the_keypoints():
     import skimage.data
 
     model = recipe.build_model(get_config("06_sfnet", "smoke"), argmax="hard")
-    method = ev.SFNetMethod(model=model, image_size=(128, 128))
-    img = torch.from_numpy(skimage.data.astronaut().copy()).permute(2, 0, 1)[:, ::2, ::2].contiguous()  # (3, 256, 256)
+    method = SFNetMethod(model=model, image_size=(128, 128))
+    img = (
+        torch.from_numpy(skimage.data.astronaut().copy()).permute(2, 0, 1)[:, ::2, ::2].contiguous()
+    )  # (3, 256, 256)
     kps = torch.tensor([[60.0, 80.0], [180.0, 120.0], [128.0, 200.0]])
     pred = method.match(img, img, kps, src_key="a", trg_key="a")
     assert (pred - kps).norm(dim=-1).max() < 0.05 * 256  # identical images: (almost) zero flow
@@ -153,14 +193,15 @@ def test_voc_source_builds_pools_and_online_pairs(tmp_path):
     from tests.data.test_masked import _fake_voc
 
     _fake_voc(tmp_path)
-    c = get_config("06_sfnet", "smoke")
-    c.update(source="voc", images=1, pairs=3, size=(32, 32))
+    c = get_config("06_sfnet", "smoke").replace(source="voc", images=1, pairs=3, size=(32, 32))
     pool = recipe.build_pool(c, "train", data_root=tmp_path)
     assert len(pool) == 3 and pool.src.shape == (3, 3, 32, 32)
     online = recipe.build_online(c, "train", data_root=tmp_path)
     assert len(online) == recipe.ONLINE_PAIRS
-    batch = recipe.make_batch_fn(online, {**c, "jitter": 0.2})(0, torch.Generator().manual_seed(0))
-    assert batch["src"].shape == (c["batch_size"], 3, 32, 32) and batch["mask_src"].dtype == torch.float32
+    batch = recipe.make_batch_fn(online, c.replace(jitter=0.2))(0, torch.Generator().manual_seed(0))
+    assert (
+        batch["src"].shape == (c.batch_size, 3, 32, 32) and batch["mask_src"].dtype == torch.float32
+    )
 
 
 def test_flip_pair_keeps_the_flow_consistent():
@@ -168,8 +209,15 @@ def test_flip_pair_keeps_the_flow_consistent():
     x = torch.arange(8.0).view(1, 1, 8).expand(1, 6, 8)
     flow = torch.zeros(2, 6, 8)
     flow[0] = 2.0  # every source pixel moves 2 right
-    item = {"src_img": torch.rand(3, 6, 8, generator=g), "trg_img": torch.rand(3, 6, 8, generator=g), "src_mask": x[0] < 3,
-            "trg_mask": x[0] < 5, "flow": flow, "flow_valid": x[0] < 6, "trg_flow_valid": x[0] > 1}
+    item = {
+        "src_img": torch.rand(3, 6, 8, generator=g),
+        "trg_img": torch.rand(3, 6, 8, generator=g),
+        "src_mask": x[0] < 3,
+        "trg_mask": x[0] < 5,
+        "flow": flow,
+        "flow_valid": x[0] < 6,
+        "trg_flow_valid": x[0] > 1,
+    }
     f = recipe._flip_pair(item)
     assert torch.all(f["flow"][0] == -2.0) and torch.equal(f["src_mask"], item["src_mask"].flip(-1))
     back = recipe._flip_pair(f)
@@ -178,8 +226,9 @@ def test_flip_pair_keeps_the_flow_consistent():
 
 @needs_fashion
 def test_online_training_resumes_exactly(tmp_path):
-    c = get_config("06_sfnet", "smoke")
-    c.update(cache_features=False, jitter=0.1, steps={"default": 4}, ckpt_every=2)
+    c = get_config("06_sfnet", "smoke").replace(
+        cache_features=False, jitter=0.1, steps={"default": 4}, ckpt_every=2
+    )
     online = recipe.build_online(c, "train")
     whole, _, _ = recipe.train_sfnet("full", c, online, device="cpu")
     ckpt = tmp_path / "online.pt"
@@ -193,10 +242,12 @@ def test_online_training_resumes_exactly(tmp_path):
 @needs_fashion
 def test_train_trunk_needs_online_data_and_moves_the_trunk(cfg, pools):
     train, _ = pools
-    c = {**cfg, "train_trunk": True, "steps": {"default": 2}}
+    c = cfg.replace(train_trunk=True, steps={"default": 2})
     with pytest.raises(ValueError, match="online"):
         recipe.train_sfnet("full", c, train, device="cpu")
     before = recipe.build_model(c).trunk.state_dict()
     model, _, _ = recipe.train_sfnet("full", c, recipe.build_online(c, "train"), device="cpu")
     after = model.trunk.state_dict()
-    assert any(not torch.equal(before[k], after[k].cpu()) for k in before if before[k].is_floating_point())
+    assert any(
+        not torch.equal(before[k], after[k].cpu()) for k in before if before[k].is_floating_point()
+    )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from corrlib.presets import get_config
+from corrlib.recipes import get_config
 from corrlib.recipes import stn as recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread", "warm_optimizer")
@@ -17,8 +17,14 @@ pytestmark = pytest.mark.usefixtures("one_thread", "warm_optimizer")
 @pytest.fixture(scope="module")
 def cfg():
     cfg = get_config("02_stn", "smoke")
-    cfg.update(n_train=64, n_test=40, batch_size=16, cnn_channels=(8, 8), loc_channels=(4, 8), loc_hidden=16)
-    return cfg
+    return cfg.replace(
+        n_train=64,
+        n_test=40,
+        batch_size=16,
+        cnn_channels=(8, 8),
+        loc_channels=(4, 8),
+        loc_hidden=16,
+    )
 
 
 def _write_idx(path, arr: np.ndarray) -> None:
@@ -43,18 +49,29 @@ def data(tmp_path_factory, cfg):
 
 
 def test_build_digit_data(data, cfg):
-    assert (data.info["n_train"], data.info["n_test"]) == (64, 30)  # 150 split 120 / 30, then the first 64 train
+    assert (data.info["n_train"], data.info["n_test"]) == (
+        64,
+        30,
+    )  # 150 split 120 / 30, then the first 64 train
     assert data.info["official_split"] is False and "OFFLINE FALLBACK" in data.info["warning"]
-    assert set(data.test_sets) == set(cfg["distortions"])
+    assert set(data.test_sets) == set(cfg.distortions)
     x, y = data.test_sets["RTS"].tensors()
     assert x.shape == (30, 1, 42, 42) and y.shape == (30,)
-    with pytest.raises(ValueError, match=r"Unknown value 'X' for argument cfg\['distortions'\]"):
-        recipe.build_digit_data({**cfg, "distortions": ("R", "X")}, data.train.info["source"].removesuffix("/MNIST/raw"))
+    with pytest.raises(ValueError, match=r"Unknown value 'X' for argument cfg\.distortions"):
+        recipe.build_digit_data(
+            cfg.replace(distortions=("R", "X")),
+            data.train.info["source"].removesuffix("/MNIST/raw"),
+        )
 
 
-@pytest.mark.parametrize(("name", "kind"), [("cnn", "RTS"), ("st-cnn-affine", "RTS"), ("st-cnn-projective", "P"), ("st-cnn-tps", "E")])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("cnn", "RTS"), ("st-cnn-affine", "RTS"), ("st-cnn-projective", "P"), ("st-cnn-tps", "E")],
+)
 def test_train_and_test_error(name, kind, cfg, data):
-    model, history, seconds = recipe.train_digit_classifier(name, kind, cfg, data, device="cpu", steps=3)
+    model, history, seconds = recipe.train_digit_classifier(
+        name, kind, cfg, data, device="cpu", steps=3
+    )
     assert not model.training and history[-1]["step"] == 3 and seconds > 0
     assert all(np.isfinite(r["loss"]) for r in history if "loss" in r)
     err = recipe.test_error(model, data, kind)
@@ -63,10 +80,16 @@ def test_train_and_test_error(name, kind, cfg, data):
 
 def test_training_resumes_exactly(cfg, data, tmp_path):
     ckpt = tmp_path / "st.pt"
-    full, _, _ = recipe.train_digit_classifier("st-cnn-affine", "R", cfg, data, device="cpu", steps=4)
-    _, history, _ = recipe.train_digit_classifier("st-cnn-affine", "R", cfg, data, ckpt_path=ckpt, device="cpu", steps=4, stop_after=2)
+    full, _, _ = recipe.train_digit_classifier(
+        "st-cnn-affine", "R", cfg, data, device="cpu", steps=4
+    )
+    _, history, _ = recipe.train_digit_classifier(
+        "st-cnn-affine", "R", cfg, data, ckpt_path=ckpt, device="cpu", steps=4, stop_after=2
+    )
     assert history[-1]["step"] == 2  # interrupted after 2 of 4 steps
-    resumed, history, _ = recipe.train_digit_classifier("st-cnn-affine", "R", cfg, data, ckpt_path=ckpt, device="cpu", steps=4)
+    resumed, history, _ = recipe.train_digit_classifier(
+        "st-cnn-affine", "R", cfg, data, ckpt_path=ckpt, device="cpu", steps=4
+    )
     assert history[-1]["step"] == 4
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
@@ -74,7 +97,9 @@ def test_training_resumes_exactly(cfg, data, tmp_path):
 
 def test_st_cnn_learns_where_cnn_input_is_shifted(cfg, data):
     """A short run on the bar digits: the loss goes down (the ST-CNN trains end to end)."""
-    _, history, _ = recipe.train_digit_classifier("st-cnn-affine", "R", {**cfg, "log_every": 10}, data, device="cpu", steps=40)
+    _, history, _ = recipe.train_digit_classifier(
+        "st-cnn-affine", "R", cfg.replace(log_every=10), data, device="cpu", steps=40
+    )
     assert history[-1]["loss"] < history[0]["loss"]
 
 
@@ -108,7 +133,9 @@ def test_test_error_of_a_perfect_and_a_constant_model(data):
 
 
 def test_pair_aligner_smoke(cfg, data):
-    src, trg = recipe.synthetic_pair_batch_fn(data.train.images, 4, "projective")(0, torch.Generator().manual_seed(0))
+    src, trg = recipe.synthetic_pair_batch_fn(data.train.images, 4, "projective")(
+        0, torch.Generator().manual_seed(0)
+    )
     assert src.shape == trg.shape == (4, 1, 28, 28) and not torch.equal(src, trg)
     model, history, _ = recipe.train_pair_aligner(cfg, data, device="cpu", steps=2)
     assert model.kind == "affine" and history[-1]["step"] == 2 and "identity_loss" in history[-1]
@@ -120,6 +147,6 @@ def test_pair_aligner_smoke(cfg, data):
 def test_smoke_preset_on_real_mnist(data_root):
     cfg = get_config("02_stn", "smoke")
     data = recipe.build_digit_data(cfg, data_root, seed=0)
-    assert (data.info["n_train"], data.info["n_test"]) == (cfg["n_train"], cfg["n_test"])
+    assert (data.info["n_train"], data.info["n_test"]) == (cfg.n_train, cfg.n_test)
     model, _, _ = recipe.train_digit_classifier("st-cnn-tps", "E", cfg, data, device="cpu")
     assert 0.0 <= recipe.test_error(model, data, "E") <= 1.0

@@ -1,4 +1,5 @@
-"""Tests of the chapter-03 recipe: pair pools, resumable batches, UCN training, export, evaluation."""
+"""Tests of the chapter-03 recipe: pair pools, resumable batches, UCN training, export,
+evaluation."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 
 from corrlib import eval as ev
-from corrlib.presets import get_config
+from corrlib.methods import UCNMethod
+from corrlib.models.ucn import export_ucn, load_ucn
+from corrlib.recipes import get_config
 from corrlib.recipes import ucn as recipe
 
 
@@ -28,11 +31,19 @@ def pool():
 
 def test_pair_pool_layout_and_reverse(pool):
     assert len(pool) == 3 and pool.size == (32, 32)
-    assert pool.src.dtype == torch.uint8 and pool.flow.shape == (3, 2, 32, 32) and pool.valid.dtype == torch.bool
+    assert (
+        pool.src.dtype == torch.uint8
+        and pool.flow.shape == (3, 2, 32, 32)
+        and pool.flow_valid.dtype == torch.bool
+    )
     a, b, flow, valid = pool.pair(1)
     ra, rb, rflow, rvalid = pool.pair(1, reverse=True)
     assert torch.equal(a, rb) and torch.equal(b, ra) and torch.equal(rflow, pool.trg_flow[1])
-    assert torch.equal(flow, pool.flow[1]) and torch.equal(valid, pool.valid[1]) and torch.equal(rvalid, pool.trg_valid[1])
+    assert (
+        torch.equal(flow, pool.flow[1])
+        and torch.equal(valid, pool.flow_valid[1])
+        and torch.equal(rvalid, pool.trg_flow_valid[1])
+    )
     assert a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
     again = recipe.build_pair_pool(_images(), 3, (32, 32), kind="affine", strength=0.3, seed=0)
     assert torch.equal(again.flow, pool.flow)  # deterministic in the seed
@@ -55,10 +66,14 @@ def test_batches_are_deterministic_and_positives_follow_the_flow(pool, cfg):
     b1 = fn(5, torch.Generator().manual_seed(11))
     b2 = fn(5, torch.Generator().manual_seed(11))
     assert all(torch.equal(b1[k], b2[k]) for k in b1)
-    n, p = cfg["batch_size"], cfg["points"]
-    assert b1["src"].shape == (n, 3, 32, 32) and b1["pos_src"].shape == b1["neg_random"].shape == (n, p, 2)
+    n, p = cfg.batch_size, cfg.points
+    assert b1["src"].shape == (n, 3, 32, 32) and b1["pos_src"].shape == b1["neg_random"].shape == (
+        n,
+        p,
+        2,
+    )
     # without reversal or jitter, each positive is its pixel moved by the exact flow
-    one = dict(cfg, batch_size=1, jitter=0.0)
+    one = cfg.replace(batch_size=1, jitter=0.0)
     fn1 = recipe.make_batch_fn(pool, grid, one)
     for seed in range(4):
         gen = torch.Generator().manual_seed(seed)
@@ -70,7 +85,7 @@ def test_batches_are_deterministic_and_positives_follow_the_flow(pool, cfg):
         idx = px.round().long()
         assert valid[idx[:, 1], idx[:, 0]].all()
         assert torch.allclose(qx, px + flow[:, idx[:, 1], idx[:, 0]].T, atol=1e-4)
-    radius = cfg["radius_px"] / grid.step[0]
+    radius = cfg.radius_px / grid.step[0]
     assert ((b1["neg_random"] - b1["pos_trg"]).norm(dim=-1) > radius).all()
 
 
@@ -78,7 +93,9 @@ def test_batches_are_deterministic_and_positives_follow_the_flow(pool, cfg):
 def test_ucn_loss_is_finite_and_differentiable(pool, cfg, mining):
     torch.manual_seed(0)
     model = recipe.build_ucn("hard-negatives+st", cfg)
-    batch = recipe.make_batch_fn(pool, model.feature_grid(pool.size), cfg)(0, torch.Generator().manual_seed(0))
+    batch = recipe.make_batch_fn(pool, model.feature_grid(pool.size), cfg)(
+        0, torch.Generator().manual_seed(0)
+    )
     loss, logs = recipe.ucn_loss(model, batch, mining=mining, margin=1.0, radius=1.0)
     loss.backward()
     assert torch.isfinite(loss) and 0.0 <= logs["nn_acc"] <= 1.0 and logs["d_pos"] >= 0
@@ -89,7 +106,8 @@ def test_ucn_loss_is_finite_and_differentiable(pool, cfg, mining):
 
 @pytest.fixture(scope="module")
 def warm_adam():
-    """The first Adam step of a process lazily imports torch._dynamo (about 2 s); pay it once here."""
+    """The first Adam step of a process lazily imports torch._dynamo (about 2 s); pay it once
+    here."""
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([p])
     p.sum().backward()
@@ -98,13 +116,19 @@ def warm_adam():
 
 def test_train_resume_export_and_load_roundtrip(tmp_path, pool, cfg, warm_adam):
     ckpt = tmp_path / "ucn.ckpt"
-    model, hist, _ = recipe.train_ucn("hard-negatives+st", cfg, ckpt, seed=0, device="cpu", pool=pool, steps=2)
+    model, hist, _ = recipe.train_ucn(
+        "hard-negatives+st", cfg, ckpt, seed=0, device="cpu", pool=pool, steps=2
+    )
     assert hist[-1]["step"] == 2 and model.variant == "hard-negatives+st" and not model.training
-    again, hist2, _ = recipe.train_ucn("hard-negatives+st", cfg, ckpt, seed=0, device="cpu", pool=pool, steps=2)
+    again, hist2, _ = recipe.train_ucn(
+        "hard-negatives+st", cfg, ckpt, seed=0, device="cpu", pool=pool, steps=2
+    )
     assert [r["loss"] for r in hist2] == [r["loss"] for r in hist]
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))  # loaded, not retrained
-    path = recipe.export_ucn(tmp_path / "ucn.pt", model, metrics={"pck": 0.5, "bad": float("nan")})
-    loaded = recipe.load_ucn(path)
+    assert all(
+        torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters())
+    )  # loaded, not retrained
+    path = export_ucn(tmp_path / "ucn.pt", model, metrics={"pck": 0.5, "bad": float("nan")})
+    loaded = load_ucn(path)
     assert loaded.variant == "hard-negatives+st" and loaded.use_st
     x = torch.rand(1, 3, 32, 32)
     assert torch.allclose(loaded(x)[0], model(x)[0])
@@ -113,14 +137,14 @@ def test_train_resume_export_and_load_roundtrip(tmp_path, pool, cfg, warm_adam):
 
 
 def test_export_and_load_reject_what_they_cannot_rebuild(tmp_path):
+    from corrlib.checkpoint import save_checkpoint
     from corrlib.models.ucn import UCN, UCNTrunk
-    from corrlib.train import save_checkpoint
 
     with pytest.raises(ValueError, match="custom trunk cannot be rebuilt"):
-        recipe.export_ucn(tmp_path / "x.pt", UCN(UCNTrunk((4, 4)), dim=4))
+        export_ucn(tmp_path / "x.pt", UCN(UCNTrunk((4, 4)), dim=4))
     save_checkpoint(tmp_path / "y.pt", {"model": {}})
-    with pytest.raises(ValueError, match="not an exported UCN"):
-        recipe.load_ucn(tmp_path / "y.pt")
+    with pytest.raises(ValueError, match=r"y\.pt is not an exported UCN"):
+        load_ucn(tmp_path / "y.pt")
 
 
 class _PatchTrunk(torch.nn.Module):
@@ -130,7 +154,9 @@ class _PatchTrunk(torch.nn.Module):
 
     def forward(self, x):
         b, _, h, w = x.shape
-        p = torch.nn.functional.unfold(x - x.mean((2, 3), keepdim=True), 3, padding=1).reshape(b, 27, h, w)
+        p = torch.nn.functional.unfold(x - x.mean((2, 3), keepdim=True), 3, padding=1).reshape(
+            b, 27, h, w
+        )
         return torch.cat((p, -p), 1)
 
 
@@ -149,12 +175,16 @@ def test_ucn_method_matches_a_translated_image():
     img = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 64, 80, generator=g), 3, 1, 1)[0]
     shifted = torch.roll(img, shifts=(4, 6), dims=(1, 2))  # content moves by (+6, +4) px
     kps = torch.tensor([[30.0, 20.0], [50.0, 40.0], [20.5, 30.5]])
-    m = ev.UCNMethod(model=_patch_ucn())
+    m = UCNMethod(model=_patch_ucn())
     assert (m.match(img, shifted, kps) - (kps + torch.tensor([6.0, 4.0]))).abs().max() < 0.5
     flow = m.flow(img, shifted)
     assert flow.shape == (2, 64, 80)
-    assert torch.allclose(flow[:, 10:50, 10:70].median(dim=-1).values.median(dim=-1).values, torch.tensor([6.0, 4.0]))
-    small = ev.UCNMethod(model=_patch_ucn(), max_side=40)  # resized: predictions still in original pixels
+    assert torch.allclose(
+        flow[:, 10:50, 10:70].median(dim=-1).values.median(dim=-1).values, torch.tensor([6.0, 4.0])
+    )
+    small = UCNMethod(
+        model=_patch_ucn(), max_side=40
+    )  # resized: predictions still in original pixels
     assert small.describe(img)[0].shape[-2:] == (32, 40)
     assert (small.match(img, shifted, kps) - (kps + torch.tensor([6.0, 4.0]))).abs().max() < 2.5
 
@@ -164,8 +194,8 @@ def test_ucn_method_from_a_checkpoint_uses_the_model_features(tmp_path):
     from corrlib.models.ucn import UCN
 
     torch.manual_seed(0)
-    model = UCN(dim=16, trunk_widths=(8, 16)).eval()  # stride 2
-    path = recipe.export_ucn(tmp_path / "m.pt", model, variant="hard-negatives+st")
+    model = UCN(dim=16, trunk_widths=(8, 16), variant="hard-negatives+st").eval()  # stride 2
+    path = export_ucn(tmp_path / "m.pt", model)
     m = ev.get_method("ucn", checkpoint=path)
     assert m.name == "ucn" and "hard-negatives+st" in m.description
     img, trg = torch.rand(3, 40, 48), torch.rand(3, 40, 48)
@@ -176,12 +206,16 @@ def test_ucn_method_from_a_checkpoint_uses_the_model_features(tmp_path):
     want, _ = transfer_keypoints(feat[:1], feat[1:], kps[None], grid, grid)
     assert torch.allclose(m.match(img, trg, kps), want[0], atol=1e-5)
     assert m.flow(img, trg, src_key="a", trg_key="b").shape == (2, 40, 48)
-    assert "a" in m._cache and m.describe(img, "a") is m._cache["a"]
+    assert len(m.cache) == 2  # both keyed images are cached
+    m._describe_image = lambda img: pytest.fail("a cached image was described again")
+    assert m.describe(img, "a") is m.describe(img, "a")
 
 
 def test_ucn_method_needs_a_checkpoint(tmp_path):
     assert "ucn" in ev.available_methods()
-    with pytest.raises(FileNotFoundError, match=r"Method 'ucn' needs a trained checkpoint.*--checkpoint"):
+    with pytest.raises(
+        FileNotFoundError, match=r"Method 'ucn' needs a trained checkpoint.*--checkpoint"
+    ):
         ev.get_method("ucn")
     with pytest.raises(FileNotFoundError, match="needs a trained checkpoint"):
         ev.get_method("ucn", checkpoint=tmp_path / "missing.pt")
@@ -189,16 +223,24 @@ def test_ucn_method_needs_a_checkpoint(tmp_path):
 
 def test_evaluate_synthetic_scores_and_chance_level(pool):
     out = recipe.evaluate_synthetic(ev.get_method("identity"), pool, n_points=16, seed=0)
-    assert out["points"] == 48 and set(out) >= {"pck@0.05", "pck@0.1", "random_pck@0.1", "mean_error_px"}
-    assert 0 <= out["random_pck@0.1"] <= out["pck@0.1"] <= 1  # mild affine warps: no motion beats chance
+    assert out["points"] == 48 and set(out) >= {
+        "pck@0.05",
+        "pck@0.1",
+        "random_pck@0.1",
+        "mean_error_px",
+    }
+    assert (
+        0 <= out["random_pck@0.1"] <= out["pck@0.1"] <= 1
+    )  # mild affine warps: no motion beats chance
     assert out == recipe.evaluate_synthetic(ev.get_method("identity"), pool, n_points=16, seed=0)
 
 
 def test_smoke_preset_is_smaller_than_lab():
     smoke, lab, paper = (get_config("03_ucn", p) for p in ("smoke", "lab", "paper"))
-    assert smoke["steps"] < lab["steps"] < paper["steps"]
-    assert smoke["size"][0] <= lab["size"][0] <= paper["size"][0]
-    assert smoke["variants"] == lab["variants"] == paper["variants"] == recipe.VARIANTS
+    for variant in recipe.VARIANTS:
+        assert smoke.steps_for(variant) < lab.steps_for(variant) < paper.steps_for(variant)
+    assert smoke.size[0] <= lab.size[0] <= paper.size[0]
+    assert smoke.variants == lab.variants == paper.variants == recipe.VARIANTS
 
 
 @pytest.mark.realdata
@@ -208,6 +250,8 @@ def test_pfwillow_and_tss_evaluation_smoke(data_root):
     torch.manual_seed(0)
     model = UCN(dim=8, trunk_widths=(8, 8, 8)).eval()
     res = recipe.evaluate_ucn_pfwillow(model, data_root, limit=2, max_side=64)
-    assert res.summary["alphas"]["0.1"]["all"] >= 0 and len({r["pair_index"] for r in res.rows}) == 2
+    assert (
+        res.summary["alphas"]["0.1"]["all"] >= 0 and len({r["pair_index"] for r in res.rows}) == 2
+    )
     tss = recipe.evaluate_ucn_tss(model, data_root, max_side=64, subsets=("JODS",), limit=1)
     assert 0 <= tss.mean_accuracy <= 1 and tss.per_subset["JODS"]["rows"] >= 1

@@ -31,7 +31,9 @@ def read_flo(path: str | os.PathLike) -> np.ndarray:
     with open(path, "rb") as f:
         header = f.read(12)
         if len(header) < 12:
-            raise ValueError(f"{path} is not a .flo file: only {len(header)} bytes, need a 12-byte header.")
+            raise ValueError(
+                f"{path} is not a .flo file: only {len(header)} bytes, need a 12-byte header."
+            )
         magic = np.frombuffer(header[:4], "<f4")[0]
         if magic != FLO_MAGIC:
             raise ValueError(

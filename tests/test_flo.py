@@ -1,11 +1,11 @@
-"""Middlebury .flo reading and writing (corrlib.data.flo)."""
+"""Middlebury .flo reading and writing (corrlib.flo)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from corrlib.data import read_flo, write_flo
+from corrlib.flo import read_flo, write_flo
 
 
 def test_round_trip(tmp_path):
@@ -60,3 +60,14 @@ def test_short_header_and_missing(tmp_path):
 def test_write_rejects_bad_shape(tmp_path):
     with pytest.raises(ValueError, match=r"\(H, W, 2\)"):
         write_flo(tmp_path / "a.flo", np.zeros((4, 4, 3), np.float32))
+
+
+def test_data_package_re_exports_the_flo_functions():
+    import corrlib.data
+    import corrlib.flo
+
+    assert (
+        corrlib.data.read_flo is corrlib.flo.read_flo
+        and corrlib.data.write_flo is corrlib.flo.write_flo
+    )
+    assert corrlib.flo.FLO_MAGIC == 202021.25 and corrlib.flo.UNKNOWN_FLOW_THRESHOLD == 1e9

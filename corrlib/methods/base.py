@@ -1,0 +1,216 @@
+"""Correspondence methods: "an image pair in, correspondences out", and their registry.
+
+A *method* turns an image pair into correspondences: :meth:`CorrespondenceMethod.match` moves
+keypoints, :meth:`CorrespondenceMethod.flow` gives a dense flow (for TSS). Each model family
+has one adapter module in :mod:`corrlib.methods` that registers its names with
+:func:`register_method`; :func:`get_method` builds one by name (the CLI's ``--method``).
+
+Convention: keypoints are pixels, 0-based, (x, y), in the *original* images; flows are
+``(2, Hs, Ws)`` on the source grid in pixels, pointing into the target.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from corrlib._check import check_choice, check_image, check_shape
+from corrlib.matching import MATCHERS, transfer_keypoints
+from corrlib.models.handcrafted import flow_from_descriptors
+
+__all__ = [
+    "CorrespondenceMethod",
+    "DescriptorMethod",
+    "FeatureCache",
+    "available_methods",
+    "get_method",
+    "network_input",
+    "register_method",
+    "require_checkpoint",
+    "scale_points",
+]
+
+
+class CorrespondenceMethod:
+    """Interface of an evaluable method. Subclasses implement :meth:`match` and maybe :meth:`flow`.
+
+    ``src_key``/``trg_key`` identify an image (its file name) so a method may cache per-image work.
+    """
+
+    name = "method"
+    description = ""
+
+    def match(
+        self,
+        src_img: torch.Tensor,
+        trg_img: torch.Tensor,
+        src_kps: torch.Tensor,
+        *,
+        src_key=None,
+        trg_key=None,
+    ) -> torch.Tensor:
+        """``src_img (3, Hs, Ws)``, ``trg_img (3, Ht, Wt)``, ``src_kps (N, 2)`` -> ``(N, 2)`` in
+        trg."""
+        raise NotImplementedError
+
+    def flow(
+        self, src_img: torch.Tensor, trg_img: torch.Tensor, *, src_key=None, trg_key=None
+    ) -> torch.Tensor:
+        """Dense flow ``(2, Hs, Ws)`` src->trg in pixels (for TSS)."""
+        raise NotImplementedError(
+            f"Method '{self.name}' predicts keypoints only; it has no dense flow for TSS."
+        )
+
+
+_REGISTRY: dict[str, Callable[..., CorrespondenceMethod]] = {}
+
+
+def register_method(name: str, factory: Callable[..., CorrespondenceMethod] | None = None):
+    """Register ``factory(**kwargs) -> CorrespondenceMethod`` under ``name`` (usable as
+    decorator)."""
+
+    def deco(f):
+        _REGISTRY[name] = f
+        return f
+
+    return deco(factory) if factory is not None else deco
+
+
+def available_methods() -> list[str]:
+    """The registered method names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str, **kwargs) -> CorrespondenceMethod:
+    """Build a registered method; unknown names list the registered ones."""
+    check_choice(name, "method", available_methods())
+    return _REGISTRY[name](**kwargs)
+
+
+def scale_points(pts: torch.Tensor, from_size, to_size) -> torch.Tensor:
+    """Map pixels between two resolutions of one image (pixel centres preserved).
+
+    Args:
+        pts: ``(..., 2)`` pixels (x, y), 0-based, in an image of ``from_size = (H0, W0)``.
+        from_size, to_size: ``(H, W)`` of the two resolutions.
+
+    Returns:
+        ``(..., 2)``: ``(p + 0.5) * (W1 / W0, H1 / H0) - 0.5``.
+    """
+    (h0, w0), (h1, w1) = from_size, to_size
+    s = pts.new_tensor([w1 / w0, h1 / h0])
+    return (pts + 0.5) * s - 0.5
+
+
+def network_input(
+    img: torch.Tensor, *, size=None, max_side: int | None = None, stride: int = 1
+) -> torch.Tensor:
+    """An image resized for a network (bilinear, antialiased).
+
+    Args:
+        img: ``(3, H, W)``, uint8 or float in ``[0, 1]``.
+        size: exactly ``(H', W')``; else the longer side scaled to ``max_side`` (None: kept) and
+            both sides rounded to multiples of ``stride`` (at least one stride).
+
+    Returns:
+        float ``(3, H', W')`` in ``[0, 1]``.
+    """
+    check_image(img, "image", batched=False)
+    x = img.float() / 255 if img.dtype == torch.uint8 else img.float()
+    h, w = x.shape[-2:]
+    if size is None:
+        scale = 1.0 if max_side is None else max_side / max(h, w)
+        size = (
+            max(stride, round(h * scale / stride) * stride),
+            max(stride, round(w * scale / stride) * stride),
+        )
+    if tuple(size) != (h, w):
+        x = F.interpolate(
+            x[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+        )[0].clamp(0, 1)
+    return x
+
+
+class FeatureCache:
+    """A small LRU cache of per-image work (features), keyed by the image's file name.
+
+    ``get(key, compute)`` returns the cached value of ``key`` or stores ``compute()``; a
+    ``None`` key is never cached. At most ``size`` entries are kept (least recently used out).
+    """
+
+    def __init__(self, size: int = 128):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"Argument cache_size must be an int >= 0, got {size!r}.")
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key, compute: Callable):
+        if key is not None and key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = compute()
+        if key is not None and self.size > 0:
+            self._items[key] = value
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def require_checkpoint(checkpoint, method: str, chapter: str) -> Path:
+    """The ``checkpoint`` path of a learned method, or a ``FileNotFoundError`` that says what to
+    pass.
+
+    ``chapter`` names the notebook that exports such files (``"01_patch"``).
+    """
+    if checkpoint is None or not Path(checkpoint).is_file():
+        raise FileNotFoundError(
+            f"Method '{method}' needs a trained checkpoint: pass checkpoint=... "
+            f"(CLI: --checkpoint FILE). Notebook {chapter} exports one per model to "
+            f"<out_dir>/checkpoints/{chapter}/<preset>/seed<k>/<name>.pt (the series writes them "
+            f"under results/<preset>/); got {checkpoint!r}."
+        )
+    return Path(checkpoint)
+
+
+class DescriptorMethod(CorrespondenceMethod):
+    """Dense descriptors matched by nearest neighbour, computed once per image.
+
+    Subclasses implement ``_describe_image(img) -> (desc (C, h, w), FeatureGrid in original
+    pixels)``; :meth:`describe` caches it by image key (``cache_size`` images), :meth:`match`
+    transfers keypoints with :func:`corrlib.matching.transfer_keypoints` (``matcher``) and
+    :meth:`flow` gives dense nearest-neighbour flow.
+    """
+
+    def __init__(self, matcher: str = "argmax_subpixel", cache_size: int = 128):
+        self.matcher = check_choice(matcher, "matcher", MATCHERS)
+        self.cache = FeatureCache(cache_size)
+
+    def _describe_image(self, img: torch.Tensor):
+        raise NotImplementedError
+
+    def describe(self, img: torch.Tensor, key=None):
+        """``(desc (C, h, w), FeatureGrid in original pixels)`` of one image, cached by ``key``."""
+        return self.cache.get(key, lambda: self._describe_image(img))
+
+    def match(self, src_img, trg_img, src_kps, *, src_key=None, trg_key=None):
+        check_image(src_img, "src_img", batched=False)
+        check_image(trg_img, "trg_img", batched=False)
+        check_shape(src_kps, ("N", 2), "src_kps")
+        ds, gs = self.describe(src_img, src_key)
+        dt, gt = self.describe(trg_img, trg_key)
+        pred, _ = transfer_keypoints(
+            ds[None], dt[None], src_kps[None].float(), gs, gt, self.matcher
+        )
+        return pred[0]
+
+    def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
+        ds, gs = self.describe(src_img, src_key)
+        dt, gt = self.describe(trg_img, trg_key)
+        return flow_from_descriptors(ds, gs, dt, gt, tuple(src_img.shape[-2:]))

@@ -1,0 +1,61 @@
+"""Chapter 03's Universal Correspondence Network as a dense descriptor."""
+
+from __future__ import annotations
+
+import torch
+
+from corrlib.methods.base import (
+    DescriptorMethod,
+    network_input,
+    register_method,
+    require_checkpoint,
+)
+from corrlib.models.ucn import load_ucn
+
+__all__ = ["UCNMethod"]
+
+
+class UCNMethod(DescriptorMethod):
+    """A Universal Correspondence Network (chapter 03) as a dense descriptor, nearest neighbour.
+
+    ``checkpoint`` is a file written by :func:`corrlib.models.ucn.export_ucn` (notebook 03
+    exports one per ablation variant); ``model`` passes a :class:`corrlib.models.ucn.UCN`
+    directly instead. Each image is resized so its longer side is ``max_side`` (None: kept) and
+    both sides are multiples of the network's stride; the resize is folded into the feature
+    grid, so keypoints and flows are in original pixels. Matching (keypoints: ``matcher``;
+    TSS: dense nearest-neighbour flow) reuses :class:`DescriptorMethod`'s cache and flow.
+    Choy et al., *Universal Correspondence Network*, NeurIPS 2016.
+    """
+
+    def __init__(
+        self,
+        checkpoint=None,
+        max_side: int | None = None,
+        matcher: str = "argmax_subpixel",
+        cache_size: int = 128,
+        model=None,
+    ):
+        if model is None:
+            model = load_ucn(require_checkpoint(checkpoint, "ucn", "03_ucn"))
+        self.model = model.eval()
+        variant = model.variant
+        self.name = "ucn"
+        source = checkpoint if checkpoint is not None else "an in-memory model"
+        what = "UCN" if variant is None else f"UCN ({variant})"
+        self.description = f"{what} features from {source}, nearest neighbour ({matcher})"
+        DescriptorMethod.__init__(self, matcher, cache_size)
+        self.max_side, self.stride = max_side, model.stride
+        self.kwargs = {}
+
+    @torch.no_grad()
+    def _describe_image(self, img: torch.Tensor):
+        h, w = img.shape[-2:]
+        x = network_input(img, max_side=self.max_side, stride=self.stride)
+        size = tuple(x.shape[-2:])
+        p = next(self.model.parameters(), None)
+        feat, _ = self.model(x[None].to(p.device if p is not None else "cpu"))
+        grid = self.model.feature_grid(size).in_original((size[1] / w, size[0] / h))
+        return feat[0].float().cpu(), grid
+
+
+register_method("ucn", lambda **kw: UCNMethod(**kw))

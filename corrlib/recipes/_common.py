@@ -1,0 +1,238 @@
+"""What every chapter recipe shares: a typed config with per-model steps and optimiser, and presets.
+
+A chapter's ``Config`` subclasses :class:`ChapterConfig`; its defaults are the paper's settings
+(each citing its source), and the module's ``PRESETS`` holds ``paper`` (the defaults), ``lab`` and
+``smoke``, written as :func:`dataclasses.replace` of the paper's config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from corrlib import __version__
+from corrlib._check import check_choice
+from corrlib.data import DATA_ENV, resolve_data_root
+from corrlib.presets import PRESETS, check_preset
+from corrlib.train import TrainConfig, pick_device, seed_everything
+from corrlib.viz import use_style
+
+__all__ = [
+    "ChapterConfig",
+    "ChapterRun",
+    "TrainingConfig",
+    "chapter_setup",
+    "config_getter",
+    "make_presets",
+    "optim",
+    "pick",
+]
+
+
+def optim(optimizer: str = "adam", lr: float = 1e-3, **kwargs) -> dict:
+    """One optimiser setting: the :class:`~corrlib.train.TrainConfig` fields it sets.
+
+    Args:
+        optimizer: the optimiser's name (``"adam"``, ``"sgd"``, ...; see ``TrainConfig``).
+        lr: the peak learning rate.
+        **kwargs: further ``TrainConfig`` fields (``momentum``, ``weight_decay``, ``schedule``,
+            ``step_size``, ``gamma``, ``warmup_steps``, ...).
+
+    Returns:
+        ``{"optimizer": optimizer, "lr": lr, **kwargs}``.
+
+    Example:
+        >>> optim("sgd", 0.01, momentum=0.9)
+        {'optimizer': 'sgd', 'lr': 0.01, 'momentum': 0.9}
+    """
+    return {"optimizer": optimizer, "lr": lr, **kwargs}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChapterConfig:
+    """Base of every chapter's typed, frozen settings; change one with :meth:`replace`."""
+
+    def replace(self, **changes) -> ChapterConfig:
+        """A copy with ``changes`` (``dataclasses.replace``); unknown fields raise ``TypeError``.
+
+        Args:
+            **changes: field names and their new values.
+
+        Returns:
+            A new config of the same class (this one is frozen and unchanged).
+        """
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig(ChapterConfig):
+    """Settings every chapter that trains has: steps and optimiser per model, logging, checkpoints.
+
+    ``steps`` and ``optim`` map a model (or variant) name to its value; ``"default"`` applies to
+    every other name.
+    """
+
+    steps: dict = field(default_factory=lambda: {"default": 1})
+    optim: dict = field(default_factory=lambda: {"default": optim()})
+    log_every: int = 10
+    ckpt_every: int = 0
+
+    def steps_for(self, name: str) -> int:
+        """Optimisation steps of model ``name``.
+
+        Args:
+            name: a model or variant name; names without an entry use ``steps["default"]``.
+
+        Returns:
+            The number of steps, an int.
+        """
+        return int(self.steps.get(name, self.steps["default"]))
+
+    def optim_for(self, name: str) -> dict:
+        """Optimiser settings of model ``name`` (``TrainConfig`` fields).
+
+        Args:
+            name: a model or variant name; names without an entry use ``optim["default"]``.
+
+        Returns:
+            A new dict (a copy: changing it never alters the config), e.g. ``{"optimizer": "sgd",
+            "lr": 0.01, "momentum": 0.9}``.
+        """
+        return dict(self.optim.get(name, self.optim["default"]))
+
+    def train_config(
+        self, name: str, *, seed: int, device="auto", steps: int | None = None
+    ) -> TrainConfig:
+        """The :class:`~corrlib.train.TrainConfig` of model ``name`` (``steps`` overrides).
+
+        Args:
+            name: a model or variant name (its entries of ``steps`` and ``optim``, else
+                ``"default"``).
+            seed: the run's seed.
+            device: ``"auto"`` or a torch device (string or :class:`torch.device`).
+            steps: the number of steps (None: :meth:`steps_for`).
+
+        Returns:
+            A :class:`~corrlib.train.TrainConfig` with this config's ``log_every`` and
+            ``ckpt_every`` and the optimiser settings of :meth:`optim_for`.
+        """
+        return TrainConfig(
+            steps=self.steps_for(name) if steps is None else steps,
+            log_every=self.log_every,
+            ckpt_every=self.ckpt_every,
+            seed=seed,
+            device=str(device),
+            **self.optim_for(name),
+        )
+
+
+def make_presets(paper: ChapterConfig, *, lab: dict, smoke: dict) -> dict[str, ChapterConfig]:
+    """``{"paper": paper, "lab": paper.replace(**lab), "smoke": paper.replace(**smoke)}``.
+
+    Args:
+        paper: the chapter's :class:`ChapterConfig` subclass at the paper's settings (its
+            defaults).
+        lab: the fields the ``lab`` preset changes, by name.
+        smoke: the fields the ``smoke`` preset changes, by name.
+
+    Returns:
+        ``{"paper": ..., "lab": ..., "smoke": ...}``: three configs of ``paper``'s class.
+    """
+    return {"paper": paper, "lab": paper.replace(**lab), "smoke": paper.replace(**smoke)}
+
+
+def config_getter(presets: dict):
+    """A chapter's ``config(preset)`` function over its ``PRESETS`` (see :func:`pick`)."""
+
+    def config(preset: str) -> ChapterConfig:
+        """The chapter's config at ``preset`` (a deep copy; frozen: use ``cfg.replace(...)``)."""
+        return pick(presets, preset)
+
+    return config
+
+
+def pick(presets: dict, preset: str) -> ChapterConfig:
+    """A copy of the config of ``preset`` (validated against :data:`corrlib.presets.PRESETS`).
+
+    Deep-copied: changing a nested value (``cfg.steps["default"] = ...``) never alters the preset.
+
+    Args:
+        presets: a chapter's ``PRESETS`` (:func:`make_presets`).
+        preset: ``"smoke"``, ``"lab"`` or ``"paper"``.
+
+    Returns:
+        A deep copy of ``presets[preset]``.
+    """
+    check_choice(check_preset(preset), "preset", PRESETS)
+    return copy.deepcopy(presets[preset])
+
+
+@dataclass(frozen=True)
+class ChapterRun:
+    """What a notebook's set-up cell resolves once: config, data root, device, output folders.
+
+    ``ckpt_dir`` is ``<out_dir>/checkpoints/<chapter>/<preset>/seed<seed>``: runs with another
+    preset or seed never share a checkpoint.
+    """
+
+    chapter: str
+    preset: str
+    seed: int
+    cfg: ChapterConfig
+    root: Path
+    device: torch.device
+    out_dir: Path
+    ckpt_dir: Path
+
+    def describe(self) -> str:
+        """One line for the set-up cell's output (no machine paths).
+
+        Returns:
+            E.g. ``"corrlib 0.1.0 · 06_sfnet · preset: lab · seed: 0 · device: cpu · torch
+            threads: 2"``.
+        """
+        return (
+            f"corrlib {__version__} · {self.chapter} · preset: {self.preset} · seed: {self.seed} · "
+            f"device: {self.device} · torch threads: {torch.get_num_threads()}"
+        )
+
+
+#: Where a notebook finds the shared data when neither ``data_root`` nor ``$CORRLIB_DATA`` is set.
+NOTEBOOK_DATA_FALLBACK = Path("../../shared/data")
+
+
+def chapter_setup(
+    chapter: str, preset: str, *, data_root=None, device="auto", seed: int = 0, out_dir=None
+) -> ChapterRun:
+    """Resolve a notebook's parameters once: validate the preset, seed, find the data and device.
+
+    Args:
+        chapter: the notebook's name (``"06_sfnet"``); its recipe's config at ``preset`` is used.
+        preset: ``"smoke"``, ``"lab"`` or ``"paper"``.
+        data_root: the folder with the benchmarks; None: ``$CORRLIB_DATA``, else
+            ``../../shared/data`` when it exists (the course layout), else the error of
+            :func:`corrlib.data.resolve_data_root`.
+        device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device string.
+        seed: seeds python, numpy and torch (:func:`corrlib.train.seed_everything`).
+        out_dir: where checkpoints and results go (None: ``../runs``).
+
+    Returns:
+        A :class:`ChapterRun` (``cfg``, ``root``, ``device``, ``out_dir`` and ``ckpt_dir``
+        resolved). The figure style of the series is set too (:func:`corrlib.viz.use_style`).
+    """
+    from corrlib.recipes import get_config  # the package imports this module
+
+    cfg = get_config(chapter, check_preset(preset))
+    seed_everything(seed)
+    if data_root is None and not os.environ.get(DATA_ENV) and NOTEBOOK_DATA_FALLBACK.is_dir():
+        data_root = NOTEBOOK_DATA_FALLBACK
+    root = resolve_data_root(data_root)
+    out = Path(out_dir) if out_dir is not None else Path("../runs")
+    ckpt_dir = out / "checkpoints" / chapter / preset / f"seed{seed}"
+    use_style()
+    return ChapterRun(chapter, preset, seed, cfg, root, pick_device(device), out, ckpt_dir)
