@@ -4,16 +4,59 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 __all__ = ["main"]
 
+_EVAL_DESCRIPTION = """\
+Evaluate a method on a benchmark (PCK, or the TSS kit's scores).
+
+Output: --out holds the results of one run. A keypoint benchmark writes predictions.csv,
+metrics.md and metrics.json; TSS writes metrics.md, metrics.json and the kit's flows and
+scores.csv under flows/<run-id>/ (scored from that folder only). Every file is written
+atomically and metrics.json last; it names the run (run_id) and is strict JSON (NaN -> null).
+
+One run per --out: --out is checked before any work (a file, a path under a file or a folder
+that cannot be written is refused), is locked while the run lasts (a second run into the same
+--out stops at once with an error), and an --out that already holds another run's results
+(metrics.json, metrics.md, predictions.csv or flows/) is refused unless --overwrite is given;
+then the earlier results are replaced once this run has finished (they stay untouched if it
+fails), so the folder never mixes two runs.
+"""
+
+_SERIES_DESCRIPTION = """\
+Run the notebook series with papermill and build the results dashboard.
+
+The dashboard (dashboard.md, dashboard.png, results.json) is built only from the metrics files
+that the notebooks of this call wrote (<out>/metrics/<chapter>.json); metrics left in --out by
+an earlier call are not merged, and the files used are printed. Each dashboard row shows its
+preset. Executed notebooks go to <out>/notebooks/ and the notebooks keep their checkpoints
+under <out>/checkpoints/ (where a later call into the same --out may reuse them).
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
 
 def _add_eval(sub):
     p = sub.add_parser(
-        "eval", help="evaluate a method on a benchmark (PCK or the TSS kit's scores)"
+        "eval",
+        help="evaluate a method on a benchmark (PCK or the TSS kit's scores)",
+        description=_EVAL_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--method", required=True, help="registered method name (see `corrlib methods`)")
     p.add_argument("--dataset", required=True, help="pf-willow, pf-pascal, spair-71k or tss")
@@ -22,36 +65,53 @@ def _add_eval(sub):
         default=None,
         help="folder holding PF-WILLOW/, TSS/, ... (default: $CORRLIB_DATA)",
     )
-    p.add_argument("--out", required=True, help="output folder for predictions and metrics")
     p.add_argument(
-        "--split", default=None, help="dataset split (default: the benchmark's test split)"
+        "--out",
+        required=True,
+        help="output folder of this run (created if missing; see above for what it holds)",
     )
     p.add_argument(
-        "--protocol", default=None, help="PCK protocol name (default: the dataset's own)"
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in --out (refused without it)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        help="dataset split (default: the benchmark's test split; not for tss)",
+    )
+    p.add_argument(
+        "--protocol",
+        default=None,
+        help="PCK protocol name (default: the dataset's own; not for tss, scored by its kit)",
     )
     p.add_argument(
         "--limit",
-        type=int,
+        type=_positive_int,
         default=None,
-        help="evaluate only the first N pairs (per subset for tss)",
+        help="evaluate only the first N >= 1 pairs (per subset for tss)",
     )
     p.add_argument(
         "--max-side",
-        type=int,
+        type=_positive_int,
         default=None,
-        help="resize images so the longer side is this (hand-crafted methods)",
+        help="resize images so the longer side is this (>= 1; methods that resize)",
     )
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="trained model file for learned methods (e.g. mccnn-fast, deepdesc from notebook 01)",
+        help="trained model file of a learned method (mccnn-fast, deepdesc, ucn, sfnet); "
+        "other methods take none",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _add_series(sub):
     p = sub.add_parser(
-        "series", help="run the notebook series with papermill and build the results dashboard"
+        "series",
+        help="run the notebook series with papermill and build the results dashboard",
+        description=_SERIES_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", required=True, help="smoke, lab or paper")
     p.add_argument(
@@ -62,7 +122,7 @@ def _add_series(sub):
         default=None,
         help="folder holding PF-WILLOW/, TSS/, ... (default: $CORRLIB_DATA)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--notebooks",
@@ -88,46 +148,176 @@ def _method_kwargs(args) -> dict:
     return kw
 
 
+def _build_method(ev, args):
+    """The method of ``--method``; errors of its construction (a checkpoint of another model or
+    configuration, a bad option) become a ``ValueError`` that names the checkpoint."""
+    try:
+        return ev.get_method(args.method, **_method_kwargs(args))
+    except (TypeError, KeyError, RuntimeError) as e:
+        what = f" from --checkpoint {args.checkpoint}" if args.checkpoint else ""
+        raise ValueError(
+            f"Method '{args.method}' cannot be built{what}: {type(e).__name__}: {e}. "
+            + (
+                "The file does not hold what this method expects; pass a checkpoint exported "
+                "for it."
+                if args.checkpoint
+                else "Check the options given to it."
+            )
+        ) from e
+
+
+_LOCK_NAME = ".corrlib-eval.lock"
+_RESULT_NAMES = ("metrics.json", "metrics.md", "predictions.csv", "flows")
+
+
+@contextlib.contextmanager
+def _locked_out(out: Path):
+    """Hold an exclusive lock on ``<out>/.corrlib-eval.lock`` while one run writes ``out``.
+
+    The lock is the operating system's (``flock``; ``msvcrt.locking`` on Windows), so it goes
+    away with the process: a crashed run never leaves ``out`` locked.
+    """
+    path = out / _LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ValueError(f"--out {out} is not writable ({e.strerror or e}).") from None
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        try:
+            holder = path.read_text().strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        os.close(fd)
+        raise ValueError(
+            f"--out {out} is in use by another corrlib eval run ({holder}); two runs cannot "
+            "share an output folder: wait for it to finish or pass another --out."
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, f"pid {os.getpid()}, started {stamp}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _earlier_results(out: Path) -> list[str]:
+    """The result files of another run in ``out`` (hidden leftovers of a killed run, such as
+    ``flows/.tmp-<run-id>``, do not count; they are removed when this run succeeds)."""
+    found = []
+    for name in _RESULT_NAMES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            if any(not q.name.startswith(".") for q in p.iterdir()):
+                found.append(name)
+        elif p.exists() or p.is_symlink():
+            found.append(name)
+    return found
+
+
+def _describe_earlier(out: Path) -> str:
+    try:
+        meta = json.loads((out / "metrics.json").read_text())
+        return f"run {meta.get('run_id', '?')}: {meta['method']} on {meta['dataset']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an earlier run"
+
+
+def _remove_earlier(out: Path, keep_flows: str | None) -> None:
+    """Delete another run's results from ``out`` (metrics.json first: it marks a run as done)."""
+    for name in ("metrics.json", "metrics.md", "predictions.csv"):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+    flows = out / "flows"
+    if flows.is_symlink() or flows.is_file():
+        flows.unlink()
+    elif flows.is_dir():
+        for p in flows.iterdir():
+            if p.name == keep_flows:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
 def _run_eval(args) -> int:
     from corrlib import eval as ev
+    from corrlib._check import check_choice
+    from corrlib.checkpoint import atomic_write_text
     from corrlib.data import resolve_data_root
 
+    tss = args.dataset == "tss"
+    if tss:
+        given = [o for o, v in (("--split", args.split), ("--protocol", args.protocol)) if v]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} cannot be used with --dataset tss: TSS has one split (its "
+                "test pairs) and is scored by its own evaluation kit's protocol (flow PCK@0.05 = "
+                f"T5, mask IoU). Drop {' and '.join(given)}."
+            )
+    else:
+        check_choice(args.dataset, "dataset", ev.DATASETS)
     root = resolve_data_root(args.data_root)
-    method = ev.get_method(args.method, **_method_kwargs(args))
-    if args.dataset == "tss":
-        res = ev.evaluate_tss(
-            method, root, Path(args.out) / "flows", limit=args.limit, progress=not args.no_progress
-        )
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "method": res.method,
-            "dataset": "TSS",
-            "protocol": "tss (official kit, PCK@0.05 = T5)",
-            "seconds": round(res.seconds, 2),
-            "per_subset": res.per_subset,
-            "mean_pck@0.05": res.mean_accuracy,
-        }
-        (out / "metrics.json").write_text(json.dumps(meta, indent=2))
-        lines = ["| subset | PCK@0.05 | IoU | rows |", "|---|---|---|---|"]
-        lines += [
-            f"| {k} | {v['PCK@0.05']:.3f} | {v['IoU']:.3f} | {v['rows']} |"
-            for k, v in res.per_subset.items()
-        ]
-        (out / "metrics.md").write_text(
-            f"# {res.method} on TSS\n\n"
-            + "\n".join(lines)
-            + f"\n\nWall time: {res.seconds:.1f} s\n"
-        )
-        print("\n".join(lines))
-        print(f"wall time {res.seconds:.1f} s; flows and the kit's scores.csv in {out / 'flows'}")
-        return 0
-    ds = ev.load_dataset(args.dataset, root, args.split)
-    protocol = args.protocol or ev.DATASETS[args.dataset][1]
-    res = ev.evaluate_keypoints(
-        method, ds, protocol, limit=args.limit, progress=not args.no_progress
-    )
-    paths = ev.write_keypoint_result(res, args.out)
+    out = ev.prepare_out_dir(args.out, "--out")
+    with _locked_out(out):
+        earlier = _earlier_results(out)
+        if earlier and not args.overwrite:
+            raise ValueError(
+                f"--out {out} already holds the results of another run ({_describe_earlier(out)}; "
+                f"{', '.join(earlier)}). Pass --overwrite to replace them, or choose another "
+                "--out."
+            )
+        method = _build_method(ev, args)
+        run_id = ev.new_run_id()
+        progress = not args.no_progress
+        if tss:
+            res = ev.evaluate_tss(
+                method, root, out / "flows", limit=args.limit, progress=progress, run_id=run_id
+            )
+            _remove_earlier(out, keep_flows=run_id)
+            lines = ["| subset | PCK@0.05 | IoU | rows |", "|---|---|---|---|"]
+            lines += [
+                f"| {k} | {v['PCK@0.05']:.3f} | {v['IoU']:.3f} | {v['rows']} |"
+                for k, v in res.per_subset.items()
+            ]
+            atomic_write_text(
+                out / "metrics.md",
+                f"# {res.method} on TSS\n\n"
+                + "\n".join(lines)
+                + f"\n\nWall time: {res.seconds:.1f} s\n",
+            )
+            meta = {
+                "run_id": run_id,
+                "method": res.method,
+                "dataset": "TSS",
+                "protocol": "tss (official kit, PCK@0.05 = T5)",
+                "seconds": round(res.seconds, 2),
+                "per_subset": res.per_subset,
+                "mean_pck@0.05": res.mean_accuracy,
+                "flows": f"flows/{run_id}",
+            }
+            atomic_write_text(out / "metrics.json", ev.strict_json(meta) + "\n")
+            print("\n".join(lines))
+            print(
+                f"wall time {res.seconds:.1f} s; flows and the kit's scores.csv in {res.flows_dir}"
+            )
+            return 0
+        ds = ev.load_dataset(args.dataset, root, args.split)
+        protocol = args.protocol or ev.DATASETS[args.dataset][1]
+        res = ev.evaluate_keypoints(method, ds, protocol, limit=args.limit, progress=progress)
+        _remove_earlier(out, keep_flows=None)
+        paths = ev.write_keypoint_result(res, out, run_id=run_id)
     print(res.markdown)
     print(f"wall time {res.seconds:.1f} s; wrote {', '.join(str(p) for p in paths.values())}")
     return 0
@@ -153,7 +343,11 @@ def _run_series(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``corrlib`` command."""
+    """Entry point of the ``corrlib`` command.
+
+    Returns the exit status: 0 on success, 2 for a usage or input error (the message, on
+    stderr, names the option or file and what to do; argparse's own errors exit 2 too).
+    """
     parser = argparse.ArgumentParser(prog="corrlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval(sub)

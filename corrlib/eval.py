@@ -3,26 +3,33 @@
 A *method* (:mod:`corrlib.methods`) turns an image pair into correspondences; the registry's
 :func:`get_method`, :func:`available_methods` and :func:`register_method` are re-exported here.
 :func:`evaluate_keypoints` runs a method over a keypoint benchmark under a named PCK protocol;
-:func:`evaluate_tss` writes dense flows in the TSS evaluation kit's layout and scores them
-exactly as the kit does.
+:func:`evaluate_tss` writes dense flows in the TSS evaluation kit's layout, into a folder of its
+own run, and scores them (only them) exactly as the kit does. Result files are written
+atomically and ``metrics.json`` is strict JSON (:func:`write_keypoint_result`, :func:`strict_json`).
 All keypoints are pixels, 0-based, (x, y), in the *original* images.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import numbers
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from corrlib import data
-from corrlib._check import check_choice
+from corrlib._check import check_choice, check_int
+from corrlib.checkpoint import atomic_write_text
 from corrlib.data import TSS, iter_tss, resolve_data_root
 from corrlib.flo import write_flo
 from corrlib.methods import CorrespondenceMethod, available_methods, get_method, register_method
@@ -38,7 +45,10 @@ __all__ = [
     "evaluate_tss",
     "get_method",
     "load_dataset",
+    "new_run_id",
+    "prepare_out_dir",
     "register_method",
+    "strict_json",
     "write_keypoint_result",
 ]
 
@@ -136,13 +146,22 @@ def evaluate_keypoints(
         ``category``), ``seconds`` (wall time) and ``markdown`` (the metrics table).
 
     Raises:
-        ValueError: if a pair's two images have different numbers of keypoints.
+        ValueError: if a pair's two images have different numbers of keypoints, if ``limit`` is
+            not None or an int >= 1, or if there is no pair to evaluate (an empty dataset, e.g.
+            a pair list with a header only): an empty benchmark has no score.
     """
+    if limit is not None:
+        check_int(limit, "limit", 1)
     if isinstance(method, str):
         method = get_method(method, **(method_kwargs or {}))
     proto = get_protocol(protocol)
     evaluator = PCKEvaluator(proto)
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise ValueError(
+            f"{type(dataset).__name__}: no pair to evaluate (the dataset has {len(dataset)} "
+            "pairs); check its pair list or split."
+        )
     rows = []
     t0 = time.perf_counter()
     for i in tqdm(
@@ -192,12 +211,117 @@ def evaluate_keypoints(
     )
 
 
-def write_keypoint_result(result: KeypointResult, out_dir) -> dict[str, Path]:
-    """Write ``predictions.csv``, ``metrics.json`` and ``metrics.md`` under ``out_dir``.
+def new_run_id() -> str:
+    """A fresh run id: the local start time to the microsecond and the process id.
+
+    E.g. ``20250101-120000-123456-p4242``; ids sort by start time and two runs (two processes,
+    or two calls of one process) never share one. :func:`evaluate_tss` names its flow folder
+    after it and ``corrlib eval`` records it in ``metrics.json``.
+    """
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}-p{os.getpid()}"
+
+
+def prepare_out_dir(path, what: str = "--out") -> Path:
+    """Check that ``path`` can be the output folder of a run, create it, and return it.
+
+    Run before any work, so a bad output folder costs nothing: ``ValueError`` naming ``path``
+    (as ``what``, e.g. the CLI option) if it is a file, lies under a file, cannot be created,
+    or is not writable (a file is created in it and removed, which also catches read-only
+    mounts and immutable folders that permission bits do not show).
+    """
+    out = Path(path).expanduser()
+    probe = out
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        if probe == out:
+            raise ValueError(
+                f"{what} {out} is a file, not a folder; pass a folder (created if missing)."
+            )
+        raise ValueError(
+            f"{what} {out} lies under {probe}, which is a file, not a folder; pass a folder path."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".corrlib-write-test-"):
+            pass
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ValueError(
+            f"{what} {out} is not a writable folder ({type(e).__name__}: {reason}); pass a "
+            "folder you can write to."
+        ) from None
+    return out
+
+
+def _check_run_id(run_id: str) -> str:
+    ok = (
+        isinstance(run_id, str)
+        and run_id not in ("", ".", "..")
+        and not run_id.startswith(".")
+        and all(c.isalnum() or c in "._-" for c in run_id)
+    )
+    if not ok:
+        raise ValueError(
+            f"Argument run_id must be a folder name of letters, digits, '.', '_' and '-' (not "
+            f"starting with '.'), got {run_id!r}."
+        )
+    return run_id
+
+
+def _json_safe(o):
+    """``o`` as plain JSON values: non-finite floats become None, tensors lists, others str."""
+    if o is None or isinstance(o, (str, bool)):
+        return o
+    if isinstance(o, numbers.Integral):
+        return int(o)
+    if isinstance(o, numbers.Real):
+        f = float(o)
+        return f if math.isfinite(f) else None
+    if isinstance(o, dict):
+        return {(k if isinstance(k, (str, int)) else str(k)): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, torch.Tensor):
+        return _json_safe(o.tolist())
+    return str(o)
+
+
+def strict_json(obj, indent: int | None = 2) -> str:
+    """``obj`` as strict (RFC 8259) JSON text: NaN and infinities, anywhere in the structure,
+    become ``null``; tensors become lists; other non-JSON values their ``str``."""
+    return json.dumps(_json_safe(obj), indent=indent, allow_nan=False)
+
+
+PREDICTION_FIELDS = (
+    "pair_index",
+    "source_image",
+    "target_image",
+    "keypoint_index",
+    "pred_x",
+    "pred_y",
+    "gt_x",
+    "gt_y",
+    "category",
+)
+
+
+def write_keypoint_result(
+    result: KeypointResult, out_dir, *, run_id: str | None = None
+) -> dict[str, Path]:
+    """Write ``predictions.csv``, ``metrics.md`` and ``metrics.json`` under ``out_dir``.
+
+    Each file is written atomically (a temporary file in ``out_dir``, then ``os.replace``), so no
+    reader ever sees a half-written or interleaved file, and ``metrics.json`` is written last:
+    when it names a run, the other two files are that run's. ``metrics.json`` is strict JSON
+    (NaN, e.g. of an empty category, is ``null``). Files of the same names are replaced; keeping
+    two runs out of one folder is the caller's job (``corrlib eval`` refuses an ``--out`` that
+    holds another run's results unless ``--overwrite`` is given, and locks it while it runs).
 
     Args:
         result: what :func:`evaluate_keypoints` returned.
         out_dir: the folder to write into (created if missing; existing files are replaced).
+        run_id: recorded as ``run_id`` in ``metrics.json`` (None: a :func:`new_run_id`).
 
     Returns:
         The written files: ``{"predictions": <out_dir>/predictions.csv, "metrics":
@@ -210,22 +334,18 @@ def write_keypoint_result(result: KeypointResult, out_dir) -> dict[str, Path]:
         "metrics": out / "metrics.json",
         "table": out / "metrics.md",
     }
-    with open(paths["predictions"], "w", newline="") as f:
-        fields = [
-            "pair_index",
-            "source_image",
-            "target_image",
-            "keypoint_index",
-            "pred_x",
-            "pred_y",
-            "gt_x",
-            "gt_y",
-            "category",
-        ]
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(result.rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(PREDICTION_FIELDS))
+    w.writeheader()
+    w.writerows(result.rows)
+    atomic_write_text(paths["predictions"], buf.getvalue())
+    head = (
+        f"# {result.method} on {result.dataset}\n\n{result.markdown}\n\nWall time: "
+        f"{result.seconds:.1f} s\n"
+    )
+    atomic_write_text(paths["table"], head)
     meta = {
+        "run_id": run_id or new_run_id(),
         "method": result.method,
         "dataset": result.dataset,
         "protocol": result.protocol,
@@ -234,32 +354,22 @@ def write_keypoint_result(result: KeypointResult, out_dir) -> dict[str, Path]:
         "summary": result.summary,
         "coordinates": "pixels, 0-based, (x, y), in the original target image",
     }
-    paths["metrics"].write_text(json.dumps(meta, indent=2, default=_json_default))
-    head = (
-        f"# {result.method} on {result.dataset}\n\n{result.markdown}\n\nWall time: "
-        f"{result.seconds:.1f} s\n"
-    )
-    paths["table"].write_text(head)
+    atomic_write_text(paths["metrics"], strict_json(meta) + "\n")
     return paths
-
-
-def _json_default(o):
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    return str(o)
 
 
 @dataclass
 class TSSResult:
-    """Outcome of :func:`evaluate_tss`: the kit's rows, per-subset means, wall time."""
+    """Outcome of :func:`evaluate_tss`: the kit's rows, per-subset means, wall time, and where
+    this run's flows are (``flows_dir``, None when they went to a temporary folder)."""
 
     method: str
     rows: list[dict] = field(repr=False)
     per_subset: dict
     seconds: float
     csv: dict = field(repr=False, default_factory=dict)
+    flows_dir: Path | None = None
+    run_id: str | None = None
 
     @property
     def mean_accuracy(self) -> float:
@@ -278,67 +388,98 @@ def evaluate_tss(
     limit: int | None = None,
     progress: bool = True,
     method_kwargs: dict | None = None,
+    run_id: str | None = None,
 ) -> TSSResult:
     """Predict dense flow both ways for TSS pairs and score them as the official kit does.
 
-    Flows are written as ``<out_dir>/<subset>/<pair>/flow1.flo, flow2.flo`` (the kit's input
-    layout) and scored by :func:`corrlib.metrics.evaluate_tss_results`; masks are derived from
-    forward-backward consistency (the kit's rule when a method predicts none).
-    ``limit`` caps the number of pairs per subset.
+    Each call writes its flows into a folder of its own, in the kit's input layout::
+
+        <out_dir>/<run_id>/<subset>/<pair>/flow1.flo, flow2.flo   (and <subset>/scores.csv)
+
+    and scores only that folder with :func:`corrlib.metrics.evaluate_tss_results`, so flows left
+    in ``out_dir`` by an earlier run, or written there by a concurrent one, are never read. The
+    folder is filled as ``<out_dir>/.tmp-<run_id>`` and renamed to ``<run_id>`` once every
+    subset is scored (a ``<run_id>`` folder is always complete); on an error it is removed.
+    Masks are derived from forward-backward consistency (the kit's rule when a method predicts
+    none). ``limit`` caps the number of pairs per subset.
 
     Args:
         method: a :class:`CorrespondenceMethod` with a dense ``flow(src_img (3, Hs, Ws),
             trg_img (3, Ht, Wt)) -> (2, Hs, Ws)`` (src->trg on the source grid, in pixels), or
             the name of a registered one (built with ``method_kwargs``).
         data_root: the folder that holds ``TSS/TSS_CVPR2016`` (None: ``$CORRLIB_DATA``).
-        out_dir: where the flows and each subset's ``scores.csv`` are written (None: a temporary
+        out_dir: the folder under which this run's flow folder is made (None: a temporary
             folder, deleted afterwards).
         subsets: the TSS subsets evaluated (:data:`corrlib.data.TSS_SUBSETS`).
         limit: pairs per subset, from the first (None: all); both directions of a pair count once.
         progress: show a progress bar.
         method_kwargs: keyword arguments of the method's factory, when ``method`` is a name.
+        run_id: the name of this run's folder (None: :func:`new_run_id`); ``ValueError`` if
+            ``<out_dir>/<run_id>`` exists already.
 
     Returns:
         A :class:`TSSResult`: ``rows`` (two per pair, the keys of
         :func:`corrlib.metrics.evaluate_tss_results` plus ``subset``), ``per_subset``
         (``{subset: {"PCK@0.05": ..., "IoU": ..., "rows": n}}``, only subsets with rows),
-        ``seconds`` (wall time) and ``csv`` (``{subset: scores.csv text}``).
+        ``seconds`` (wall time), ``csv`` (``{subset: scores.csv text}``), ``flows_dir``
+        (``<out_dir>/<run_id>``, None without ``out_dir``) and ``run_id``.
+
+    Raises:
+        ValueError: if ``limit`` is not None or an int >= 1, or no pair was found to evaluate.
     """
+    if limit is not None:
+        check_int(limit, "limit", 1)
+    run_id = _check_run_id(run_id) if run_id is not None else new_run_id()
     if isinstance(method, str):
         method = get_method(method, **(method_kwargs or {}))
     root = resolve_data_root(data_root)
-    tmp = None
-    if out_dir is None:
-        tmp = tempfile.TemporaryDirectory()
-        out_dir = tmp.name
-    out = Path(out_dir)
-    t0 = time.perf_counter()
-    rows, per_subset, csvs = [], {}, {}
-    for subset in subsets:
-        ds = TSS(root, subsets=(subset,))
-        items = iter_tss(ds, limit)
-        for s, key_a, key_b in tqdm(
-            items, desc=f"{method.name} on TSS/{subset}", disable=not progress, leave=False
-        ):
-            flow = method.flow(s["src_img"], s["trg_img"], src_key=key_a, trg_key=key_b)
-            name = "flow1.flo" if s["direction"] == "1to2" else "flow2.flo"
-            d = out / subset / s["pair"]
-            d.mkdir(parents=True, exist_ok=True)
-            write_flo(d / name, flow.permute(1, 2, 0).cpu().numpy())
-        gt_dir = root / "TSS" / "TSS_CVPR2016" / subset
-        sub_rows = evaluate_tss_results(out / subset, gt_dir)
-        for r in sub_rows:
-            r["subset"] = subset
-        rows += sub_rows
-        csvs[subset] = tss_scores_csv(sub_rows)
-        (out / subset / "scores.csv").write_text(csvs[subset])
-        if sub_rows:
-            per_subset[subset] = {
-                "PCK@0.05": sum(r["T5"] for r in sub_rows) / len(sub_rows),
-                "IoU": sum(r["seg_iou"] for r in sub_rows) / len(sub_rows),
-                "rows": len(sub_rows),
-            }
-    seconds = time.perf_counter() - t0
-    if tmp is not None:
-        tmp.cleanup()
-    return TSSResult(method.name, rows, per_subset, seconds, csvs)
+    tmp = tempfile.TemporaryDirectory() if out_dir is None else None
+    parent = Path(tmp.name if tmp is not None else out_dir)
+    final, staging = parent / run_id, parent / f".tmp-{run_id}"
+    if final.exists() or staging.exists():
+        raise ValueError(f"{final} exists already: pass another run_id (or none).")
+    staging.mkdir(parents=True)
+    try:
+        t0 = time.perf_counter()
+        rows, per_subset, csvs, n_flows = [], {}, {}, 0
+        for subset in subsets:
+            ds = TSS(root, subsets=(subset,))
+            items = iter_tss(ds, limit)
+            (staging / subset).mkdir()
+            for s, key_a, key_b in tqdm(
+                items, desc=f"{method.name} on TSS/{subset}", disable=not progress, leave=False
+            ):
+                flow = method.flow(s["src_img"], s["trg_img"], src_key=key_a, trg_key=key_b)
+                name = "flow1.flo" if s["direction"] == "1to2" else "flow2.flo"
+                d = staging / subset / s["pair"]
+                d.mkdir(exist_ok=True)
+                write_flo(d / name, flow.permute(1, 2, 0).cpu().numpy())
+                n_flows += 1
+            gt_dir = root / "TSS" / "TSS_CVPR2016" / subset
+            sub_rows = evaluate_tss_results(staging / subset, gt_dir)
+            for r in sub_rows:
+                r["subset"] = subset
+            rows += sub_rows
+            csvs[subset] = tss_scores_csv(sub_rows)
+            (staging / subset / "scores.csv").write_text(csvs[subset])
+            if sub_rows:
+                per_subset[subset] = {
+                    "PCK@0.05": sum(r["T5"] for r in sub_rows) / len(sub_rows),
+                    "IoU": sum(r["seg_iou"] for r in sub_rows) / len(sub_rows),
+                    "rows": len(sub_rows),
+                }
+        if n_flows == 0:
+            raise ValueError(
+                f"TSS: no pair to evaluate in subsets {list(subsets)} under "
+                f"{root / 'TSS' / 'TSS_CVPR2016'}."
+            )
+        seconds = time.perf_counter() - t0
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    flows_dir = final if tmp is None else None
+    return TSSResult(method.name, rows, per_subset, seconds, csvs, flows_dir, run_id)

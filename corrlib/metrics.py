@@ -336,6 +336,11 @@ def _nanmean(values: Iterable[float]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
+def _none_if_nan(value: float) -> float | None:
+    """A score for JSON: NaN (a mean over nothing) becomes None (``null``)."""
+    return None if math.isnan(value) else value
+
+
 class PCKEvaluator:
     """Accumulate PCK over pairs under a :class:`PCKProtocol` (or a preset name).
 
@@ -420,13 +425,16 @@ class PCKEvaluator:
         Returns (JSON-ready; alpha keys are ``f"{alpha:g}"``)::
 
             {"protocol": str, "aggregation": str, "headline": float,
-             "alphas": {"0.1": {"all": float, "per_category": {category: float}}, ...},
+             "alphas": {"0.1": {"all": float | None,
+                                "per_category": {category: float | None}}, ...},
              "n_pairs": int, "n_points": int, "n_skipped": int,
              "categories": {category: {"n_pairs": int, "n_points": int}}}
 
         ``all`` follows the protocol's aggregation. Within a category, ``per_point`` pools the
         points and the other two aggregations average the pairs. ``n_pairs`` counts pairs with
-        keypoints, ``n_skipped`` those without. An empty evaluator gives NaN.
+        keypoints, ``n_skipped`` those without. A score over nothing (an empty evaluator, or a
+        category whose pairs have no keypoint) is ``None`` (JSON ``null``), next to its count of
+        0, never NaN: the summary always passes ``json.dumps(..., allow_nan=False)``.
         """
         agg = self.protocol.aggregation
         pooled = agg == "per_point"
@@ -446,7 +454,10 @@ class PCKEvaluator:
                 overall = _nanmean(per_cat.values())
             else:
                 overall = self._score(everything, a, pooled)
-            alphas[f"{a:g}"] = {"all": overall, "per_category": per_cat}
+            alphas[f"{a:g}"] = {
+                "all": _none_if_nan(overall),
+                "per_category": {c: _none_if_nan(v) for c, v in per_cat.items()},
+            }
         total = counts(everything)
         return {
             "protocol": self.protocol.name,
@@ -463,8 +474,8 @@ class PCKEvaluator:
         s = self.summary()
         keys = list(s["alphas"])
 
-        def fmt(v: float) -> str:
-            return "n/a" if math.isnan(v) else f"{100 * v:.1f}"
+        def fmt(v: float | None) -> str:
+            return "n/a" if v is None or math.isnan(v) else f"{100 * v:.1f}"
 
         def row(label: str, values: list[float], n_pairs: int) -> str:
             return f"| {label} | " + " | ".join(fmt(v) for v in values) + f" | {n_pairs} |"
@@ -540,7 +551,8 @@ def tss_flow_accuracy(
     Returns:
         ``(T,)`` float64: ``1 - #{err > thr_t, GT known} / #{GT known}``. The error is float32
         ``sqrt(du^2 + dv^2)``, and 1000 where the estimate is unknown but the GT known, as in
-        the kit; NaN if the GT has no known pixel.
+        the kit. A ground truth with no known pixel raises ``ValueError`` (the kit would divide
+        by zero).
 
     >>> gt = np.zeros((4, 6, 2), np.float32)
     >>> tss_flow_accuracy(gt + [3.0, 0.0], gt, other_size=(100, 200), thresholds=(1, 2))
@@ -557,13 +569,18 @@ def tss_flow_accuracy(
     err = _flow_error(flow, flow_gt)
     known = _valid_flow(flow_gt)
     n_known = int(known.sum())
+    if not n_known:
+        raise ValueError(
+            f"Argument flow_gt has no known pixel (all {known.size} are NaN or above 1e9): there "
+            "is no ground truth to score against (the TSS kit would divide by zero)."
+        )
     err = err[known]
     side = float(max(other_size))
     out = []
     for t in thresholds:
         # the kit compares float32 errors with the threshold cast to float32
         thr = np.float32(float(t) / 100.0 * side)
-        out.append(1.0 - np.count_nonzero(err > thr) / n_known if n_known else math.nan)
+        out.append(1.0 - np.count_nonzero(err > thr) / n_known)
     return np.asarray(out, dtype=np.float64)
 
 
@@ -755,10 +772,40 @@ def _read_pair_names(folder: Path) -> tuple[str, str]:
     return names[0].strip(), names[1].strip()
 
 
+def _shown(path: Path) -> str:
+    """A path as printable text (bytes that are not UTF-8 as ``\\xNN`` escapes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _read_flip(folder: Path) -> int:
     path = folder / "flip_gt.txt"
-    text = path.read_text().split() if path.is_file() else []
+    text = path.read_bytes().decode("utf-8", "replace").split() if path.is_file() else []
+    if text and text[0] not in ("0", "1"):
+        raise ValueError(
+            f"{_shown(path)} must hold 0 or 1, got {text[0]!r}; re-extract the TSS dataset."
+        )
     return int(text[0]) if text else 0
+
+
+def _check_ground_truth(
+    gt_dir: Path, flows: tuple[np.ndarray, np.ndarray], masks: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Refuse ground truth that cannot score anything: a flow with no known pixel, a mask with
+    no foreground (either would make the kit divide by zero)."""
+    for k, (flow, mask) in enumerate(zip(flows, masks), start=1):
+        if not _valid_flow(flow).any():
+            raise ValueError(
+                f"{_shown(gt_dir / f'flow{k}.flo')} holds no ground-truth flow: all "
+                f"{flow.shape[0] * flow.shape[1]} pixels are unknown (NaN or above 1e9), so the "
+                "pair cannot be scored (the TSS kit would divide by zero). The file is corrupt: "
+                "re-extract the TSS dataset."
+            )
+        if not mask.any():
+            raise ValueError(
+                f"{_shown(gt_dir / f'mask{k}.png')} has no foreground pixel, so the mask IoU "
+                "is undefined (the TSS kit would divide by zero). The file is corrupt: "
+                "re-extract the TSS dataset."
+            )
 
 
 def evaluate_tss_results(
@@ -776,7 +823,10 @@ def evaluate_tss_results(
     size are resized bilinearly and thresholded at ``> 128``; flows are resized with
     :func:`tss_resize_flow_pair`; missing masks come from :func:`tss_masks_from_flows`
     (threshold 20); ``auto_flip`` inverts both masks if that scores higher (the kit's option).
-    Missing flows (or masks that cannot be made) score 0, as in the kit.
+    Missing flows (or masks that cannot be made) score 0, as in the kit. Hidden result folders
+    (``.ipynb_checkpoints``) are ignored. A ground-truth flow with no known pixel, or a
+    ground-truth mask with no foreground, raises ``ValueError`` naming the file (the kit would
+    divide by zero and report NaN).
 
     Returns:
         Two rows per pair (1->2, then 2->1): ``{"pair", "direction" ("1to2" | "2to1"), "src",
@@ -787,12 +837,14 @@ def evaluate_tss_results(
     if not results_dir.is_dir():
         raise FileNotFoundError(f"Results folder {results_dir} does not exist.")
     rows: list[dict] = []
-    for folder in sorted(p for p in results_dir.iterdir() if p.is_dir()):
+    # hidden folders (.ipynb_checkpoints, ...) are not pair results
+    for folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and p.name[:1] != "."):
         gt_dir = dataset_dir / folder.name
         gt1, gt2 = _read_flow_pair(gt_dir)
         mgt1, mgt2 = _read_grey(gt_dir / "mask1.png"), _read_grey(gt_dir / "mask2.png")
         if gt1 is None or mgt1 is None or mgt2 is None:
             continue
+        _check_ground_truth(gt_dir, (gt1, gt2), (mgt1, mgt2))
         names = _read_pair_names(gt_dir)
         flip = _read_flip(gt_dir)
         f1, f2 = _read_flow_pair(folder)

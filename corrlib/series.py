@@ -2,25 +2,31 @@
 
 Each notebook takes the parameters ``preset``, ``data_root``, ``device``, ``seed`` and ``out_dir``
 and calls :func:`record_results` with its metrics; :func:`run_series` executes the notebooks in
-order, collects ``<out>/metrics/*.json`` into ``<out>/results.json`` and draws ``dashboard.md``
-and ``dashboard.png`` (each method's number beside the published one, protocol named).
+order, collects the ``<out>/metrics/<chapter>.json`` files that *these* notebooks wrote (never
+files left by an earlier call) into ``<out>/results.json`` and draws ``dashboard.md`` and
+``dashboard.png`` (each method's number beside the published one, protocol and preset named).
+Every file is written atomically (temporary file in the same folder, then ``os.replace``) and
+the JSON files are strict JSON (NaN and infinities are ``null``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import re
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from corrlib.checkpoint import atomic_open, atomic_write_text
 from corrlib.presets import check_preset
 
 __all__ = [
     "RESULT_FIELDS",
     "SeriesError",
     "build_dashboard",
+    "check_device",
     "find_notebooks",
     "gather_results",
     "record_results",
@@ -44,13 +50,30 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 class SeriesError(RuntimeError):
-    """A notebook of the series failed; the message names the notebook and the cell."""
+    """A notebook of the series failed; the message names the notebook, the cell when known, and
+    the executed copy."""
+
+
+def _finite(o):
+    """``o`` with every non-finite float (anywhere in lists and dicts) replaced by None."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _json(obj) -> str:
+    return json.dumps(_finite(obj), indent=1, allow_nan=False, default=str) + "\n"
 
 
 def record_results(out_dir, chapter: str, rows: list[dict]) -> Path:
     """Write one chapter's result rows to ``<out_dir>/metrics/<chapter>.json`` (atomically).
 
-    Every row needs the keys in :data:`RESULT_FIELDS`; ``value`` must be a number (NaN allowed).
+    Every row needs the keys in :data:`RESULT_FIELDS`; ``value`` must be a number (NaN allowed,
+    stored as ``null``, like any other non-finite number: the file is strict JSON).
     """
     clean = []
     for i, r in enumerate(rows):
@@ -60,14 +83,24 @@ def record_results(out_dir, chapter: str, rows: list[dict]) -> Path:
                 f"Result row {i} of chapter {chapter} lacks keys {missing}; every row needs "
                 f"{list(RESULT_FIELDS)}."
             )
-        v = float(r["value"])
-        clean.append({**r, "value": None if math.isnan(v) else v})
+        clean.append({**r, "value": float(r["value"])})
     path = Path(out_dir) / "metrics" / f"{chapter}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(clean, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, _json(clean))
     return path
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_device(device: str) -> str:
+    """Raise ``ValueError`` unless ``device`` is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``; return it."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ValueError(
+            f"Unknown device {device!r} (--device): pass auto, cpu, cuda, cuda:N (N a GPU index) "
+            "or mps."
+        )
+    return device
 
 
 def find_notebooks(notebook_dir=None) -> list[Path]:
@@ -82,12 +115,34 @@ def find_notebooks(notebook_dir=None) -> list[Path]:
     return nbs
 
 
-def gather_results(out_dir) -> list[dict]:
-    """All rows recorded under ``<out_dir>/metrics``, in chapter order."""
+def gather_results(out_dir, files: Iterable | None = None) -> list[dict]:
+    """Rows recorded under ``<out_dir>/metrics``, in chapter (file name) order.
+
+    ``files``: read only these metrics files (paths, or names inside ``<out_dir>/metrics``);
+    None reads every ``*.json`` there, whichever run wrote it.
+    """
+    d = Path(out_dir) / "metrics"
+    paths = d.glob("*.json") if files is None else (d / Path(f).name for f in files)
     rows = []
-    for p in sorted((Path(out_dir) / "metrics").glob("*.json")):
-        rows += json.loads(p.read_text())
+    for p in sorted(paths, key=lambda q: q.name):
+        try:
+            rows += json.loads(p.read_text())
+        except ValueError as e:
+            raise ValueError(f"Metrics file {p} is not valid JSON ({e}); delete it.") from None
     return rows
+
+
+def _metrics_state(out: Path) -> dict[str, tuple]:
+    """``{file name: (inode, mtime_ns, size)}`` of ``<out>/metrics/*.json`` (to see what a
+    notebook wrote: :func:`record_results` replaces a file, so its inode changes)."""
+    state = {}
+    for p in (out / "metrics").glob("*.json"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        state[p.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return state
 
 
 def _failed_cell(executed: Path, source: Path) -> str:
@@ -110,9 +165,13 @@ def _failed_cell(executed: Path, source: Path) -> str:
 
 @dataclass
 class SeriesResult:
+    """Outcome of :func:`run_series`: the dashboard's rows, the output folder, seconds per
+    notebook and the metrics files (this call's) the rows came from."""
+
     rows: list[dict]
     out_dir: Path
     seconds: dict
+    metrics_files: list[Path] = field(default_factory=list)
 
 
 def run_series(
@@ -129,13 +188,20 @@ def run_series(
     """Execute the notebooks at ``preset`` into ``<out_dir>/notebooks`` and build the dashboard.
 
     ``notebooks`` restricts the run to names containing one of the given strings (e.g. ``["00"]``).
-    Raises :class:`SeriesError` naming the notebook and cell that failed.
+    ``preset``, ``device`` and ``out_dir`` are checked before any notebook runs (``ValueError``).
+    The dashboard holds only the rows of the metrics files that the notebooks of *this* call
+    wrote (``<out_dir>/metrics/<chapter>.json`` created or replaced while they ran); files left
+    by an earlier call into the same ``out_dir`` are not merged, and ``log`` names the files
+    used. Raises :class:`SeriesError` naming the notebook, the cell (when known) and the
+    executed copy if a notebook fails, its kernel dies, or it cannot be run at all.
     """
     import papermill as pm
 
+    from corrlib.eval import prepare_out_dir
+
     check_preset(preset)
-    out = Path(out_dir).resolve()
-    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    check_device(device)
+    out = prepare_out_dir(Path(out_dir).expanduser().resolve(), "--out")
     nbs = find_notebooks(notebook_dir)
     if notebooks:
         nbs = [p for p in nbs if any(k in p.name for k in notebooks)]
@@ -144,6 +210,7 @@ def run_series(
                 f"No notebook matches {notebooks}; available: "
                 f"{[p.name for p in find_notebooks(notebook_dir)]}."
             )
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
     if data_root is not None:
         data_root = str(Path(data_root).resolve())
     params = {
@@ -153,10 +220,11 @@ def run_series(
         "seed": seed,
         "out_dir": str(out),
     }
-    seconds = {}
+    seconds, written = {}, {}
     for nb in nbs:
         dest = out / "notebooks" / nb.name
         log(f"[series] {nb.name} at preset={preset} ...")
+        before = _metrics_state(out)
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(
@@ -172,11 +240,32 @@ def run_series(
                 f"Notebook {nb.name} failed in {_failed_cell(dest, nb)}: {e.ename}: {e.evalue}. "
                 f"The executed copy with the traceback is {dest}."
             ) from None
+        except Exception as e:  # a dead kernel, a broken notebook file, no kernel, ...
+            why = str(e).strip().splitlines()[0] if str(e).strip() else "no message"
+            hint = (
+                " The kernel died: the notebook process crashed or was killed (often out of "
+                "memory, or a crash in native code); run it alone to see where."
+                if type(e).__name__ == "DeadKernelError"
+                else ""
+            )
+            raise SeriesError(
+                f"Notebook {nb.name} could not be run to the end ({type(e).__name__}: {why})."
+                f"{hint} The executed copy, as far as it ran, is {dest}."
+            ) from None
         seconds[nb.name] = round(time.perf_counter() - t0, 1)
-        log(f"[series] {nb.name} done in {seconds[nb.name]} s")
-    rows = gather_results(out)
-    build_dashboard(rows, out, preset=preset, seconds=seconds)
-    return SeriesResult(rows, out, seconds)
+        new = [n for n, st in _metrics_state(out).items() if before.get(n) != st]
+        written.update({n: out / "metrics" / n for n in new})
+        log(
+            f"[series] {nb.name} done in {seconds[nb.name]} s; "
+            + (f"recorded {', '.join(sorted(new))}" if new else "recorded no metrics")
+        )
+    files = [written[n] for n in sorted(written)]
+    stale = sorted(set(_metrics_state(out)) - set(written))
+    if stale:
+        log(f"[series] not in the dashboard (left by an earlier call): {', '.join(stale)}")
+    rows = gather_results(out, files)
+    build_dashboard(rows, out, preset=preset, seconds=seconds, sources=[p.name for p in files])
+    return SeriesResult(rows, out, seconds, files)
 
 
 def _fmt(v) -> str:
@@ -184,9 +273,19 @@ def _fmt(v) -> str:
 
 
 def build_dashboard(
-    rows: list[dict], out_dir, *, preset: str | None = None, seconds: dict | None = None
+    rows: list[dict],
+    out_dir,
+    *,
+    preset: str | None = None,
+    seconds: dict | None = None,
+    sources: list[str] | None = None,
 ) -> dict[str, Path]:
-    """Write ``results.json``, ``dashboard.md`` and ``dashboard.png`` under ``out_dir``."""
+    """Write ``results.json``, ``dashboard.md`` and ``dashboard.png`` under ``out_dir``.
+
+    Each table row names its own preset (a row's ``preset``); the title names ``preset`` and,
+    if the rows hold others, those too. ``sources``: the metrics files the rows came from,
+    listed in both files. Every file is written atomically.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,10 +293,20 @@ def build_dashboard(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(
-        json.dumps({"preset": preset, "seconds": seconds or {}, "rows": rows}, indent=1)
+    presets = sorted({str(r.get("preset")) for r in rows} | ({preset} if preset else set()))
+    title = ", ".join(presets) if presets else str(preset)
+    atomic_write_text(
+        out / "results.json",
+        _json({"preset": preset, "seconds": seconds or {}, "sources": sources, "rows": rows}),
     )
-    lines = [f"# Results dashboard (preset: {preset})", ""]
+    lines = [f"# Results dashboard (preset: {title})", ""]
+    if sources is not None:
+        lines += [
+            "Built from this run's metrics files only: "
+            + (", ".join(f"`metrics/{n}`" for n in sources) or "none")
+            + ".",
+            "",
+        ]
     if seconds:
         lines += (
             ["| notebook | seconds |", "|---|---|"]
@@ -205,20 +314,21 @@ def build_dashboard(
             + [""]
         )
     lines += [
-        "| chapter | dataset | metric | method | ours | published | protocol | published source |",
-        "|---|---|---|---|---|---|---|---|",
+        "| chapter | preset | dataset | metric | method | ours | published | protocol | "
+        "published source |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['chapter']} | {r['dataset']} | {r['metric']} | {r['method']} | "
-            f"{_fmt(r['value'])} | {_fmt(r['published'])} | {r['protocol']} | "
+            f"| {r['chapter']} | {r.get('preset')} | {r['dataset']} | {r['metric']} | "
+            f"{r['method']} | {_fmt(r['value'])} | {_fmt(r['published'])} | {r['protocol']} | "
             f"{r['published_source'] or '-'} |"
         )
     lines += [
         "",
         "Published numbers are quoted only with their source; a blank means none could be sourced.",
     ]
-    (out / "dashboard.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "dashboard.md", "\n".join(lines) + "\n")
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -248,13 +358,22 @@ def build_dashboard(
                 [p for _, p in pub], [yi for yi, _ in pub], "D", color="#DD8452", label="published"
             )
             ax.legend(fontsize=6, loc="lower right")
-        ax.set_yticks(y, [f"{r['method']} (ch {r['chapter'][:2]})" for r in g], fontsize=7)
+        ax.set_yticks(
+            y,
+            [
+                f"{r['method']} (ch {r['chapter'][:2]}"
+                + (f", {r.get('preset')})" if len(presets) > 1 else ")")
+                for r in g
+            ],
+            fontsize=7,
+        )
         ax.set_xlim(0, 1)
         ax.set_title(f"{ds}: {metric}  [{proto}]", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"corrlib results (preset {preset})", fontsize=9)
+    fig.suptitle(f"corrlib results (preset {title})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.985))
-    fig.savefig(out / "dashboard.png", dpi=90)
+    with atomic_open(out / "dashboard.png") as f:
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
     return {
         "json": out / "results.json",

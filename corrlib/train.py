@@ -15,7 +15,10 @@ for bit on CPU, as a run that was never interrupted (on GPU up to non-determinis
 
 Checkpoints are written atomically (temporary file, ``fsync``, ``os.replace``) and hold only
 tensors, numbers, strings, ``None`` and lists/tuples/dicts of them, so they load with
-``torch.load(..., weights_only=True)``: no pickled code is ever executed.
+``torch.load(..., weights_only=True)``: no pickled code is ever executed. A checkpoint records
+its run (the full config and the model's class and settings) and is resumed or reused only by the
+same run: any other seed, lr, steps, ... is a ``ValueError`` naming the file and the differences
+(see :class:`Trainer`).
 
 Notebooks use :func:`train_or_load`: load a finished checkpoint, else train (resuming an
 unfinished one).
@@ -49,12 +52,15 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "batches_from_dataset",
+    "check_same_run",
     "history_to_csv",
     "history_to_json",
     "load_checkpoint",
     "lr_at",
+    "model_info",
     "pick_device",
     "plot_history",
+    "remove_stale_temps",
     "save_checkpoint",
     "seed_everything",
     "train_or_load",
@@ -193,9 +199,6 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["state"].tolist()), gauss))
 
 
-# ------------------------------------------------------------------------------- checkpoints
-
-
 # ------------------------------------------------------------------------------------ config
 
 
@@ -303,6 +306,148 @@ def _to_device(batch, device: torch.device):
     return batch
 
 
+# ------------------------------------------------------------------- checkpoint <-> run checks
+
+#: :class:`TrainConfig` fields that a checkpoint may differ in and still be resumed or reused:
+#: they do not change the trained parameters (``device``: moving a run, e.g. from the CPU to a GPU,
+#: keeps it exact only up to the devices' numerics). Every other field is compared.
+UNCHECKED_FIELDS = ("log_every", "ckpt_every", "device")
+#: Model attributes that :func:`model_info` records, besides the class name.
+MODEL_INFO_ATTRS = ("arch", "variant", "config")
+_FIX = "Delete the file, pass another ckpt_path, or pass the same settings."
+
+
+def _plain(x):
+    """``x`` as checkpoint-safe plain data (tuples as lists, unknown objects as their repr)."""
+    if x is None or type(x) in (bool, int, float, str):
+        return x
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return repr(x)
+
+
+def model_info(model: nn.Module) -> dict:
+    """What identifies ``model`` in a checkpoint: ``{"class": <class name>}`` plus its ``arch``
+    and ``variant`` (if strings) and its ``config`` (if a dict), as plain data.
+
+    Example:
+        >>> model_info(nn.Linear(2, 1))
+        {'class': 'Linear'}
+    """
+    info = {"class": type(model).__name__}
+    for attr in MODEL_INFO_ATTRS:
+        value = getattr(model, attr, None)
+        if (attr == "config" and isinstance(value, dict)) or (
+            attr != "config" and isinstance(value, str)
+        ):
+            info[attr] = _plain(value)
+    return info
+
+
+def _short(e: BaseException, limit: int = 400) -> str:
+    detail = " ".join(str(e).split())
+    return detail if len(detail) <= limit else detail[:limit] + " ..."
+
+
+def _differences(name: str, recorded, requested) -> list[str]:
+    """``"<name>: recorded ..., requested ..."`` for each differing entry (dicts one level deep)."""
+    if recorded == requested:
+        return []
+    if isinstance(recorded, dict) and isinstance(requested, dict):
+        return [
+            f"{name}[{k!r}]: recorded {recorded.get(k)!r}, requested {requested.get(k)!r}"
+            for k in sorted(set(recorded) | set(requested))
+            if recorded.get(k) != requested.get(k)
+        ]
+    return [f"{name}: recorded {recorded!r}, requested {requested!r}"]
+
+
+def check_same_run(state: dict, config: TrainConfig, model: nn.Module, path) -> None:
+    """Raise ``ValueError`` unless the checkpoint ``state`` (read from ``path``) was written by the
+    run that ``config`` and ``model`` describe, so resuming or reusing it gives that run's model.
+
+    Compared: every :class:`TrainConfig` field except :data:`UNCHECKED_FIELDS` (a field missing
+    from an older checkpoint counts as its default), the model's :func:`model_info` (where the
+    checkpoint records one), and the steps done, which may not exceed ``config.steps``. The
+    message names the file, each differing field with its recorded and requested values, and the
+    fix.
+    """
+    if state.get("format") != CKPT_FORMAT:
+        raise ValueError(
+            f"{path} is not a corrlib.train checkpoint (format {state.get('format')!r}, expected "
+            f"{CKPT_FORMAT!r}). {_FIX}"
+        )
+    saved = state.get("config") or {}
+    diffs = []
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in UNCHECKED_FIELDS:
+            continue
+        default = None if field.default is dataclasses.MISSING else field.default
+        diffs += _differences(
+            f"config.{field.name}",
+            _plain(saved.get(field.name, default)),
+            _plain(getattr(config, field.name)),
+        )
+    if state.get("model_info") is not None:
+        recorded, current = state["model_info"], model_info(model)
+        for key in sorted(set(recorded) | set(current), key=["class", *MODEL_INFO_ATTRS].index):
+            diffs += _differences(f"model {key}", recorded.get(key), current.get(key))
+    done = int(state.get("step", 0))
+    if done > config.steps:
+        diffs.append(f"it has done {done} steps, more than the {config.steps} requested")
+    if diffs:
+        raise ValueError(
+            f"Checkpoint {path} was written by another run, so it is neither resumed nor reused: "
+            f"{'; '.join(diffs)}. {_FIX} (Not compared: {', '.join(UNCHECKED_FIELDS)}.)"
+        )
+
+
+def _load_weights(model: nn.Module, weights: dict, path) -> None:
+    """``model.load_state_dict(weights, strict=True)``; a mismatch is a ``ValueError`` naming
+    ``path`` and what differs."""
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"Checkpoint {path}: its model weights do not fit this {type(model).__name__} (another "
+            f"architecture or size): {_short(e).rstrip('.')}. {_FIX}"
+        ) from e
+
+
+def remove_stale_temps(path) -> list[Path]:
+    """Remove ``<name>.tmp-<pid>`` files next to ``path`` that a killed save left behind.
+
+    Only files whose writer ``pid`` is no longer alive are removed (POSIX ``os.kill(pid, 0)``);
+    a live process's (another training saving to the same path) and this process's are kept.
+    Does nothing on other systems. Returns the removed files.
+    """
+    path = Path(path)
+    if os.name != "posix" or not path.parent.is_dir():
+        return []
+    removed = []
+    prefix = f"{path.name}.tmp-"
+    for tmp in path.parent.iterdir():
+        pid_text = tmp.name[len(prefix) :]
+        if not tmp.name.startswith(prefix) or not pid_text.isdigit() or not tmp.is_file():
+            continue
+        pid = int(pid_text)
+        if pid in (0, os.getpid()):
+            continue
+        try:
+            os.kill(pid, 0)
+        except OverflowError:  # not a process id
+            continue
+        except ProcessLookupError:  # no such process: its save died half-way
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # e.g. PermissionError: alive, another user's
+            pass
+    return removed
+
+
 # ----------------------------------------------------------------------------------- trainer
 
 
@@ -323,6 +468,20 @@ class Trainer:
             ``torch.no_grad()``; its keys enter the history prefixed ``val_``.
         progress: show a ``tqdm`` progress bar (turn it off in committed notebooks).
         on_log: ``on_log(history)`` after each new or updated history row (e.g. a live plot).
+
+    Checkpoints belong to one run. A checkpoint records the full config and the model's
+    :func:`model_info` (class name, ``arch``, ``variant``, ``config``); it is resumed, or returned
+    at once when finished, only if it was written by the same run. Every config field except
+    ``log_every``, ``ckpt_every`` and ``device`` (:data:`UNCHECKED_FIELDS`, which do not change
+    the parameters) must match, and so must the model info: a different ``seed``, ``lr``,
+    ``optimizer``, schedule, ``val_every`` (``val_fn`` may draw random numbers), ``amp``, ... is a
+    ``ValueError`` that names the file, each differing field with its recorded and requested
+    values, and the fix. So is a different ``steps``: the schedule depends on it, and a
+    checkpoint never yields a model trained longer than asked. Weights that do not fit the model
+    (another architecture or size) are a ``ValueError`` naming the file and the mismatch; a
+    truncated or corrupt file is one too (:func:`load_checkpoint`). Give each run its own
+    ``ckpt_path`` (put the seed and the settings in it). Saving removes ``<name>.tmp-<pid>``
+    files that a killed save left behind (:func:`remove_stale_temps`).
 
     Example:
         >>> seed_everything(0)
@@ -388,7 +547,8 @@ class Trainer:
     # -------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
-        """The checkpoint: model, optimizer, scaler, step, history and RNG states."""
+        """The checkpoint: model, optimizer, scaler, step, history, RNG states, the full config
+        and what identifies the model (:func:`model_info`)."""
         return {
             "format": CKPT_FORMAT,
             "step": self.step,
@@ -404,35 +564,26 @@ class Trainer:
             "seconds": self._seconds,
             "rng": _get_rng_state(),
             "config": dataclasses.asdict(self.config),
+            "model_info": model_info(self.model),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict` (RNG states included); the model is loaded strictly."""
-        if state.get("format") != CKPT_FORMAT:
+    def load_state_dict(self, state: dict, path=None) -> None:
+        """Restore a :meth:`state_dict` (RNG states included); the model is loaded strictly.
+
+        ``ValueError`` (naming ``path``, default ``ckpt_path``) if the state was written by another
+        run (see the class docstring for the fields compared) or its tensors do not fit the model.
+        """
+        where = path if path is not None else (self.ckpt_path or "the checkpoint state")
+        check_same_run(state, self.config, self.model, where)
+        _load_weights(self.model, state["model"], where)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, RuntimeError, KeyError) as e:
             raise ValueError(
-                f"Not a corrlib.train checkpoint (format {state.get('format')!r}, expected "
-                f"{CKPT_FORMAT!r})."
-            )
-        saved = state["config"]
-        if saved["optimizer"] != self.config.optimizer:
-            raise ValueError(
-                f"The checkpoint was trained with optimizer '{saved['optimizer']}' but "
-                f"config.optimizer is '{self.config.optimizer}'; use the same config, or delete "
-                "the checkpoint to start again."
-            )
-        ignore = ("steps", "device", "log_every", "val_every", "ckpt_every")
-        changed = [
-            k
-            for k, v in dataclasses.asdict(self.config).items()
-            if k not in ignore and saved.get(k) != v
-        ]
-        if changed:
-            warnings.warn(
-                f"Resuming with changed config fields {changed}; the run will not be exact.",
-                stacklevel=3,
-            )
-        self.model.load_state_dict(state["model"], strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+                f"Checkpoint {where}: the saved optimizer state does not fit this model's "
+                f"trainable parameters ({_short(e)}); it was written by another set-up (e.g. "
+                f"other layers frozen). {_FIX}"
+            ) from e
         if self.scaler.is_enabled() and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -450,6 +601,7 @@ class Trainer:
             raise ValueError(
                 "This Trainer has no ckpt_path; pass ckpt_path=... to save checkpoints."
             )
+        remove_stale_temps(self.ckpt_path)
         save_checkpoint(self.ckpt_path, self.state_dict())
 
     # ---------------------------------------------------------------------------- loop
@@ -471,7 +623,7 @@ class Trainer:
         if stop_after is not None:
             check_int(stop_after, "stop_after", 1)
         if resume and self.ckpt_path is not None and self.ckpt_path.is_file():
-            self.load_state_dict(load_checkpoint(self.ckpt_path))
+            self.load_state_dict(load_checkpoint(self.ckpt_path), self.ckpt_path)
         elif self.step == 0:
             seed_everything(cfg.seed)
         elif self._rng is not None:
@@ -685,17 +837,27 @@ def plot_history(history: list[dict], keys=("loss",), ax=None):
 
 
 def train_or_load(
-    model: nn.Module, ckpt_path, train: Callable[[], list], *, retrain: bool = False
+    model: nn.Module,
+    ckpt_path,
+    train: Callable[[], list],
+    *,
+    config: TrainConfig,
+    retrain: bool = False,
 ) -> tuple[list, bool]:
     """Load a finished checkpoint into ``model``, or call ``train()``; returns
     ``(history, trained)``.
 
-    ``train`` must train this ``model`` with a :class:`Trainer` whose ``ckpt_path`` is
-    ``ckpt_path`` (an unfinished checkpoint is then resumed) and return the history.
+    ``train`` must train this ``model`` with a :class:`Trainer` of ``config`` whose ``ckpt_path``
+    is ``ckpt_path`` (an unfinished checkpoint is then resumed) and return the history. A
+    checkpoint, finished or not, is used only if it was written by the same run: ``config`` and
+    the model are compared with what it records, as :class:`Trainer` does (:func:`check_same_run`),
+    and a difference is a ``ValueError`` naming the file and the fields, never a silent reuse.
     ``retrain=True`` moves an existing checkpoint to ``<name>.old`` and trains again. The model
-    is loaded with ``strict=True`` and returned in ``eval()`` mode either way; one line is printed
-    saying which happened.
+    is loaded strictly (a ``ValueError`` naming the file if the weights do not fit) and returned
+    in ``eval()`` mode either way; one line is printed saying which happened.
     """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"Argument config must be a TrainConfig, got {type(config).__name__}.")
     path = Path(ckpt_path)
     if retrain and path.exists():
         old = path.with_name(path.name + ".old")
@@ -703,8 +865,9 @@ def train_or_load(
         print(f"[train_or_load] retrain=True: moved {path} to {old.name}; training.")
     elif path.is_file():
         state = load_checkpoint(path)
+        check_same_run(state, config, model, path)
         if state.get("finished"):
-            model.load_state_dict(state["model"], strict=True)
+            _load_weights(model, state["model"], path)
             model.eval()
             print(
                 f"[train_or_load] loaded finished checkpoint {path} (step {state['step']}); "

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -178,8 +179,199 @@ def test_tss_identity_and_files(data_root, tmp_path):
     res = ev.evaluate_tss("identity", data_root, tmp_path, progress=False)
     assert set(res.per_subset) == {"FG3DCar", "JODS", "PASCAL"}
     assert len(res.rows) == 6
-    assert (tmp_path / "JODS" / "car_01_02" / "flow1.flo").exists()
-    assert (tmp_path / "JODS" / "scores.csv").read_text().startswith("Row,Src,Ref,SegIUR,Flip,T1")
+    # this run's own folder, in the kit's layout; the staging folder is gone
+    assert res.flows_dir == tmp_path / res.run_id
+    assert [p.name for p in tmp_path.iterdir()] == [res.run_id]
+    assert (res.flows_dir / "JODS" / "car_01_02" / "flow1.flo").exists()
+    scores = (res.flows_dir / "JODS" / "scores.csv").read_text()
+    assert scores.startswith("Row,Src,Ref,SegIUR,Flip,T1")
     # FG3DCar's pair is nearly aligned; the PASCAL pair is mirrored (flip_gt = 1)
     assert res.per_subset["FG3DCar"]["PCK@0.05"] > 0.9
     assert res.per_subset["PASCAL"]["PCK@0.05"] < 0.05
+
+
+# ---------------------------------------------------------------- empty benchmarks, bad limits
+
+
+def test_empty_benchmark_is_an_error_not_a_table():
+    with pytest.raises(ValueError, match=r"_PairList: no pair to evaluate \(the dataset has 0"):
+        ev.evaluate_keypoints("identity", _PairList([]), progress=False)
+
+
+@pytest.mark.parametrize("limit", [0, -3, 1.5, True])
+def test_limit_must_select_a_pair(limit):
+    with pytest.raises(ValueError, match=r"Argument limit must be an int >= 1"):
+        ev.evaluate_keypoints("identity", _PairList([_pair(0)]), limit=limit, progress=False)
+    with pytest.raises(ValueError, match=r"Argument limit must be an int >= 1"):
+        ev.evaluate_tss("identity", "/nonexistent", limit=limit, progress=False)
+
+
+# ------------------------------------------------------------------ atomic, strict JSON writers
+
+
+def _result_with_nan():
+    res = ev.evaluate_keypoints("identity", _PairList([_pair(i) for i in range(2)]), progress=False)
+    res.summary["alphas"]["0.1"]["per_category"]["empty"] = float("nan")
+    res.summary["extra"] = [float("inf"), -float("inf"), torch.tensor([1.5, float("nan")])]
+    return res
+
+
+def test_metrics_json_is_strict_json(tmp_path):
+    paths = ev.write_keypoint_result(_result_with_nan(), tmp_path, run_id="run-1")
+
+    def refuse(token):
+        raise AssertionError(f"bare {token} in metrics.json")
+
+    meta = json.loads(paths["metrics"].read_text(), parse_constant=refuse)
+    assert meta["run_id"] == "run-1"
+    assert meta["summary"]["alphas"]["0.1"]["per_category"]["empty"] is None
+    assert meta["summary"]["extra"] == [None, None, [1.5, None]]
+    assert ev.strict_json({"a": (float("nan"), 1)}, indent=None) == '{"a": [null, 1]}'
+
+
+def test_result_files_are_replaced_atomically(tmp_path):
+    res = ev.evaluate_keypoints("identity", _PairList([_pair(i) for i in range(3)]), progress=False)
+    paths = ev.write_keypoint_result(res, tmp_path)
+    old = paths["predictions"].read_text()
+    with open(paths["predictions"]) as reader:  # a reader of the earlier file ...
+        small = ev.evaluate_keypoints("identity", _PairList([_pair(9)]), progress=False)
+        ev.write_keypoint_result(small, tmp_path)
+        assert (
+            reader.read() == old
+        )  # ... still reads it whole: the file was replaced, not rewritten
+    assert len(paths["predictions"].read_text().splitlines()) == 1 + 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.json",
+        "metrics.md",
+        "predictions.csv",
+    ]  # no temporary file left
+
+    bad = ev.evaluate_keypoints("identity", _PairList([_pair(1)]), progress=False)
+    bad.rows[0]["unknown_column"] = 1  # fails while the csv is built: nothing is touched
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="unknown_column"):
+        ev.write_keypoint_result(bad, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# --------------------------------------------------------- TSS: each run scores its own flows
+
+
+class _ZeroFlow(ev.CorrespondenceMethod):
+    """No motion in pixels (unlike identity, which rescales): a different score on TSS."""
+
+    name = "zero"
+
+    def __init__(self, on_first_flow=None):
+        self.on_first_flow = on_first_flow
+
+    def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
+        if self.on_first_flow is not None:
+            hook, self.on_first_flow = self.on_first_flow, None
+            hook()
+        return torch.zeros(2, *src_img.shape[-2:])
+
+
+@pytest.fixture
+def tss_two_pairs(data_root, tmp_path):
+    """A data root whose TSS/FG3DCar holds two pairs (the shared pair and a copy, 001_005b)."""
+    real = data_root / "TSS" / "TSS_CVPR2016" / "FG3DCar" / "001_005"
+    sub = tmp_path / "root" / "TSS" / "TSS_CVPR2016" / "FG3DCar"
+    sub.mkdir(parents=True)
+    for name in ("001_005", "001_005b"):
+        os.symlink(real, sub / name)
+    return tmp_path / "root"
+
+
+@pytest.mark.realdata
+def test_tss_never_scores_stale_or_concurrent_flows(tss_two_pairs, tmp_path):
+    out = tmp_path / "flows"
+    kw = dict(subsets=("FG3DCar",), progress=False)
+    alone = ev.evaluate_tss(_ZeroFlow(), tss_two_pairs, None, limit=1, **kw)
+    assert [r["pair"] for r in alone.rows] == ["001_005", "001_005"]
+
+    # an earlier run left identity flows for both pairs (in this and in the old flat layout)
+    first = ev.evaluate_tss("identity", tss_two_pairs, out, **kw)
+    assert len(first.rows) == 4
+    (out / "FG3DCar").mkdir()
+    os.symlink(first.flows_dir / "FG3DCar" / "001_005b", out / "FG3DCar" / "001_005b")
+
+    # and a concurrent run writes into the same folder while this one runs
+    inner = {}
+
+    def concurrent():
+        inner["res"] = ev.evaluate_tss("identity", tss_two_pairs, out, **kw)
+
+    res = ev.evaluate_tss(_ZeroFlow(concurrent), tss_two_pairs, out, limit=1, **kw)
+    assert [r["pair"] for r in res.rows] == ["001_005", "001_005"]  # its own pair only
+    assert res.per_subset == alone.per_subset
+    assert inner["res"].per_subset == first.per_subset
+    assert len({first.run_id, inner["res"].run_id, res.run_id}) == 3
+    assert res.flows_dir == out / res.run_id and not any(out.glob(".tmp-*"))
+    assert res.csv["FG3DCar"] == (res.flows_dir / "FG3DCar" / "scores.csv").read_text()
+
+
+@pytest.mark.realdata
+def test_tss_failed_run_leaves_no_folder(tss_two_pairs, tmp_path):
+    class Broken(_ZeroFlow):
+        def flow(self, *a, **k):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        ev.evaluate_tss(Broken(), tss_two_pairs, tmp_path / "o", subsets=("FG3DCar",))
+    assert list((tmp_path / "o").iterdir()) == []
+    with pytest.raises(ValueError, match=r"run_id must be a folder name"):
+        ev.evaluate_tss("identity", tss_two_pairs, tmp_path / "o", run_id="../x")
+    (tmp_path / "o" / "taken").mkdir()
+    with pytest.raises(ValueError, match=r"taken exists already"):
+        ev.evaluate_tss("identity", tss_two_pairs, tmp_path / "o", run_id="taken")
+
+
+def test_run_ids_are_unique_and_sortable():
+    ids = [ev.new_run_id() for _ in range(3)]
+    assert len(set(ids)) == 3 and ids == sorted(ids)
+    assert ids[0].endswith(f"-p{os.getpid()}")
+
+
+# ------------------------------------------------------------------------- output folders
+
+
+def test_prepare_out_dir(tmp_path, monkeypatch):
+    assert ev.prepare_out_dir(tmp_path / "a" / "b").is_dir()
+    assert list((tmp_path / "a" / "b").iterdir()) == []  # the write test leaves nothing
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match=rf"--out {tmp_path / 'f'} is a file, not a folder"):
+        ev.prepare_out_dir(tmp_path / "f")
+    with pytest.raises(ValueError, match=rf"lies under {tmp_path / 'f'}, which is a file"):
+        ev.prepare_out_dir(tmp_path / "f" / "sub" / "dir", "--out")
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ev.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(ValueError, match=r"out_dir .*ro is not a writable folder.*Permission"):
+        ev.prepare_out_dir(tmp_path / "ro", "out_dir")
+
+
+# ------------------------------------------------------------- method argument validation
+
+
+@pytest.mark.parametrize("name", ["identity", "zncc", "sift", "backbone-offline"])
+def test_untrained_methods_refuse_a_checkpoint(name, tmp_path):
+    with pytest.raises(ValueError, match=rf"Method '{name}' takes no checkpoint"):
+        ev.get_method(name, checkpoint=tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("name", ["zncc", "ucn", "sfnet", "mccnn-fast"])
+@pytest.mark.parametrize("max_side", [0, -5])
+def test_max_side_checked_before_anything_is_loaded(name, max_side):
+    with pytest.raises(ValueError, match=r"Argument max_side must be an int >= 1"):
+        ev.get_method(name, max_side=max_side)
+
+
+def test_ucn_max_side_below_its_stride():
+    from corrlib.models.ucn import UCN
+
+    model = UCN(dim=8, trunk_widths=(8, 8, 8))
+    with pytest.raises(ValueError, match=rf"max_side must be .* stride {model.stride}, got 1"):
+        ev.get_method("ucn", model=model, max_side=1)

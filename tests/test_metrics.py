@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import doctest
+import json
 import math
 import re
 from pathlib import Path
@@ -221,7 +222,44 @@ def test_evaluator_skips_empty_pairs_and_lists_them():
     assert set(rows[0]) == {"pair", "category", "n_points", "ref_length", "pck@0.1"}
     assert rows[0]["ref_length"] == 100.0 and math.isnan(rows[3]["pck@0.1"])
     empty = PCKEvaluator("pf-willow").summary()
-    assert math.isnan(empty["alphas"]["0.1"]["all"]) and empty["n_pairs"] == 0
+    assert empty["alphas"]["0.1"]["all"] is None and empty["n_pairs"] == 0
+
+
+def _strict_json(summary: dict) -> dict:
+    """The summary as RFC 8259 JSON (bare NaN raises) and back."""
+    return json.loads(json.dumps(summary, allow_nan=False))
+
+
+@pytest.mark.parametrize("aggregation", ["per_image", "per_point", "per_category"])
+def test_summary_is_strict_json_with_null_for_nothing_scored(aggregation):
+    proto = PCKProtocol("toy", "src->trg", "image", (0.05, 0.1), aggregation=aggregation)
+    empty = PCKEvaluator(proto).summary()
+    assert _strict_json(empty) == empty
+    assert empty["alphas"] == {
+        "0.05": {"all": None, "per_category": {}},
+        "0.1": {"all": None, "per_category": {}},
+    }
+    assert (empty["n_pairs"], empty["n_points"], empty["n_skipped"]) == (0, 0, 0)
+    ev = _three_pairs(aggregation)
+    ev.add(torch.zeros(0, 2), torch.zeros(0, 2), category="c", image_size=(100, 100))
+    s = ev.summary()
+    assert _strict_json(s) == s
+    assert s["alphas"]["0.1"]["per_category"]["c"] is None
+    assert s["categories"]["c"] == {"n_pairs": 0, "n_points": 0} and s["n_skipped"] == 1
+    assert s["alphas"]["0.1"]["all"] == _three_pairs(aggregation).summary()["alphas"]["0.1"]["all"]
+    only_empty = PCKEvaluator(proto)
+    only_empty.add(torch.zeros(0, 2), torch.zeros(0, 2), category="c", image_size=(10, 10))
+    t = only_empty.summary()
+    assert _strict_json(t) == t and t["alphas"]["0.1"]["all"] is None and t["n_skipped"] == 1
+    assert "| c | n/a | n/a | 0 |" in only_empty.to_markdown()
+    assert "| **all** | n/a | n/a | 0 |" in PCKEvaluator(proto).to_markdown()
+
+
+def test_summary_of_valid_input_keeps_its_numbers():
+    for aggregation in ("per_image", "per_point", "per_category"):
+        s = _three_pairs(aggregation).summary()
+        assert _strict_json(s) == s
+        assert all(isinstance(v["all"], float) for v in s["alphas"].values())
 
 
 def test_evaluator_normalisers_and_messages():
@@ -293,6 +331,13 @@ def test_tss_accepts_channel_first_tensors():
     assert np.array_equal(ref, as_torch)
     with pytest.raises(ValueError, match="share one grid"):
         tss_flow_accuracy(est[:5], gt, (10, 20))
+
+
+def test_tss_ground_truth_without_known_pixel_is_an_error():
+    gt = np.full((4, 6, 2), np.nan, np.float32)
+    gt[0, 0] = 1e10
+    with pytest.raises(ValueError, match=r"flow_gt has no known pixel \(all 24 are NaN"):
+        tss_flow_accuracy(np.zeros_like(gt), gt, (4, 6))
 
 
 def test_mask_iou():
@@ -391,6 +436,41 @@ def test_evaluate_tss_results_on_a_fake_tree(tmp_path):
     assert rows[2]["T1"] == 0.0 and rows[2]["T12"] == 0.0 and rows[2]["T13"] == 1.0
     # consistent flows: foreground where both taps of x +- 1.5 lie inside (10 of 12 columns)
     assert rows[2]["seg_iou"] == rows[3]["seg_iou"] == pytest.approx(16 / 80)
+
+
+@pytest.mark.parametrize("fill", [np.nan, 1e10])
+def test_evaluate_tss_results_refuses_a_flow_without_ground_truth(tmp_path, fill):
+    res, data = _fake_tss(tmp_path)
+    write_flo(data / "car_03_04" / "flow2.flo", np.full((8, 12, 2), fill, np.float32))
+    with pytest.raises(ValueError) as err:
+        evaluate_tss_results(res, data)
+    assert str(err.value).startswith(
+        f"{data / 'car_03_04' / 'flow2.flo'} holds no ground-truth flow: all 96 pixels are unknown"
+    )
+
+
+def test_evaluate_tss_results_refuses_an_empty_ground_truth_mask(tmp_path):
+    res, data = _fake_tss(tmp_path)
+    _write_mask(data / "car_01_02" / "mask1.png", np.zeros((8, 12), bool))
+    with pytest.raises(ValueError, match=r"car_01_02/mask1\.png has no foreground pixel"):
+        evaluate_tss_results(res, data)
+
+
+def test_evaluate_tss_results_ignores_hidden_folders_and_checks_flip(tmp_path):
+    res, data = _fake_tss(tmp_path)
+    expected = evaluate_tss_results(res, data)
+    stray = res / ".ipynb_checkpoints"
+    stray.mkdir()
+    write_flo(stray / "flow1.flo", np.zeros((8, 12, 2), np.float32))
+    assert evaluate_tss_results(res, data) == expected
+    (data / "car_01_02" / "flip_gt.txt").write_text("yes")
+    with pytest.raises(ValueError, match=r"car_01_02/flip_gt\.txt must hold 0 or 1, got 'yes'"):
+        evaluate_tss_results(res, data)
+
+
+def test_tss_rows_are_strict_json(tmp_path):
+    rows = evaluate_tss_results(*_fake_tss(tmp_path))
+    assert json.loads(json.dumps(rows, allow_nan=False)) == rows
 
 
 def test_tss_scores_csv_layout(tmp_path):

@@ -4,11 +4,14 @@ checkpoints."""
 import csv
 import itertools
 import json
+import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -284,16 +287,182 @@ def test_resume_with_other_config(tmp_path):
     Trainer(make_model(), loss_fn, batch_fn, config(), ckpt_path=path, progress=False).fit(
         stop_after=2
     )
-    with pytest.warns(
-        UserWarning, match=r"changed config fields \['lr'\]; the run will not be exact"
-    ):
-        Trainer(
-            make_model(), loss_fn, batch_fn, config(lr=0.5), ckpt_path=path, progress=False
-        ).fit(stop_after=1)
-    with pytest.raises(ValueError, match=r"optimizer 'adam' but config\.optimizer is 'sgd'"):
+    with pytest.raises(ValueError) as info:
         Trainer(
             make_model(), loss_fn, batch_fn, config(optimizer="sgd"), ckpt_path=path, progress=False
         ).fit()
+    assert str(info.value) == (
+        f"Checkpoint {path} was written by another run, so it is neither resumed nor reused: "
+        "config.optimizer: recorded 'adam', requested 'sgd'. Delete the file, pass another "
+        "ckpt_path, or pass the same settings. (Not compared: log_every, ckpt_every, device.)"
+    )
+    assert load_checkpoint(path)["step"] == 2  # left as it was
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"seed": 1}, r"config\.seed: recorded 0, requested 1"),
+        ({"lr": 0.5}, r"config\.lr: recorded 0\.01, requested 0\.5"),
+        ({"steps": 30}, r"config\.steps: recorded 20, requested 30"),
+        ({"schedule": "constant"}, r"config\.schedule: recorded 'cosine', requested 'constant'"),
+        ({"grad_clip": 1.0}, r"config\.grad_clip: recorded None, requested 1\.0"),
+        ({"val_every": 5}, r"config\.val_every: recorded 0, requested 5"),
+        ({"amp": True}, r"config\.amp: recorded False, requested True"),
+    ],
+)
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, kw, field):
+    path = tmp_path / "ckpt.pt"
+    Trainer(make_model(), loss_fn, batch_fn, config(), ckpt_path=path, progress=False).fit(
+        stop_after=2
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # amp=True on the CPU
+        trainer = Trainer(
+            make_model(), loss_fn, batch_fn, config(**kw), ckpt_path=path, progress=False
+        )
+    with pytest.raises(ValueError, match=rf"Checkpoint {re.escape(str(path))} .*{field}\. Delete"):
+        trainer.fit()
+    assert trainer.step == 0 and load_checkpoint(path)["step"] == 2
+
+
+def test_resume_ignores_log_and_ckpt_every_and_stays_exact(tmp_path):
+    cfg = config(steps=12, log_every=4)
+    model_a, _ = reference_run(cfg)
+    path = tmp_path / "ckpt.pt"
+    Trainer(make_model(), loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit(stop_after=5)
+    model_b = make_model(seed=4)
+    other = config(steps=12, log_every=3, ckpt_every=2)
+    Trainer(model_b, loss_fn, batch_fn, other, ckpt_path=path, progress=False).fit()
+    assert same_params(model_a, model_b)
+    if pick_device("auto").type == "cpu":  # "auto" is the CPU here: the device is not compared
+        again = make_model()
+        Trainer(
+            again,
+            loss_fn,
+            batch_fn,
+            config(steps=12, device="auto"),
+            ckpt_path=path,
+            progress=False,
+        ).fit()
+        assert same_params(model_a, again)
+
+
+def test_finished_checkpoint_of_another_run_is_an_error(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    Trainer(make_model(), loss_fn, batch_fn, config(steps=8), ckpt_path=path, progress=False).fit()
+
+    def never(model, batch):
+        raise AssertionError("trained instead of raising")
+
+    with pytest.raises(ValueError, match=r"config\.seed: recorded 0, requested 1\. Delete"):
+        Trainer(
+            make_model(seed=1),
+            never,
+            batch_fn,
+            config(steps=8, seed=1),
+            ckpt_path=path,
+            progress=False,
+        ).fit()
+    # fewer steps than the finished checkpoint holds: never a longer-trained model
+    with pytest.raises(
+        ValueError,
+        match=r"config\.steps: recorded 8, requested 5; it has done 8 steps, more than the 5 "
+        r"requested\.",
+    ):
+        Trainer(
+            make_model(), never, batch_fn, config(steps=5), ckpt_path=path, progress=False
+        ).fit()
+
+
+def test_older_checkpoint_without_new_entries_still_resumes(tmp_path):
+    """A checkpoint without ``model_info`` or a config field (an older file) is compared on what
+    it records; a missing field counts as its default."""
+    cfg = config(steps=10)
+    model_a, _ = reference_run(cfg)
+    path = tmp_path / "ckpt.pt"
+    Trainer(make_model(), loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit(stop_after=4)
+    state = load_checkpoint(path)
+    del state["model_info"], state["config"]["amp"], state["config"]["val_every"]
+    save_checkpoint(path, state)
+    model_b = make_model(seed=2)
+    Trainer(model_b, loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit()
+    assert same_params(model_a, model_b)
+
+
+class Tagged(nn.Module):
+    """A model with ``arch`` and ``config`` attributes, as corrlib's networks have."""
+
+    def __init__(self, width=8, arch="a"):
+        super().__init__()
+        self.arch, self.config = arch, {"width": width, "sizes": (1, 2)}
+        self.net = nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_checkpoint_records_the_model_and_refuses_another(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    cfg = config(steps=6)
+    Trainer(Tagged(), loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit(stop_after=2)
+    info = load_checkpoint(path)["model_info"]
+    assert info == {"class": "Tagged", "arch": "a", "config": {"width": 8, "sizes": [1, 2]}}
+    with pytest.raises(
+        ValueError,
+        match=r"model arch: recorded 'a', requested 'b'; model config\['width'\]: recorded 8, "
+        r"requested 16\. Delete",
+    ):
+        Trainer(Tagged(16, "b"), loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit()
+    with pytest.raises(ValueError, match=r"model class: recorded 'Tagged', requested 'Sequential'"):
+        Trainer(make_model(), loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit()
+    resumed = Trainer(Tagged(), loss_fn, batch_fn, cfg, ckpt_path=path, progress=False)
+    resumed.fit()
+    assert resumed.step == 6
+
+
+def test_wrong_shape_checkpoint_names_the_file_and_the_mismatch(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    cfg = config(steps=6)
+    Trainer(make_model(), loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit(stop_after=2)
+    wider = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 1))
+    with pytest.raises(
+        ValueError,
+        match=rf"Checkpoint {re.escape(str(path))}: its model weights do not fit this Sequential "
+        r"\(another architecture or size\): .*size mismatch for 0\.weight.*Delete the file",
+    ):
+        Trainer(wider, loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit()
+    # the same for a file without model_info (older checkpoints): the load itself says it
+    state = load_checkpoint(path)
+    del state["model_info"]
+    save_checkpoint(path, state)
+    shallow = nn.Sequential(nn.Linear(4, 1))
+    with pytest.raises(ValueError, match=r"do not fit this Sequential.*Unexpected key"):
+        Trainer(shallow, loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit()
+    frozen = make_model()
+    frozen[0].requires_grad_(False)  # the same weights, but fewer trainable parameters
+    state["model_info"] = {"class": "Sequential"}
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"saved optimizer state does not fit .*Delete the file"):
+        Trainer(frozen, loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit()
+
+
+def test_two_trainings_with_another_lr_on_one_path(tmp_path):
+    """Reliability review, concurrency: run B (lr 0.1) on run A's (lr 0.01) checkpoint path used to
+    resume A's partial run into a hybrid; now B stops with an error and A's file is kept."""
+    path = tmp_path / "shared.ckpt"
+    cfg_a, cfg_b = config(steps=12, lr=0.01), config(steps=12, lr=0.1)
+    model_ref, _ = reference_run(cfg_a)
+    Trainer(make_model(), loss_fn, batch_fn, cfg_a, ckpt_path=path, progress=False).fit(
+        stop_after=4
+    )
+    with pytest.raises(ValueError, match=r"config\.lr: recorded 0\.01, requested 0\.1\. Delete"):
+        Trainer(make_model(), loss_fn, batch_fn, cfg_b, ckpt_path=path, progress=False).fit()
+    state = load_checkpoint(path)
+    assert state["step"] == 4 and state["config"]["lr"] == 0.01 and not state["finished"]
+    model_a = make_model(seed=7)
+    Trainer(model_a, loss_fn, batch_fn, cfg_a, ckpt_path=path, progress=False).fit()
+    assert same_params(model_ref, model_a)  # A itself still resumes exactly
 
 
 KILL_SCRIPT = """
@@ -345,6 +514,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     ).fit()
     assert same_params(model_a, model_b)
     assert no_seconds(history_a) == no_seconds(history_b)
+    assert not list(tmp_path.glob("ckpt.pt.tmp-*"))  # a temp file of a killed save is removed
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -366,6 +536,32 @@ def test_trainer_save_crash_keeps_previous_checkpoint(tmp_path, monkeypatch):
         trainer.fit(stop_after=2)
     assert load_checkpoint(path)["step"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # exited and reaped: its pid is free
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = [
+            f"ckpt.pt.tmp-{dead.pid}",  # a killed save: removed
+            f"ckpt.pt.tmp-{live.pid}",  # another process saving right now: kept
+            "ckpt.pt.tmp-notapid",
+            f"other.pt.tmp-{dead.pid}",  # another checkpoint's: not ours to judge
+        ]
+        for name in names:
+            (tmp_path / name).write_bytes(b"PK half")
+        Trainer(
+            make_model(), loss_fn, batch_fn, config(steps=3), ckpt_path=path, progress=False
+        ).fit()
+        left = sorted(p.name for p in tmp_path.iterdir())
+    finally:
+        live.kill()
+        live.wait()
+    if os.name == "posix":
+        assert left == sorted(["ckpt.pt", *names[1:]])
+    assert load_checkpoint(path)["finished"] is True
 
 
 class Opaque:
@@ -414,16 +610,18 @@ def test_train_or_load(tmp_path, capsys):
         return train
 
     model_1 = make_model()
-    history_1, trained = train_or_load(model_1, path, trainer_for(model_1))
+    history_1, trained = train_or_load(model_1, path, trainer_for(model_1), config=config(steps=8))
     assert trained and len(calls) == 1 and "no checkpoint" in capsys.readouterr().out
     model_2 = make_model(seed=1)
-    history_2, trained = train_or_load(model_2, path, trainer_for(model_2))
+    history_2, trained = train_or_load(model_2, path, trainer_for(model_2), config=config(steps=8))
     assert (
         not trained and len(calls) == 1 and "loaded finished checkpoint" in capsys.readouterr().out
     )
     assert same_params(model_1, model_2) and history_2 == history_1 and not model_2.training
     model_3 = make_model()  # the same initialisation as model_1: retraining reproduces it
-    _, trained = train_or_load(model_3, path, trainer_for(model_3), retrain=True)
+    _, trained = train_or_load(
+        model_3, path, trainer_for(model_3), config=config(steps=8), retrain=True
+    )
     assert trained and len(calls) == 2 and "retrain=True" in capsys.readouterr().out
     assert same_params(model_1, model_3) and (tmp_path / "ckpt.pt.old").is_file()
 
@@ -438,9 +636,41 @@ def test_train_or_load_resumes_unfinished(tmp_path, capsys):
         model_b,
         path,
         lambda: Trainer(model_b, loss_fn, batch_fn, cfg, ckpt_path=path, progress=False).fit(),
+        config=cfg,
     )
     assert trained and "resuming unfinished checkpoint" in capsys.readouterr().out
     assert same_params(model_a, model_b)
+
+
+def test_train_or_load_refuses_a_checkpoint_of_another_run(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    Trainer(make_model(), loss_fn, batch_fn, config(steps=8), ckpt_path=path, progress=False).fit()
+
+    def never():
+        raise AssertionError("trained instead of raising")
+
+    model = make_model(seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for cfg, message in [
+        (config(steps=8, seed=1), r"config\.seed: recorded 0, requested 1\. Delete the file"),
+        (config(steps=8, lr=0.5), r"config\.lr: recorded 0\.01, requested 0\.5"),
+        (config(steps=5), r"config\.steps: recorded 8, requested 5; it has done 8 steps"),
+    ]:
+        with pytest.raises(ValueError, match=rf"Checkpoint {re.escape(str(path))} .*{message}"):
+            train_or_load(model, path, never, config=cfg)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    wider = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 1))
+    with pytest.raises(ValueError, match=r"ckpt\.pt: its model weights do not fit.*size mismatch"):
+        train_or_load(wider, path, never, config=config(steps=8))
+    state = load_checkpoint(path)
+    state["finished"], state["step"] = False, 4
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"ckpt\.pt .*config\.lr: recorded 0\.01, requested 1"):
+        # an unfinished checkpoint too: refused before train() is called
+        train_or_load(make_model(), path, never, config=config(steps=8, lr=1.0))
+    save_checkpoint(path, {"format": "corrlib.sfnet/1", "model": {}})
+    with pytest.raises(ValueError, match=r"ckpt\.pt is not a corrlib\.train checkpoint"):
+        train_or_load(make_model(), path, never, config=config(steps=8))
 
 
 # ------------------------------------------------------------------------------ data, history files

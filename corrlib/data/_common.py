@@ -5,23 +5,36 @@ for all, e.g. ``../shared/data`` holds ``PF-WILLOW/``, ``PF-PASCAL/``, ``TSS/``,
 ``root=None`` means :func:`resolve_data_root`: the ``CORRLIB_DATA`` environment variable.
 
 Downloads use only the standard library (``urllib``): resumable through an HTTP ``Range`` request
-into a ``.part`` file, verified with SHA-256 (or MD5 where only that is published), then renamed
-atomically, so an interrupted or corrupt download never looks like a finished one.
+into a ``.part`` file, verified with SHA-256 (or MD5 where only that is published; where the
+publisher gives neither, against the SHA-256 recorded at the first download in
+``.corrlib-downloads.json``), then renamed atomically, so an interrupted, stalled, truncated or
+corrupt download, or a web page served instead of the file, never looks like a finished one.
+Archives are extracted into a fresh folder and moved into place without ever replacing or deleting
+anything already in the data root.
 """
 
 from __future__ import annotations
 
+import filecmp
+import gzip
 import hashlib
 import http.client
+import json
 import os
+import re
 import shutil
+import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +46,7 @@ from corrlib.data.images import read_image
 
 __all__ = [
     "DATA_ENV",
+    "DOWNLOAD_RECORD",
     "DatasetNotFoundError",
     "KeypointPair",
     "PairDataset",
@@ -50,10 +64,17 @@ __all__ = [
 
 DATA_ENV = "CORRLIB_DATA"
 _CHUNK = 1 << 20
+_TIMEOUT_S = 30.0  # no byte for this long (connecting or reading): give up
+_STALL_S, _STALL_BYTES = 60.0, 16 * 1024  # fewer bytes than this in that many seconds: a stall
 _USER_AGENT = "corrlib-dataset-downloader/0.1 (python urllib)"
 # urllib.error.URLError and ConnectionError are OSError subclasses; other OSErrors (disk full,
 # permission denied) are local problems and are deliberately not reported as network failures.
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+# Errors of a truncated or damaged archive; the tar safety filter's refusals are told apart.
+_FILTER_ERRORS: tuple[type[Exception], ...] = tuple(
+    e for e in (getattr(tarfile, "FilterError", None),) if e is not None
+)
+_CORRUPT_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -173,6 +194,12 @@ class KeypointPair:
 # Downloads
 # --------------------------------------------------------------------------------------------
 
+#: Per-folder record of the SHA-256 of files downloaded without a published checksum (trust on
+#: first use): it sits next to the downloaded files and later downloads are checked against it.
+DOWNLOAD_RECORD = ".corrlib-downloads.json"
+_HTML_SUFFIXES = (".html", ".htm")
+_HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body")
+
 
 def sha256_file(path: str | os.PathLike) -> str:
     """SHA-256 hex digest of a file, read in 1 MiB chunks."""
@@ -183,10 +210,35 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _note(message: str) -> None:
+    """Say what a download step did (on stderr: shown in terminals and notebooks alike)."""
+    print(f"[corrlib download] {message}", file=sys.stderr)
+
+
 def _manual_instructions(url: str, dest: Path) -> str:
     return (
         f"Download it by hand: fetch {url} (browser, wget or curl) and save it as {dest}, "
         "then run again (an archive next to its dataset folder is extracted automatically)."
+    )
+
+
+def _looks_like_html(path: Path) -> bool:
+    """Whether ``path`` holds a web page (a login, error or redirect page saved by mistake)."""
+    if path.suffix.lower() in _HTML_SUFFIXES:
+        return False
+    with open(path, "rb") as f:
+        head = f.read(2048)
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    # No archive (PK.., gzip, tar) nor pair list starts with "<"; a web page does.
+    return head.startswith(b"<") and any(m in head for m in _HTML_MARKERS)
+
+
+def _html_message(url: str, dest: Path, evidence: str) -> str:
+    return (
+        f"Downloading {url} returned a web page (HTML; {evidence}), not the file: the host "
+        "answered with a login, error or redirect page, or the URL has moved. Nothing was saved "
+        f"as {dest}, so the next call downloads again. Open the URL in a browser to see the page. "
+        + _manual_instructions(url, dest)
     )
 
 
@@ -201,70 +253,134 @@ def _digests(path: Path, names: tuple[str, ...]) -> dict[str, str]:
 
 
 def _expected(sha256: str | None, md5: str | None) -> dict[str, str]:
-    """The published checksums to verify: ``{"sha256": ..., "md5": ...}`` (given ones only)."""
+    """The checksums to verify: ``{"sha256": ..., "md5": ...}`` (given ones only)."""
     return {name: v.lower() for name, v in (("sha256", sha256), ("md5", md5)) if v is not None}
 
 
-def _matches(path: Path, sha256: str | None, md5: str | None) -> bool:
-    expected = _expected(sha256, md5)
-    if not expected:
-        return True
-    return _digests(path, tuple(expected)) == expected
+def _record_file(dest: Path) -> Path:
+    return dest.parent / DOWNLOAD_RECORD
 
 
-def _check_hash(path: Path, url: str, sha256: str | None, md5: str | None = None) -> None:
-    expected = _expected(sha256, md5)
-    if not expected:
-        actual = sha256_file(path)
-        warnings.warn(
-            f"Downloaded {url} has SHA-256 {actual}; no published checksum exists for this file, "
-            "so its integrity could not be verified. Keep this hash to detect later changes.",
-            UserWarning,
-            stacklevel=3,
-        )
-        return
-    actual = _digests(path, tuple(expected))
-    for name, want in expected.items():
-        if actual[name] != want:
-            path.unlink(missing_ok=True)
-            label = {"sha256": "SHA-256", "md5": "MD5"}[name]
-            raise ValueError(
-                f"Checksum mismatch for {url}: expected {label} {want}, got {actual[name]}. "
-                "The corrupt file was deleted; download again. If it keeps happening the file on "
-                "the server has changed: check the dataset's web page."
-            )
+def _read_records(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"Cannot read the download record {path} ({err}). It holds the SHA-256 of files "
+            "corrlib downloaded without a published checksum; repair it, or delete it to record "
+            "the next downloads afresh."
+        ) from err
+    return data
 
 
-def download_url(
+def _recorded_sha256(dest: Path) -> str | None:
+    """The SHA-256 recorded for ``dest`` at its first download (trust on first use), if any."""
+    entry = _read_records(_record_file(dest)).get(dest.name)
+    if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+        return entry["sha256"].lower()
+    return None
+
+
+def _write_record(dest: Path, url: str, sha256: str) -> Path:
+    """Record ``dest``'s SHA-256 in the folder's :data:`DOWNLOAD_RECORD` (atomic rewrite)."""
+    path = _record_file(dest)
+    records = _read_records(path)
+    records[dest.name] = {
+        "url": url,
+        "sha256": sha256,
+        "size": dest.stat().st_size,
+        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``(first byte, total size)`` of a ``Content-Range: bytes a-b/n`` header (``None`` if
+    absent)."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value or "")
+    if m is None:
+        return None, None
+    return int(m.group(1)), (None if m.group(2) == "*" else int(m.group(2)))
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Transfer:
+    resumed: bool  # appended to an earlier .part
+    size_confirmed: bool  # the server announced the total size and it arrived in full
+
+
+def _copy_body(
+    resp: Any,
+    part: Path,
+    start: int,
+    total: int | None,
     url: str,
-    dest_path: str | os.PathLike,
-    sha256: str | None = None,
+    dest: Path,
     *,
-    md5: str | None = None,
-    timeout: float = 30,
-    progress: bool = True,
-) -> Path:
-    """Download ``url`` to ``dest_path`` (resumable, verified, atomic) and return the path.
+    stall_s: float,
+    stall_bytes: int,
+    progress: bool,
+) -> None:
+    """Stream ``resp`` into ``part`` (appending after ``start`` bytes); raise on a stall.
 
-    Bytes go to ``dest_path + ".part"``; a leftover ``.part`` from an interrupted run is resumed
-    with an HTTP ``Range`` request (restarted if the server ignores it). The finished file is
-    checked against ``sha256`` (mismatch: deleted, ``ValueError`` naming both hashes) and only then
-    renamed to ``dest_path``. ``md5`` is checked the same way, for files whose publisher gives only
-    an MD5 (both may be given; each given one must match); an MD5 match counts as verified, so it
-    gives no warning. With neither, the computed SHA-256 is reported in a ``UserWarning``, as
-    there is no published checksum to compare with. An existing ``dest_path`` that matches the
-    given checksums (or any file, when none is given) is kept: no download.
-    Network failures raise ``DatasetNotFoundError`` with manual download instructions; the
-    ``.part`` file is kept so the next call resumes.
+    A stall is fewer than ``stall_bytes`` arriving in ``stall_s`` seconds: it catches a server that
+    trickles bytes, which the per-read socket timeout alone never trips.
     """
-    dest = Path(dest_path)
-    if dest.is_file():
-        if _matches(dest, sha256, md5):
-            return dest
-        dest.unlink()  # wrong content: fetch it again
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    for _attempt in range(2):  # a second attempt only after the server refused the resume range
+    read = getattr(resp, "read1", resp.read)  # read1: returns what arrived, never waits for 1 MiB
+    with (
+        open(part, "ab" if start else "wb") as f,
+        tqdm(
+            total=total,
+            initial=start,
+            unit="B",
+            unit_scale=True,
+            desc=dest.name,
+            disable=not progress,
+        ) as bar,
+    ):
+        window_start, window_bytes = time.monotonic(), 0
+        while chunk := read(_CHUNK):
+            f.write(chunk)
+            bar.update(len(chunk))
+            window_bytes += len(chunk)
+            now = time.monotonic()
+            if now - window_start >= stall_s:
+                if window_bytes < stall_bytes:
+                    raise DatasetNotFoundError(
+                        f"Download of {url} stalled: only {window_bytes} bytes arrived in the last "
+                        f"{now - window_start:.1f} s (the minimum is {stall_bytes} bytes per "
+                        f"{stall_s:g} s). The {f.tell()} bytes received so far are kept in {part}; "
+                        "call again to resume from there. " + _manual_instructions(url, dest)
+                    )
+                window_start, window_bytes = now, 0
+
+
+def _fetch(
+    url: str,
+    dest: Path,
+    part: Path,
+    *,
+    timeout: float,
+    stall_s: float,
+    stall_bytes: int,
+    progress: bool,
+) -> _Transfer:
+    """Download ``url`` into ``part``, resuming a leftover ``part`` with an HTTP ``Range``."""
+    for _attempt in range(2):  # a second attempt only after a refused or mismatched resume
         start = part.stat().st_size if part.is_file() else 0
         headers = {"User-Agent": _USER_AGENT}
         if start:
@@ -273,30 +389,39 @@ def download_url(
             with urllib.request.urlopen(
                 urllib.request.Request(url, headers=headers), timeout=timeout
             ) as resp:
-                if start and resp.status != 206:  # server ignored the Range header: start over
-                    start = 0
-                length = resp.headers.get("Content-Length")
-                total = start + int(length) if length is not None else None
-                with (
-                    open(part, "ab" if start else "wb") as f,
-                    tqdm(
-                        total=total,
-                        initial=start,
-                        unit="B",
-                        unit_scale=True,
-                        desc=dest.name,
-                        disable=not progress,
-                    ) as bar,
-                ):
-                    for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-            if total is not None and part.stat().st_size < total:
+                content_type = resp.headers.get_content_type()
+                if content_type == "text/html" and dest.suffix.lower() not in _HTML_SUFFIXES:
+                    raise DatasetNotFoundError(
+                        _html_message(url, dest, "the server's Content-Type is text/html")
+                    )
+                length = _int_or_none(resp.headers.get("Content-Length"))
+                if start and resp.status == 206:
+                    first, total = _content_range(resp.headers.get("Content-Range"))
+                    if first is not None and first != start:  # not the range asked for
+                        part.unlink()
+                        continue
+                    if total is None and length is not None:
+                        total = start + length
+                else:  # no resume asked, or the server ignored the Range header: start over
+                    start, total = 0, length
+                _copy_body(
+                    resp,
+                    part,
+                    start,
+                    total,
+                    url,
+                    dest,
+                    stall_s=stall_s,
+                    stall_bytes=stall_bytes,
+                    progress=progress,
+                )
+            size = part.stat().st_size
+            if total is not None and size < total:
                 raise DatasetNotFoundError(
-                    f"Download of {url} stopped early ({part.stat().st_size} of {total} bytes); "
+                    f"Download of {url} stopped early ({size} of {total} bytes); "
                     f"call again to resume from {part}. " + _manual_instructions(url, dest)
                 )
-            break
+            return _Transfer(resumed=start > 0, size_confirmed=total is not None)
         except urllib.error.HTTPError as err:
             if err.code == 416 and start:  # our .part is not a prefix the server accepts
                 part.unlink()
@@ -305,14 +430,210 @@ def download_url(
                 f"Could not download {url}: HTTP {err.code} {err.reason}. "
                 + _manual_instructions(url, dest)
             ) from err
-        except _NETWORK_ERRORS as err:
+        except TimeoutError as err:  # a read timed out (a connect timeout is a URLError)
+            kept = part.stat().st_size if part.is_file() else 0
             raise DatasetNotFoundError(
-                f"Could not download {url} ({type(err).__name__}: {err}); are you offline? "
+                f"Download of {url} timed out: no data arrived for {timeout:g} s. The {kept} "
+                f"bytes received so far are kept in {part}; call again to resume from there. "
                 + _manual_instructions(url, dest)
             ) from err
-    _check_hash(part, url, sha256, md5)
+        except _NETWORK_ERRORS as err:
+            resume = (
+                f" The partial download {part} is kept; the next call resumes it."
+                if part.is_file() and part.stat().st_size
+                else ""
+            )
+            raise DatasetNotFoundError(
+                f"Could not download {url} ({type(err).__name__}: {err}); are you offline?"
+                f"{resume} " + _manual_instructions(url, dest)
+            ) from err
+    raise DatasetNotFoundError(  # pragma: no cover - both attempts refused the resume
+        f"Could not resume the download of {url} into {part}. " + _manual_instructions(url, dest)
+    )
+
+
+def _verify(
+    path: Path, url: str, expected: dict[str, str], record: Path | None, resumed_from: Path | None
+) -> None:
+    """Check ``path`` against ``expected``; on a mismatch delete it and raise ``ValueError``.
+
+    ``record`` is the download record the SHA-256 came from (``None``: a published checksum).
+    """
+    actual = _digests(path, tuple(expected))
+    for name, want in expected.items():
+        if actual[name] == want:
+            continue
+        path.unlink(missing_ok=True)
+        label = {"sha256": "SHA-256", "md5": "MD5"}[name]
+        source = f", recorded at its first download in {record}," if record is not None else ","
+        resumed = (
+            f" The download resumed an earlier partial file {resumed_from}, which was probably "
+            "not the start of this file."
+            if resumed_from is not None
+            else ""
+        )
+        fix = (
+            f"the publisher has changed the file: if you trust the new one, delete the entry "
+            f'"{path.name.removesuffix(".part")}" from {record}.'
+            if record is not None
+            else "the file on the server has changed: check the dataset's web page."
+        )
+        raise ValueError(
+            f"Checksum mismatch for {url}: expected {label} {want}{source} got {actual[name]}."
+            f"{resumed} The corrupt file was deleted; call again to download it afresh. If it "
+            f"keeps happening {fix}"
+        )
+
+
+@dataclass
+class _Downloaded:
+    path: Path
+    verified: bool  # matched a published or recorded checksum
+    sha256: str | None = None  # set when fetched now without a checksum to compare with
+    transfer: _Transfer | None = None  # set when fetched now
+
+
+def _download(
+    url: str,
+    dest: Path,
+    sha256: str | None,
+    md5: str | None,
+    *,
+    record: bool,
+    timeout: float,
+    stall_s: float,
+    stall_bytes: int,
+    progress: bool,
+) -> _Downloaded:
+    expected = _expected(sha256, md5)
+    record_file = None
+    if not expected and record:
+        recorded = _recorded_sha256(dest)
+        if recorded is not None:
+            expected, record_file = {"sha256": recorded}, _record_file(dest)
+    if dest.is_file():
+        if expected:
+            if _digests(dest, tuple(expected)) == expected:
+                return _Downloaded(dest, verified=True)
+            what = f"the SHA-256 recorded in {record_file}" if record_file else "its checksum"
+            _note(
+                f"{dest} does not match {what}; downloading it again from {url} (the file is "
+                "replaced once the new copy is verified)."
+            )
+        elif _looks_like_html(dest):
+            _note(f"{dest} is a saved web page (HTML), not the file; downloading it again.")
+        else:
+            return _Downloaded(dest, verified=False)  # no checksum known: nothing to check
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    transfer = _fetch(
+        url,
+        dest,
+        part,
+        timeout=timeout,
+        stall_s=stall_s,
+        stall_bytes=stall_bytes,
+        progress=progress,
+    )
+    if _looks_like_html(part):
+        part.unlink()
+        raise DatasetNotFoundError(_html_message(url, dest, "the file starts like a web page"))
+    if expected:
+        _verify(part, url, expected, record_file, part if transfer.resumed else None)
+        os.replace(part, dest)
+        return _Downloaded(dest, verified=True, transfer=transfer)
+    actual = sha256_file(part)
     os.replace(part, dest)
-    return dest
+    return _Downloaded(dest, verified=False, sha256=actual, transfer=transfer)
+
+
+def _warn_unverified(url: str, got: _Downloaded, recorded_in: Path | None, stacklevel: int) -> None:
+    transfer = got.transfer
+    assert transfer is not None and got.sha256 is not None
+    msg = (
+        f"Downloaded {url}, saved as {got.path}, has SHA-256 {got.sha256}; no published "
+        "checksum exists for this file, so its integrity could not be verified."
+    )
+    if transfer.resumed:
+        msg += (
+            " It was resumed from an earlier partial download; without a checksum only its total "
+            "size was checked (an earlier partial file that was not the start of this one would "
+            "go unnoticed)."
+        )
+    if not transfer.size_confirmed:
+        msg += (
+            " The server sent no Content-Length, so a transfer cut short cannot be detected: the "
+            "file may be incomplete."
+        )
+    if recorded_in is not None:
+        msg += (
+            f" Its SHA-256 is recorded in {recorded_in}; later downloads are checked against it "
+            "(trust on first use)."
+        )
+    else:
+        msg += " It is not recorded as trusted: delete it and download again if in doubt."
+    warnings.warn(msg, UserWarning, stacklevel=stacklevel + 1)
+
+
+def download_url(
+    url: str,
+    dest_path: str | os.PathLike,
+    sha256: str | None = None,
+    *,
+    md5: str | None = None,
+    timeout: float = _TIMEOUT_S,
+    stall_s: float = _STALL_S,
+    stall_bytes: int = _STALL_BYTES,
+    record: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Download ``url`` to ``dest_path`` (resumable, verified, atomic) and return the path.
+
+    Bytes go to ``dest_path + ".part"``; a leftover ``.part`` from an interrupted run is resumed
+    with an HTTP ``Range`` request (restarted if the server ignores or refuses it). The finished
+    file is checked, and only then renamed to ``dest_path``:
+
+    - against ``sha256`` and/or ``md5`` (an MD5 for files whose publisher gives only that; each
+      given one must match). A mismatch deletes the file and raises ``ValueError`` naming both
+      hashes (and, after a resume, the ``.part`` it started from);
+    - with neither: against the SHA-256 recorded in ``DOWNLOAD_RECORD`` (``.corrlib-downloads.json``
+      in the folder of ``dest_path``) by the first download of this file (trust on first use;
+      ``record=False`` turns this off). The first download gets a ``UserWarning`` with its
+      SHA-256 and is recorded, unless its completeness is in doubt: a resume (only the size was
+      checked) or no ``Content-Length`` (a transfer cut short is undetectable); the warning says
+      which;
+    - a web page (``Content-Type: text/html``, or content starting like HTML: a login, error or
+      redirect page) raises ``DatasetNotFoundError`` naming the URL; nothing is kept, so the next
+      call downloads again.
+
+    An existing ``dest_path`` is checked against the known checksum (given or recorded) and
+    downloaded again, with a message, when it fails (it is replaced only by a verified copy).
+    With no checksum known, an existing file is kept unless it is a saved web page.
+
+    ``timeout`` bounds connecting and each read (seconds without any byte); a transfer slower
+    than ``stall_bytes`` per ``stall_s`` seconds (a server trickling bytes) is aborted too. A
+    stall, a timeout or a network failure raises ``DatasetNotFoundError`` with manual download
+    instructions; the ``.part`` file is kept so the next call resumes.
+    """
+    dest = Path(dest_path)
+    got = _download(
+        url,
+        dest,
+        sha256,
+        md5,
+        record=record,
+        timeout=timeout,
+        stall_s=stall_s,
+        stall_bytes=stall_bytes,
+        progress=progress,
+    )
+    if got.sha256 is not None:  # fetched now, nothing to compare with
+        transfer = got.transfer
+        trusted = record and transfer is not None and transfer.size_confirmed
+        trusted = trusted and not transfer.resumed
+        recorded_in = _write_record(dest, url, got.sha256) if trusted else None
+        _warn_unverified(url, got, recorded_in, stacklevel=2)
+    return got.path
 
 
 def _archive_kind(path: Path) -> str:
@@ -326,65 +647,163 @@ def _archive_kind(path: Path) -> str:
     )
 
 
+class _UnsafeArchiveError(ValueError):
+    """An archive member would land outside the extraction folder (or a link would point out)."""
+
+
+class _CorruptArchiveError(ValueError):
+    """The archive cannot be read (truncated, not an archive, bad CRC)."""
+
+
+def _unsafe(archive: Path, what: str) -> _UnsafeArchiveError:
+    return _UnsafeArchiveError(
+        f"Refusing to extract {archive}: {what} (path traversal). The archive is corrupt or "
+        "malicious: delete it and download it again from the official URL."
+    )
+
+
 def _safe_target(base: Path, member: str, archive: Path) -> Path:
     target = (base / member).resolve()
     if member.startswith(("/", "\\")) or os.path.isabs(member) or not target.is_relative_to(base):
-        raise ValueError(
-            f"Refusing to extract {archive}: member '{member}' would be written outside {base} "
-            "(path traversal). The archive is corrupt or malicious: delete it and download it "
-            "again from the official URL."
-        )
+        raise _unsafe(archive, f"member '{member}' would be written outside {base}")
     return target
 
 
-def _move_merge(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; where both are folders, merge ``src`` into ``dst``."""
-    if dst.is_dir() and src.is_dir():
-        for child in src.iterdir():
-            _move_merge(child, dst / child.name)
-        src.rmdir()
-    else:
-        if dst.is_dir():
-            shutil.rmtree(dst)
-        os.replace(src, dst)
+def _check_tar_link(
+    member: tarfile.TarInfo, target: Path, base: Path, archive: Path, only: frozenset[str] | None
+) -> None:
+    """A link must stay inside the archive: a symbolic link resolved from its own folder (as the
+    OS does), a hard link from the archive root; with ``only``, inside the installed folders."""
+    link = member.linkname
+    if link.startswith(("/", "\\")) or os.path.isabs(link):
+        raise _unsafe(archive, f"link '{member.name}' points to the absolute path '{link}'")
+    resolved = ((target.parent if member.issym() else base) / link).resolve()
+    if not resolved.is_relative_to(base):
+        raise _unsafe(archive, f"link '{member.name}' -> '{link}' points outside the archive")
+    rel = resolved.relative_to(base).parts
+    if member.issym() and only is not None and (not rel or rel[0] not in only):
+        raise _unsafe(
+            archive,
+            f"link '{member.name}' -> '{link}' points outside the folders installed from it "
+            f"({', '.join(sorted(only))}), possibly into another dataset",
+        )
 
 
-def extract_archive(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+def _extract_into(path: Path, kind: str, tmp: Path, only: frozenset[str] | None) -> None:
+    """Check every member of archive ``path``, then extract it all into the empty folder ``tmp``."""
+    if kind == "zip":  # zipfile writes links as plain files: only names need checking
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                _safe_target(tmp, name, path)
+            zf.extractall(tmp)
+        return
+    with tarfile.open(path) as tf:
+        for member in tf.getmembers():
+            target = _safe_target(tmp, member.name, path)
+            if member.issym() or member.islnk():
+                _check_tar_link(member, target, tmp, path, only)
+        if hasattr(tarfile, "data_filter"):  # re-checks every member against the real tree
+            tf.extractall(tmp, filter="data")
+        else:  # Python < 3.10.12: members were checked above
+            tf.extractall(tmp)
+
+
+def _same_entry(src: Path, dst: Path) -> bool:
+    """Whether existing ``dst`` already equals extracted ``src`` (same link, or same bytes)."""
+    if src.is_symlink() or dst.is_symlink():
+        return src.is_symlink() and dst.is_symlink() and os.readlink(src) == os.readlink(dst)
+    return src.is_file() and dst.is_file() and filecmp.cmp(src, dst, shallow=False)
+
+
+def _merge_new(src: Path, dst: Path, conflicts: list[tuple[Path, Path]], *, move: bool) -> None:
+    """Add ``src`` at ``dst`` without replacing or deleting anything that exists there.
+
+    A missing ``dst`` gets ``src`` (moved, when ``move``); two folders are merged entry by entry;
+    an existing entry equal to ``src`` is left alone; any other existing entry (other content, a
+    file where a folder comes, or the reverse) is a conflict, collected in ``conflicts``.
+    """
+    if not os.path.lexists(dst):
+        if move:
+            shutil.move(os.fspath(src), os.fspath(dst))
+        return
+    if src.is_dir() and not src.is_symlink() and dst.is_dir():
+        for child in sorted(src.iterdir()):
+            _merge_new(child, dst / child.name, conflicts, move=move)
+    elif not _same_entry(src, dst):
+        conflicts.append((src, dst))
+
+
+def _conflict_error(
+    archive: Path, tmp: Path, conflicts: list[tuple[Path, Path]]
+) -> FileExistsError:
+    def kind(p: Path) -> str:
+        return "link" if p.is_symlink() else "folder" if p.is_dir() else "file"
+
+    lines = [
+        f"  archive {kind(src)} '{src.relative_to(tmp).as_posix()}' vs existing {kind(dst)} {dst}"
+        for src, dst in conflicts[:5]
+    ]
+    more = f"\n  ... and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
+    return FileExistsError(
+        f"Refusing to extract {archive}: {len(conflicts)} of its entries would replace existing "
+        "data (corrlib never overwrites or deletes what is already in the data root):\n"
+        + "\n".join(lines)
+        + more
+        + "\nMove the existing entries away, or extract the archive by hand elsewhere, and call "
+        "again."
+    )
+
+
+def extract_archive(
+    path: str | os.PathLike, dest: str | os.PathLike, *, only: Iterable[str] | None = None
+) -> Path:
     """Extract a ``.zip``, ``.tar.gz``/``.tgz`` or ``.tar`` archive into folder ``dest``.
 
     Every member is checked first: one that would land outside ``dest`` (``../x``, an absolute
-    path, a link pointing out) raises ``ValueError`` and nothing is written. Extraction goes to a
-    temporary folder inside ``dest`` that is moved into place at the end, so an interrupted
+    path) raises ``ValueError`` and nothing is written. Links: a symbolic link must resolve, from
+    its own folder, inside the archive (``a/b -> ../c`` is fine, ``a/b -> ../../x`` or ``/etc`` is
+    refused), and with ``only`` inside the installed folders; a hard link must name a member.
+
+    The archive is extracted into a fresh hidden folder ``dest/.extract-*`` (same file system),
+    then its top-level entries are moved into ``dest`` (only those named in ``only``, an iterable
+    of top-level names, when given; the others are left out, with a message). Nothing in ``dest``
+    is ever replaced or deleted: folders that exist are merged (new files added, identical files
+    left alone), and any entry whose content differs, or a file where a folder exists (or the
+    reverse), raises ``FileExistsError`` naming both before anything is moved. An interrupted
     extraction leaves no half-filled dataset folder. Returns ``dest``.
     """
     path, dest = Path(path), Path(dest)
     kind = _archive_kind(path)
+    keep = None if only is None else frozenset(only)
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest)).resolve()
     try:
-        if kind == "zip":
-            with zipfile.ZipFile(path) as zf:
-                for name in zf.namelist():
-                    _safe_target(tmp, name, path)
-                zf.extractall(tmp)
-        else:
-            with tarfile.open(path) as tf:
-                for member in tf.getmembers():
-                    target = _safe_target(tmp, member.name, path)
-                    if member.issym() or member.islnk():
-                        link_base = target.parent if member.issym() else tmp
-                        _safe_target(link_base, member.linkname, path)
-                if hasattr(tarfile, "data_filter"):
-                    tf.extractall(tmp, filter="data")
-                else:  # Python < 3.10.12: members were checked above
-                    tf.extractall(tmp)
-        for child in list(tmp.iterdir()):
-            _move_merge(child, dest / child.name)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
-        raise ValueError(
-            f"Cannot extract {path}: the archive is corrupt or truncated ({err}). Delete it and "
-            "download it again."
-        ) from err
+        try:
+            _extract_into(path, kind, tmp, keep)
+        except _FILTER_ERRORS as err:
+            raise _unsafe(path, f"member refused by the tar safety filter: {err}") from err
+        except _CORRUPT_ERRORS as err:
+            raise _CorruptArchiveError(
+                f"Cannot extract {path}: the archive is corrupt or truncated ({err}). Delete it "
+                "and download it again."
+            ) from err
+        entries = sorted(tmp.iterdir())
+        chosen = [e for e in entries if keep is None or e.name in keep]
+        left_out = [e.name for e in entries if keep is not None and e.name not in keep]
+        if left_out:
+            _note(
+                f"{path}: left out top-level entries {left_out} (only {sorted(keep or ())} are "
+                f"installed into {dest})."
+            )
+        conflicts: list[tuple[Path, Path]] = []
+        for entry in chosen:  # dry run: refuse before anything is moved
+            _merge_new(entry, dest / entry.name, conflicts, move=False)
+        if conflicts:
+            raise _conflict_error(path, tmp, conflicts)
+        for entry in chosen:
+            _merge_new(entry, dest / entry.name, conflicts, move=True)
+        if conflicts:  # pragma: no cover - something appeared in dest during the move
+            raise _conflict_error(path, tmp, conflicts)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -411,15 +830,50 @@ def download_and_extract(
 
     Skipped when the marker folder ``root/marker`` already exists (default: the archive name
     without its extension, e.g. ``PF-dataset`` for ``PF-dataset.zip``), so calling it again costs
-    nothing. The archive is kept next to what it extracted. ``sha256`` and ``md5`` are checked as
-    in :func:`download_url`. Returns the marker folder.
+    nothing. Only the marker's top-level folder is installed from the archive, and nothing that
+    exists in ``root`` is replaced or deleted (see :func:`extract_archive`). The archive is kept
+    next to what it extracted. ``sha256`` and ``md5`` are checked as in :func:`download_url`;
+    with neither, the archive's SHA-256 is recorded in ``root/.corrlib-downloads.json`` once it
+    has extracted cleanly (trust on first use), and later downloads are checked against it. An
+    archive that fails to extract and matched no known checksum (a truncated or wrong file) is
+    deleted, so the next call downloads it again. Returns the marker folder.
     """
     root = Path(root)
-    target = root / (marker if marker is not None else _archive_stem(filename))
+    marker = marker if marker is not None else _archive_stem(filename)
+    target = root / marker
     if target.is_dir():
         return target
-    archive = download_url(url, root / filename, sha256, md5=md5, progress=progress)
-    extract_archive(archive, root)
+    top = Path(marker).parts[0]
+    archive = root / filename
+    got = _download(
+        url,
+        archive,
+        sha256,
+        md5,
+        record=True,
+        timeout=_TIMEOUT_S,
+        stall_s=_STALL_S,
+        stall_bytes=_STALL_BYTES,
+        progress=progress,
+    )
+    try:
+        extract_archive(archive, root, only=(top,))
+    except (_CorruptArchiveError, _UnsafeArchiveError) as err:
+        if got.verified:
+            raise
+        archive.unlink(missing_ok=True)
+        raise type(err)(
+            f"{err} It matched no known checksum, so it was deleted: the next call downloads it "
+            "again."
+        ) from err
+    if got.sha256 is not None:  # fetched now without a checksum: record it, it extracted cleanly
+        transfer = got.transfer
+        complete = transfer is not None and transfer.size_confirmed and not transfer.resumed
+        checked = _archive_kind(archive) == "zip" or archive.name.lower().endswith(
+            (".tar.gz", ".tgz")
+        )  # zip and gzip carry CRCs: extracting cleanly proves the bytes arrived intact
+        recorded_in = _write_record(archive, url, got.sha256) if complete or checked else None
+        _warn_unverified(url, got, recorded_in, stacklevel=2)
     if not target.is_dir():
         raise DatasetNotFoundError(
             f"Extracted {archive} into {root} but the expected folder {target} did not appear; the "

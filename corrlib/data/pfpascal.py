@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 import torch
 
 from corrlib._check import check_choice
@@ -27,17 +26,22 @@ from corrlib.data._common import (
     matlab_to_zero_based,
     resolve_data_root,
 )
+from corrlib.data.images import first_point_outside, point_outside_text, shown_path
+from corrlib.data.pfwillow import load_mat, numeric_array
 
 __all__ = [
     "FLIP_MODES",
     "PFPASCAL_CATEGORIES",
     "PFPASCAL_IMAGES_URL",
+    "PFPASCAL_PAIRS_SHA256",
     "PFPASCAL_PAIRS_URL",
     "PFPascal",
     "pair_overlap",
     "read_pfpascal_annotation",
 ]
 
+#: No publisher checksum exists for this zip: its SHA-256 is recorded at the first download in
+#: ``PF-PASCAL/.corrlib-downloads.json`` and later downloads are checked against it.
 PFPASCAL_IMAGES_URL = (
     "https://www.di.ens.fr/willow/research/proposalflow/dataset/PF-dataset-PASCAL.zip"
 )
@@ -46,6 +50,13 @@ PFPASCAL_PAIRS_URL = (
     "https://raw.githubusercontent.com/ignacio-rocco/ncnet/master/datasets/pf-pascal/image_pairs/"
     "{split}_pairs.csv"
 )
+#: SHA-256 of NCNet's split lists, computed from a verified copy (no checksum is published); they
+#: agree with the ``MANIFEST.sha256`` shipped with the shared copy of PF-PASCAL.
+PFPASCAL_PAIRS_SHA256 = {
+    "train": "e7604e992744706b0ec0ed9fad240b5e0e45f38c13eaf567af0338ec8a50f40f",
+    "val": "a9dd7f303abc7ee31c51fe73f39923a6880d4dc9aa4d7af38d5f15a7345407f5",
+    "test": "1891bfd52cac67898aa5b65a50818e315e5228b956fdda1baad400e6a89c6fe6",
+}
 #: The 20 PASCAL VOC classes; the pair lists' ``class`` column is 1-based into this tuple.
 PFPASCAL_CATEGORIES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -55,6 +66,7 @@ PFPASCAL_CATEGORIES = (
 #: What ``flip=1`` in a train/val row mirrors: both images (NCNet's loader) or the source only.
 FLIP_MODES = ("both", "source")
 _IMAGES = "PF-dataset-PASCAL"
+_FIX = f"see the PF-PASCAL docs, corrlib.data.PFPascal: {PFPASCAL_IMAGES_URL}"
 
 
 def read_pfpascal_annotation(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,21 +74,37 @@ def read_pfpascal_annotation(path: str | os.PathLike) -> tuple[torch.Tensor, tor
 
     ``kps`` rows are the class's K keypoint slots, ``NaN`` where the point is not visible;
     ``bbox`` is x0, y0, x1, y1. Both are MATLAB 1-based in the file and returned 0-based, float32.
+    Raises ``ValueError`` naming the file when it is truncated or not a ``.mat`` file, lacks a
+    key, holds a non-numeric array, an infinite keypoint or a non-finite box.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"PF-PASCAL annotation {path} does not exist.")
-    mat = scipy.io.loadmat(path)
+        raise FileNotFoundError(f"PF-PASCAL annotation {shown_path(path)} does not exist.")
+    mat = load_mat(path, "PF-PASCAL", _FIX)
     missing = [k for k in ("kps", "bbox") if k not in mat]
     if missing:
         raise ValueError(
-            f"{path} lacks {missing} (keys: {sorted(k for k in mat if not k.startswith('__'))}); "
-            "the file is corrupt or not a PF-PASCAL annotation."
+            f"{shown_path(path)} lacks {missing} (keys: "
+            f"{sorted(k for k in mat if not k.startswith('__'))}); the file is corrupt or not a "
+            "PF-PASCAL annotation."
         )
-    kps = np.asarray(mat["kps"], dtype=np.float64).reshape(-1, 2)
-    bbox = np.asarray(mat["bbox"], dtype=np.float64).reshape(-1)
+    kps = numeric_array(mat["kps"], path, "kps", "PF-PASCAL", _FIX).reshape(-1, 2)
+    bbox = numeric_array(mat["bbox"], path, "bbox", "PF-PASCAL", _FIX).reshape(-1)
     if bbox.shape != (4,):
-        raise ValueError(f"{path}: 'bbox' must hold 4 numbers (x0, y0, x1, y1), got {bbox.size}.")
+        raise ValueError(
+            f"{shown_path(path)}: 'bbox' must hold 4 numbers (x0, y0, x1, y1), got {bbox.size}."
+        )
+    if np.isinf(kps).any():
+        i = int(np.flatnonzero(np.isinf(kps).any(axis=1))[0])
+        raise ValueError(
+            f"{shown_path(path)}: 'kps' slot {i} (0-based) is {kps[i].tolist()}, infinite; only "
+            f"NaN marks a keypoint as invisible, so the file is corrupt: re-download it ({_FIX})."
+        )
+    if not np.isfinite(bbox).all():
+        raise ValueError(
+            f"{shown_path(path)}: 'bbox' {bbox.tolist()} is not 4 finite numbers (x0, y0, x1, "
+            f"y1); the file is corrupt: re-download it ({_FIX})."
+        )
     return (
         matlab_to_zero_based(torch.as_tensor(kps, dtype=torch.float32)),
         matlab_to_zero_based(torch.as_tensor(bbox, dtype=torch.float32)),
@@ -97,12 +125,24 @@ def _hflip_bbox(bbox: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _parse_coords(text: str, path: Path, lineno: int, column: str) -> torch.Tensor:
+    """A ``;``-separated coordinate list of the test pair list as float32 ``(N,)``: all finite
+    (the list marks no missing keypoint, so NaN or inf means a corrupt file)."""
     try:
-        return torch.tensor([float(v) for v in text.split(";") if v.strip()], dtype=torch.float32)
+        vals = torch.tensor([float(v) for v in text.split(";") if v.strip()], dtype=torch.float32)
     except ValueError as err:
         raise ValueError(
-            f"{path}, line {lineno}, column {column}: bad coordinate list ({err})."
+            f"{shown_path(path)}, line {lineno}, column {column}: bad coordinate list ({err})."
         ) from err
+    bad = (~torch.isfinite(vals)).nonzero()
+    if bad.numel():
+        k = int(bad[0])
+        raise ValueError(
+            f"{shown_path(path)}, line {lineno}, column {column}, value {k + 1}: coordinate "
+            f"{float(vals[k])} is not finite; the PF-PASCAL pair list holds only annotated "
+            "keypoints (it marks no missing one), so a NaN or infinite coordinate means the file "
+            "is corrupt: re-download it."
+        )
+    return vals
 
 
 class PFPascal(PairDataset):
@@ -184,7 +224,7 @@ class PFPascal(PairDataset):
             download_url(
                 PFPASCAL_PAIRS_URL.format(split=split),
                 self.folder / "image_pairs" / f"{split}_pairs.csv",
-                None,
+                PFPASCAL_PAIRS_SHA256[split],
             )
 
     def _check_exists(self) -> None:
@@ -200,61 +240,92 @@ class PFPascal(PairDataset):
         """Parse ``image_pairs/<split>_pairs.csv`` (needs no image): :class:`KeypointPair` records.
 
         Test records carry 0-based keypoints; train/val records carry ``flip`` and no keypoints
-        (they live in the annotation files). Raises ``ValueError`` naming the file and line for a
-        row whose XA, YA, XB, YB lists differ in length or whose class is not in 1..20.
+        (they live in the annotation files); ``info["line"]`` is the row's line. Raises
+        ``ValueError`` naming the file and line for a row whose XA, YA, XB, YB lists differ in
+        length, hold a NaN or infinite coordinate (the list marks no missing keypoint; only the
+        ``.mat`` files mark invisible ones, with NaN) or whose class is not in 1..20, and naming
+        the file when it lists no pair. Keypoints outside their image are refused when an item is
+        loaded (1 px tolerance).
         """
         split = cls._check_split(split)
         folder = resolve_data_root(root) / cls.FOLDER
         path = cls._require_file(folder / "image_pairs" / f"{split}_pairs.csv", folder)
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            need = (
-                ["source_image", "target_image", "class", "XA", "YA", "XB", "YB"]
-                if split == "test"
-                else ["source_image", "target_image", "class", "flip"]
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                pairs = cls._parse_list(path, split, csv.DictReader(f))
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise ValueError(
+                f"{shown_path(path)} is not a UTF-8 CSV file ({err}); re-download it from "
+                f"{PFPASCAL_PAIRS_URL.format(split=split)}."
+            ) from err
+        if not pairs:
+            raise ValueError(
+                f"{shown_path(path)} lists no pair (the file is empty or holds only a header); "
+                "an empty benchmark cannot be scored. Re-download it from "
+                f"{PFPASCAL_PAIRS_URL.format(split=split)}."
             )
-            missing = [c for c in need if c not in (reader.fieldnames or [])]
-            if missing:
+        return pairs
+
+    @classmethod
+    def _parse_list(cls, path: Path, split: str, reader: csv.DictReader) -> list[KeypointPair]:
+        need = (
+            ["source_image", "target_image", "class", "XA", "YA", "XB", "YB"]
+            if split == "test"
+            else ["source_image", "target_image", "class", "flip"]
+        )
+        missing = [c for c in need if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{shown_path(path)}: missing columns {missing} (header: {reader.fieldnames}); "
+                f"expected {need}. Re-download it from {PFPASCAL_PAIRS_URL.format(split=split)}."
+            )
+        pairs: list[KeypointPair] = []
+        for row in reader:
+            lineno = reader.line_num
+            short = [c for c in need if row.get(c) is None]
+            if short:
                 raise ValueError(
-                    f"{path}: missing columns {missing} (header: {reader.fieldnames}); expected "
-                    f"{need}. Re-download it from {PFPASCAL_PAIRS_URL.format(split=split)}."
+                    f"{shown_path(path)}, line {lineno}: the row has no {short} (fewer columns "
+                    f"than the header {reader.fieldnames}). The file is corrupt: re-download it "
+                    f"from {PFPASCAL_PAIRS_URL.format(split=split)}."
                 )
-            pairs = []
-            for lineno, row in enumerate(reader, start=2):
-                try:
-                    cls_id = int(row["class"])
-                except ValueError:
-                    cls_id = 0
-                if not 1 <= cls_id <= len(PFPASCAL_CATEGORIES):
-                    raise ValueError(
-                        f"{path}, line {lineno}: class {row['class']!r} is not a 1-based index "
-                        f"into the {len(PFPASCAL_CATEGORIES)} PASCAL VOC classes."
-                    )
-                category = PFPASCAL_CATEGORIES[cls_id - 1]
-                src_name, trg_name = row["source_image"].strip(), row["target_image"].strip()
-                if split != "test":
-                    flip = row["flip"].strip() not in ("0", "")
-                    pairs.append(KeypointPair(src_name, trg_name, category, flip=flip))
-                    continue
-                xa, ya, xb, yb = (
-                    _parse_coords(row[c], path, lineno, c) for c in ("XA", "YA", "XB", "YB")
+            try:
+                cls_id = int(row["class"])
+            except ValueError:
+                cls_id = 0
+            if not 1 <= cls_id <= len(PFPASCAL_CATEGORIES):
+                raise ValueError(
+                    f"{shown_path(path)}, line {lineno}: class {row['class']!r} is not a 1-based "
+                    f"index into the {len(PFPASCAL_CATEGORIES)} PASCAL VOC classes."
                 )
-                if not len(xa) == len(ya) == len(xb) == len(yb):
-                    raise ValueError(
-                        f"{path}, line {lineno} (pair {lineno - 2}): keypoint lists differ in "
-                        f"length (XA {len(xa)}, YA {len(ya)}, XB {len(xb)}, YB {len(yb)}); every "
-                        "source keypoint needs one target keypoint. The file is corrupt: "
-                        "re-download it."
-                    )
+            category = PFPASCAL_CATEGORIES[cls_id - 1]
+            src_name, trg_name = row["source_image"].strip(), row["target_image"].strip()
+            if split != "test":
+                flip = row["flip"].strip() not in ("0", "")
                 pairs.append(
-                    KeypointPair(
-                        src_name,
-                        trg_name,
-                        category,
-                        src_kps=matlab_to_zero_based(torch.stack([xa, ya], dim=1)),
-                        trg_kps=matlab_to_zero_based(torch.stack([xb, yb], dim=1)),
-                    )
+                    KeypointPair(src_name, trg_name, category, flip=flip, info={"line": lineno})
                 )
+                continue
+            xa, ya, xb, yb = (
+                _parse_coords(row[c], path, lineno, c) for c in ("XA", "YA", "XB", "YB")
+            )
+            if not len(xa) == len(ya) == len(xb) == len(yb):
+                raise ValueError(
+                    f"{shown_path(path)}, line {lineno} (pair {len(pairs)}): keypoint lists "
+                    f"differ in length (XA {len(xa)}, YA {len(ya)}, XB {len(xb)}, YB "
+                    f"{len(yb)}); every source keypoint needs one target keypoint. The file is "
+                    "corrupt: re-download it."
+                )
+            pairs.append(
+                KeypointPair(
+                    src_name,
+                    trg_name,
+                    category,
+                    src_kps=matlab_to_zero_based(torch.stack([xa, ya], dim=1)),
+                    trg_kps=matlab_to_zero_based(torch.stack([xb, yb], dim=1)),
+                    info={"line": lineno},
+                )
+            )
         return pairs
 
     @property
@@ -267,6 +338,27 @@ class PFPascal(PairDataset):
         path = self.folder / _IMAGES / "Annotations" / category / (Path(name).stem + ".mat")
         self._require_file(path, self.folder)
         return read_pfpascal_annotation(path)
+
+    def _check_inside(
+        self, index: int, p: KeypointPair, kps: torch.Tensor, img: torch.Tensor, name: str, side
+    ) -> None:
+        """Refuse a keypoint more than 1 px outside its (unflipped) image, naming where it is."""
+        size = (int(img.shape[1]), int(img.shape[2]))
+        i = first_point_outside(kps, size)
+        if i is None:
+            return
+        if p.src_kps is not None:  # test: from the pair list
+            where = f"image_pairs/{self.split}_pairs.csv, line {p.info.get('line')}"
+        else:
+            where = shown_path(
+                Path(_IMAGES) / "Annotations" / p.category / (Path(name).stem + ".mat")
+            )
+        raise ValueError(
+            f"PF-PASCAL {self.split} pair {index} ({shown_path(p.src_name)} -> "
+            f"{shown_path(p.trg_name)}; {where}): {side} {point_outside_text(kps, i, size, name)}. "
+            "The annotation does not match the image or is corrupt: re-download the dataset "
+            f"({_FIX})."
+        )
 
     def _load(self, index: int) -> dict:
         p = self.pairs[index]
@@ -284,6 +376,8 @@ class PFPascal(PairDataset):
                 )
             visible = ~(src_all.isnan().any(dim=1) | trg_all.isnan().any(dim=1))  # (K,)
             src_kps, trg_kps = src_all[visible], trg_all[visible]
+        self._check_inside(index, p, src_kps, src_img, p.src_name, "source")
+        self._check_inside(index, p, trg_kps, trg_img, p.trg_name, "target")
         if p.flip:
             src_w = src_img.shape[2]
             src_img = src_img.flip(dims=[2])

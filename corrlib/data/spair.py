@@ -21,9 +21,12 @@ from corrlib.data._common import (
     make_pair_item,
     resolve_data_root,
 )
+from corrlib.data.images import first_point_outside, point_outside_text, shown_path
 
 __all__ = ["SPAIR_CATEGORIES", "SPAIR_DIFFICULTY_FLAGS", "SPAIR_URL", "SPair71k"]
 
+#: No publisher checksum exists: the archive's SHA-256 is recorded at the first download in
+#: ``<root>/.corrlib-downloads.json`` and later downloads are checked against it.
 SPAIR_URL = "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
 #: The 18 SPair-71k classes (PASCAL VOC without diningtable and sofa).
 SPAIR_CATEGORIES = (
@@ -44,15 +47,40 @@ def _kps_tensor(value: Any, path: Path, key: str) -> torch.Tensor:
     try:
         t = torch.tensor(value, dtype=torch.float32).reshape(-1, 2)  # (N, 2) x, y
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{path}: '{key}' must be a list of [x, y] pairs ({err}).") from err
+        raise ValueError(
+            f"{shown_path(path)}: '{key}' must be a list of [x, y] pairs ({err})."
+        ) from err
+    bad = (~torch.isfinite(t).all(dim=1)).nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(
+            f"{shown_path(path)}: '{key}'[{i}] is {t[i].tolist()}, not finite; a SPair-71k pair "
+            "annotation lists only matched, visible keypoints, so a NaN or infinite coordinate "
+            "means the file is corrupt: re-extract the dataset."
+        )
     return t
 
 
 def _box_tensor(value: Any, path: Path, key: str) -> torch.Tensor:
-    t = torch.tensor(value, dtype=torch.float32).reshape(-1)
-    if t.shape != (4,):
-        raise ValueError(f"{path}: '{key}' must be [x0, y0, x1, y1], got {value!r}.")
+    try:
+        t = torch.tensor(value, dtype=torch.float32).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{shown_path(path)}: '{key}' must be [x0, y0, x1, y1] ({err}).") from err
+    if t.shape != (4,) or not torch.isfinite(t).all():
+        raise ValueError(
+            f"{shown_path(path)}: '{key}' must be 4 finite numbers [x0, y0, x1, y1], got {value!r}."
+        )
     return t
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{shown_path(path)} is not UTF-8 text ({err}); the file is corrupt: re-extract the "
+            "dataset."
+        ) from err
 
 
 class SPair71k(PairDataset):
@@ -77,6 +105,8 @@ class SPair71k(PairDataset):
     (``"JPEGImages/<category>/<imname>"``); ``pair_index``; ``flip`` (always False: SPair's
     ``mirror`` flag marks a mirrored *viewpoint*, nothing is flipped). Difficulty flags are in
     ``pairs[i].info`` (``pairs`` reads every JSON of the split once; ``len`` reads only the layout).
+    An empty layout file, a NaN or infinite keypoint or box, and (when an item is loaded) a
+    keypoint more than 1 px outside its image raise ``ValueError`` naming the file.
 
     Args:
         root: data root (``None``: ``$CORRLIB_DATA``).
@@ -129,15 +159,28 @@ class SPair71k(PairDataset):
     @classmethod
     def _read_layout(cls, folder: Path, split: str) -> list[str]:
         path = cls._require_file(folder / "Layout" / "large" / f"{split}.txt", folder)
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        lines = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(
+                f"{shown_path(path)} lists no pair (the file is empty); an empty benchmark cannot "
+                f"be scored. Re-extract the dataset from {SPAIR_URL}."
+            )
+        return lines
 
     @classmethod
     def _read_annotation(cls, folder: Path, split: str, line: str) -> KeypointPair:
         path = cls._require_file(folder / "PairAnnotation" / split / f"{line}.json", folder)
         try:
-            ann = json.loads(path.read_text())
+            ann = json.loads(_read_text(path))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); re-extract the dataset.") from err
+            raise ValueError(
+                f"{shown_path(path)} is not valid JSON ({err}); re-extract the dataset."
+            ) from err
+        if not isinstance(ann, dict):
+            raise ValueError(
+                f"{shown_path(path)} holds a JSON {type(ann).__name__}, not an object; it is not "
+                "a SPair-71k pair annotation: re-extract the dataset."
+            )
         need = (
             "src_imname",
             "trg_imname",
@@ -149,13 +192,16 @@ class SPair71k(PairDataset):
         )
         missing = [k for k in need if k not in ann]
         if missing:
-            raise ValueError(f"{path} lacks keys {missing}; it is not a SPair-71k pair annotation.")
+            raise ValueError(
+                f"{shown_path(path)} lacks keys {missing}; it is not a SPair-71k pair annotation."
+            )
         src_kps = _kps_tensor(ann["src_kps"], path, "src_kps")
         trg_kps = _kps_tensor(ann["trg_kps"], path, "trg_kps")
         if src_kps.shape != trg_kps.shape:
             raise ValueError(
-                f"{path}: {src_kps.shape[0]} source but {trg_kps.shape[0]} target keypoints; "
-                "every source keypoint needs one target keypoint. Re-extract the dataset."
+                f"{shown_path(path)}: {src_kps.shape[0]} source but {trg_kps.shape[0]} target "
+                "keypoints; every source keypoint needs one target keypoint. Re-extract the "
+                "dataset."
             )
         cat = ann["category"]
         info = {k: int(ann[k]) for k in SPAIR_DIFFICULTY_FLAGS if k in ann}
@@ -200,9 +246,23 @@ class SPair71k(PairDataset):
             p = self._pairs[index]
         else:
             p = self._read_annotation(self.folder, self.split, self._lines[index])
+        src_img, trg_img = self._read_image(p.src_name), self._read_image(p.trg_name)
+        for side, kps, name, img in (
+            ("source", p.src_kps, p.src_name, src_img),
+            ("target", p.trg_kps, p.trg_name, trg_img),
+        ):
+            size = (int(img.shape[1]), int(img.shape[2]))
+            i = first_point_outside(kps, size)
+            if i is not None:
+                ann = f"PairAnnotation/{self.split}/{self._lines[index]}.json"
+                raise ValueError(
+                    f"SPair-71k {self.split} pair {index} ({shown_path(ann)}): {side} "
+                    f"{point_outside_text(kps, i, size, name)}. The annotation does not match "
+                    "the image or is corrupt: re-extract the dataset."
+                )
         return make_pair_item(
-            src_img=self._read_image(p.src_name),
-            trg_img=self._read_image(p.trg_name),
+            src_img=src_img,
+            trg_img=trg_img,
             src_kps=p.src_kps.clone(),
             trg_kps=p.trg_kps.clone(),
             src_bbox=p.src_bbox.clone(),

@@ -17,11 +17,13 @@ import torch
 
 from corrlib._check import check_choice
 from corrlib.data._common import PairDataset, download_and_extract, resolve_data_root
-from corrlib.data.images import read_mask
+from corrlib.data.images import read_mask, shown_path
 from corrlib.flo import UNKNOWN_FLOW_THRESHOLD, read_flo
 
 __all__ = ["TSS", "TSS_SUBSETS", "TSS_URL", "TSSPair", "iter_tss", "read_tss_flow"]
 
+#: No publisher checksum exists: the zip's SHA-256 is recorded at the first download in
+#: ``TSS/.corrlib-downloads.json`` and later downloads are checked against it.
 TSS_URL = "http://taniai.space/projects/cvpr16_dccs/data/TSS_CVPR2016.zip"
 TSS_SUBSETS = ("FG3DCar", "JODS", "PASCAL")
 _DIRECTIONS = ("1to2", "2to1")
@@ -49,10 +51,17 @@ def read_tss_flow(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a TSS ``.flo`` as ``flow`` float32 ``(2, H, W)`` (pixels) and ``valid`` bool ``(H, W)``.
 
     Unknown pixels (stored as about ``1e10``; anything above ``UNKNOWN_FLOW_THRESHOLD`` or not
-    finite) are ``NaN`` in ``flow`` and ``False`` in ``valid``.
+    finite) are ``NaN`` in ``flow`` and ``False`` in ``valid``. A file with no known pixel at all
+    raises ``ValueError`` naming it (no ground truth: the TSS kit would divide by zero).
     """
     arr = read_flo(path)  # (H, W, 2)
     valid = np.isfinite(arr).all(axis=-1) & (np.abs(arr) < UNKNOWN_FLOW_THRESHOLD).all(axis=-1)
+    if not valid.any():
+        raise ValueError(
+            f"{shown_path(path)} holds no ground-truth flow: all {valid.size} pixels are unknown "
+            "(NaN, infinite or above 1e9), so it cannot score anything (the TSS kit would divide "
+            f"by zero). The file is corrupt: re-extract the dataset ({TSS_URL})."
+        )
     arr = np.where(valid[..., None], arr, np.float32(np.nan)).astype(np.float32)
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), torch.from_numpy(valid)
 
@@ -132,19 +141,24 @@ class TSS(PairDataset):
         split: str = "test",
         subsets: tuple[str, ...] = TSS_SUBSETS,
     ) -> list[TSSPair]:
-        """List the pair folders of ``subsets`` (sorted) with their flip flags; no image read."""
+        """List the pair folders of ``subsets`` (sorted) with their flip flags; no image read.
+
+        Hidden folders (a name starting with ``.``, e.g. ``.ipynb_checkpoints``) are skipped.
+        """
         cls._check_split(split)
         folder = resolve_data_root(root) / cls.FOLDER
         pairs = []
         for subset in subsets:
             check_choice(subset, "subsets", TSS_SUBSETS)
             sub = cls._require_folder(folder / subset, folder)
-            for d in sorted(p for p in sub.iterdir() if p.is_dir()):
+            # hidden folders (.ipynb_checkpoints, .DS_Store-like clutter) are not pairs
+            for d in sorted(p for p in sub.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 flip_path = cls._require_file(d / "flip_gt.txt", folder)
-                text = flip_path.read_text().strip()
+                text = flip_path.read_bytes().decode("utf-8", "replace").strip()
                 if text not in ("0", "1"):
                     raise ValueError(
-                        f"{flip_path} must hold 0 or 1, got {text!r}; re-extract the dataset."
+                        f"{shown_path(flip_path)} must hold 0 or 1, got {text!r}; re-extract the "
+                        "dataset."
                     )
                 pairs.append(TSSPair(subset, d.name, text == "1"))
         return pairs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from corrlib._check import check_choice, check_shape
+from corrlib._check import check_choice, check_int, check_shape
 from corrlib.geometry import pixel_grid
 from corrlib.matching import MATCHERS, FeatureGrid
 from corrlib.methods.base import (
@@ -56,6 +56,8 @@ class HandcraftedMethod(DescriptorMethod):
         **kwargs,
     ):
         check_choice(descriptor, "descriptor", handcrafted.DESCRIPTORS)
+        if max_side is not None:
+            check_int(max_side, "max_side", 1)
         super().__init__(matcher, cache_size)
         self.name = descriptor
         self.description = f"dense {descriptor} descriptors, nearest neighbour ({matcher})"
@@ -140,8 +142,28 @@ class BackboneMethod(DescriptorMethod):
         return feat, grid
 
 
-register_method("identity", lambda **kw: IdentityMethod())
+def _no_checkpoint(name: str, kwargs: dict) -> dict:
+    """``kwargs``, or a ``ValueError`` if it passes a checkpoint to method ``name`` (untrained)."""
+    if kwargs.get("checkpoint") is not None:
+        raise ValueError(
+            f"Method '{name}' takes no checkpoint (it has no trained weights), got "
+            f"{str(kwargs['checkpoint'])!r}; drop --checkpoint (checkpoint=...). The learned "
+            "methods mccnn-fast, deepdesc, ucn and sfnet load one."
+        )
+    kwargs.pop("checkpoint", None)
+    return kwargs
+
+
+@register_method("identity")
+def _identity(**kwargs) -> IdentityMethod:
+    _no_checkpoint("identity", kwargs)  # other keywords (e.g. max_side) do not apply: ignored
+    return IdentityMethod()
+
+
 for _name in handcrafted.DESCRIPTORS:
-    register_method(_name, lambda _n=_name, **kw: HandcraftedMethod(_n, **kw))
+    register_method(_name, lambda _n=_name, **kw: HandcraftedMethod(_n, **_no_checkpoint(_n, kw)))
 for _name in backbones.BACKBONES:
-    register_method(f"backbone-{_name}", lambda _a=_name, **kw: BackboneMethod(_a, **kw))
+    register_method(
+        f"backbone-{_name}",
+        lambda _a=_name, **kw: BackboneMethod(_a, **_no_checkpoint(f"backbone-{_a}", kw)),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from corrlib._check import check_choice, check_image
+from corrlib._check import check_choice, check_image, check_int
 from corrlib.color import rgb_to_grey
 from corrlib.matching import FeatureGrid
 from corrlib.methods.base import DescriptorMethod, register_method, require_checkpoint
@@ -35,6 +35,8 @@ class LearnedPatchMethod(DescriptorMethod):
         cache_size: int = 128,
         arch: str | None = None,
     ):
+        if max_side is not None:
+            check_int(max_side, "max_side", 1)
         checkpoint = require_checkpoint(checkpoint, arch or "mccnn-fast", "01_patch")
         self.model = load_patch_model(checkpoint)
         check_choice(self.model.arch, f"architecture of {checkpoint}", self.DESCRIPTOR_ARCHS)

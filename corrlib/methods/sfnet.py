@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
-from corrlib._check import check_choice, check_shape
+from corrlib._check import check_choice, check_int, check_shape
 from corrlib.geometry import pixel_grid, transfer_kps_with_flow
 from corrlib.methods.base import (
     CorrespondenceMethod,
@@ -47,7 +49,16 @@ class SFNetMethod(CorrespondenceMethod):
         if max_side is not None:
             if image_size is not None:
                 raise ValueError("Give image_size or max_side, not both.")
-            image_size = (int(max_side), int(max_side))
+            check_int(max_side, "max_side", 1)
+            image_size = (max_side, max_side)
+        if image_size is not None:
+            sides = (image_size,) * 2 if isinstance(image_size, int) else tuple(image_size)
+            if len(sides) != 2:
+                raise ValueError(f"Argument image_size must be S or (H, W), got {image_size!r}.")
+            if any(
+                isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in sides
+            ):
+                raise ValueError(f"Argument image_size must hold ints >= 1, got {image_size!r}.")
         if model is None:
             model = load_sfnet(require_checkpoint(checkpoint, "sfnet", "06_sfnet"), device=device)
         if argmax is not None:

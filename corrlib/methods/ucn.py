@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from corrlib._check import check_int
 from corrlib.methods.base import (
     DescriptorMethod,
     network_input,
@@ -35,8 +36,15 @@ class UCNMethod(DescriptorMethod):
         cache_size: int = 128,
         model=None,
     ):
+        if max_side is not None:
+            check_int(max_side, "max_side", 1)
         if model is None:
             model = load_ucn(require_checkpoint(checkpoint, "ucn", "03_ucn"))
+        if max_side is not None and max_side < model.stride:
+            raise ValueError(
+                f"Argument max_side must be None or an int >= the network's stride "
+                f"{model.stride}, got {max_side!r}."
+            )
         self.model = model.eval()
         variant = model.variant
         self.name = "ucn"

@@ -194,6 +194,115 @@ def test_categories_constant():
     assert len(PFPASCAL_CATEGORIES) == 20 and PFPASCAL_CATEGORIES[6] == "car"
 
 
+def _set_test_row(root: Path, column: str, text: str) -> Path:
+    """Replace the ``column`` list (XA, YA, XB or YB) of the first test row (line 2)."""
+    path = root / "PF-PASCAL/image_pairs/test_pairs.csv"
+    lines = path.read_text().splitlines()
+    head, cells = lines[1].split(",")[:3], lines[1].split(",")[3:]
+    cells[("XA", "YA", "XB", "YB").index(column)] = text
+    lines[1] = ",".join(head + cells)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("column", "text", "value"),
+    [("XA", "3;nan;7", 2), ("YB", "3;6;inf", 3), ("XB", "-Infinity;6;9", 1), ("YA", "2;1e39;5", 2)],
+)
+def test_non_finite_test_keypoint_names_file_line_column(fake_root, column, text, value):
+    _set_test_row(fake_root, column, text)
+    with pytest.raises(ValueError) as err:
+        PFPascal(fake_root, "test")
+    msg = str(err.value)
+    assert f"test_pairs.csv, line 2, column {column}, value {value}: coordinate" in msg
+    assert "is not finite" in msg and "marks no missing one" in msg
+
+
+@pytest.mark.parametrize("split", ["test", "train", "val"])
+def test_header_only_pair_list_is_an_error(fake_root, split):
+    path = fake_root / f"PF-PASCAL/image_pairs/{split}_pairs.csv"
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ValueError) as err:
+        PFPascal.read_pairs(fake_root, split)
+    assert f"{path} lists no pair" in str(err.value) and "empty benchmark" in str(err.value)
+
+
+def test_short_row_names_file_and_line(fake_root):
+    path = fake_root / "PF-PASCAL/image_pairs/val_pairs.csv"
+    path.write_text(path.read_text().replace(",1,0", ",1"))
+    with pytest.raises(ValueError, match=r"val_pairs\.csv, line 2: the row has no \['flip'\]"):
+        PFPascal.read_pairs(fake_root, "val")
+
+
+def test_test_keypoint_outside_its_image(fake_root):
+    _set_test_row(fake_root, "XB", "4;6;11")  # 1-based 11 = 0-based 10 = W - 1 + 1: allowed
+    assert PFPascal(fake_root, "test")[0]["trg_kps"][2, 0] == 10.0
+    _set_test_row(fake_root, "XB", "4;6;11.5")
+    ds = PFPascal(fake_root, "test")
+    with pytest.raises(ValueError) as err:
+        ds[0]
+    assert str(err.value).startswith(
+        "PF-PASCAL test pair 0 (PF-dataset-PASCAL/JPEGImages/2008_000001.jpg -> "
+        "PF-dataset-PASCAL/JPEGImages/2008_000002.jpg; image_pairs/test_pairs.csv, line 2): "
+        "target keypoint 2 (0-based) at (x=10.5, y=6) lies outside the 10x7 (W x H) image "
+    )
+    assert ds[1]["src_kps"].shape == (2, 2)
+
+
+def _annotation_path(root: Path, cls: str, name: str) -> Path:
+    return root / "PF-PASCAL/PF-dataset-PASCAL/Annotations" / cls / f"{name}.mat"
+
+
+def test_train_keypoint_outside_its_image_names_the_annotation(fake_root):
+    path = _annotation_path(fake_root, "aeroplane", "2008_000001")
+    kps = np.array(ANNOTATIONS["2008_000001"][2], dtype=np.float64)
+    kps[3] = (7.0, 9.0)  # y = 8 (0-based) in an image of height 6
+    scipy.io.savemat(path, {"kps": kps, "bbox": np.array([[2, 1, 5, 5]], np.float64)})
+    with pytest.raises(ValueError) as err:
+        PFPascal(fake_root, "train")[0]
+    msg = str(err.value)
+    assert "Annotations/aeroplane/2008_000001.mat): source keypoint 1 (0-based)" in msg
+    kps[3] = (np.nan, np.nan)  # invisible (the documented marker): fine, and dropped
+    scipy.io.savemat(path, {"kps": kps, "bbox": np.array([[2, 1, 5, 5]], np.float64)})
+    assert PFPascal(fake_root, "train")[0]["src_kps"].tolist() == [[2.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: p.write_bytes(bytes(range(190, 256)) * 8),
+        lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+        lambda p: p.write_bytes(p.read_bytes()[:150]),
+        lambda p: p.write_bytes(b""),
+    ],
+    ids=["garbage", "truncated-half", "truncated-header", "empty"],
+)
+def test_unreadable_annotation_names_file_and_fix(fake_root, make):
+    path = _annotation_path(fake_root, "car", "2009_000004")
+    make(path)
+    with pytest.raises(ValueError) as err:
+        PFPascal(fake_root, "test")[1]
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: the file is truncated or not a MATLAB .mat file (")
+    assert "re-download it (see the PF-PASCAL docs" in msg
+
+
+def test_annotation_object_array_and_inf(fake_root):
+    path = _annotation_path(fake_root, "car", "2009_000004")
+    obj = np.empty((3, 2), dtype=object)
+    obj[:] = "x"
+    scipy.io.savemat(path, {"kps": obj, "bbox": np.array([[2, 1, 8, 6]], np.float64)})
+    with pytest.raises(ValueError, match=r"2009_000004\.mat: 'kps' is not a numeric array"):
+        read_pfpascal_annotation(path)
+    kps = np.array([[4, 1], [np.inf, 2], [6, 3]], np.float64)
+    scipy.io.savemat(path, {"kps": kps, "bbox": np.array([[2, 1, 8, 6]], np.float64)})
+    with pytest.raises(ValueError, match=r"2009_000004\.mat: 'kps' slot 1 \(0-based\) is \[inf"):
+        read_pfpascal_annotation(path)
+    scipy.io.savemat(path, {"kps": kps[[0, 2]], "bbox": np.array([[2, 1, np.nan, 6]])})
+    with pytest.raises(ValueError, match=r"2009_000004\.mat: 'bbox' \[2\.0, 1\.0, nan, 6\.0\] is"):
+        read_pfpascal_annotation(path)
+
+
 @pytest.mark.realdata
 def test_real_pfpascal_pairs(data_root):
     test = PFPascal.read_pairs(data_root, "test")

@@ -135,3 +135,55 @@ def test_bad_split(fake_root):
 
 def test_categories_constant():
     assert len(SPAIR_CATEGORIES) == 18 and "sofa" not in SPAIR_CATEGORIES
+
+
+def _rewrite(root: Path, split: str, **changes) -> Path:
+    line, ann = SPLITS[split][0]
+    path = root / "SPair-71k" / "PairAnnotation" / split / f"{line}.json"
+    path.write_text(json.dumps({**ann, **changes}))  # json writes NaN / Infinity tokens
+    return path
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "index"),
+    [
+        ("src_kps", [[0, 1], [float("nan"), 2], [2, 3]], 1),
+        ("trg_kps", [[2, 0], [3, 1], [4, float("inf")]], 2),
+    ],
+)
+def test_non_finite_keypoint_names_file_and_key(fake_root, key, value, index):
+    path = _rewrite(fake_root, "trn", **{key: value})
+    with pytest.raises(ValueError) as err:
+        SPair71k(fake_root, "trn")[0]
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: '{key}'[{index}] is [") and "not finite" in msg
+
+
+def test_non_finite_box(fake_root):
+    path = _rewrite(fake_root, "val", trg_bndbox=[1, 1, float("inf"), 5])
+    with pytest.raises(ValueError, match="'trg_bndbox' must be 4 finite numbers") as err:
+        SPair71k(fake_root, "val")[0]
+    assert str(path) in str(err.value)
+
+
+def test_empty_layout_is_an_error(fake_root):
+    path = fake_root / "SPair-71k" / "Layout" / "large" / "val.txt"
+    path.write_text("\n \n")
+    with pytest.raises(ValueError) as err:
+        SPair71k(fake_root, "val")
+    assert f"{path} lists no pair" in str(err.value) and "empty benchmark" in str(err.value)
+
+
+def test_keypoint_outside_its_image(fake_root):
+    # test pair: source 2009_000200 (6 x 6), target 2009_000100 (5 x 5); W - 1 + 1 px is allowed
+    _rewrite(fake_root, "test", trg_kps=[[5, 0], [0, 5], [-1, -1], [2, 2]])
+    assert SPair71k(fake_root, "test")[0]["trg_kps"][0].tolist() == [5.0, 0.0]
+    _rewrite(fake_root, "test", trg_kps=[[2, 0], [3, 1], [4, 2], [5, 5.5]])
+    with pytest.raises(ValueError) as err:
+        SPair71k(fake_root, "test")[0]
+    msg = str(err.value)
+    assert msg.startswith(
+        f"SPair-71k test pair 0 (PairAnnotation/test/{SPLITS['test'][0][0]}.json): target "
+        "keypoint 3 (0-based) at (x=5, y=5.5) lies outside the 5x5 (W x H) image "
+        "JPEGImages/cat/2009_000100.jpg"
+    )

@@ -134,6 +134,31 @@ def test_read_tss_flow(tmp_path):
     assert out[:, ~valid].isnan().all() and (out[:, valid] == 0).all()
 
 
+@pytest.mark.parametrize("fill", [np.nan, 1e10, np.inf])
+def test_flow_without_any_ground_truth_is_an_error(fake_root, fill):
+    path = fake_root / "TSS/TSS_CVPR2016/JODS/car_01_02/flow2.flo"
+    write_flo(path, np.full((6, 7, 2), fill, np.float32))
+    with pytest.raises(ValueError) as err:
+        read_tss_flow(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path} holds no ground-truth flow: all 42 pixels are unknown")
+    assert "divide by zero" in msg
+    ds = TSS(fake_root, subsets="JODS")
+    assert ds[0]["flow_valid"].any()  # the other direction is fine
+    with pytest.raises(ValueError, match=r"car_01_02/flow2\.flo holds no ground-truth flow"):
+        ds[1]
+
+
+def test_hidden_folders_are_not_pairs(fake_root):
+    stray = fake_root / "TSS/TSS_CVPR2016/FG3DCar/.ipynb_checkpoints"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("jupyter clutter")
+    (fake_root / "TSS/TSS_CVPR2016/PASCAL/.hidden").mkdir()
+    ds = TSS(fake_root)
+    assert [p.name for p in ds.pairs] == ["001_005", "002_003", "car_01_02", "bike_01_03"]
+    assert len(ds) == 8
+
+
 @pytest.mark.realdata
 def test_real_tss(data_root):
     ds = TSS(data_root)

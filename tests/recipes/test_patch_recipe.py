@@ -158,3 +158,53 @@ def test_build_patch_data_smoke(cfg, data_root):
     assert set(data.test) == {"aloe (stereo)", "graffiti (homography)"}
     for pairs in data.test.values():
         assert len(pairs) == cfg.n_test and pairs.label.float().mean() == 0.5
+
+
+def _initial_params(monkeypatch, disturb: int, train, *args, **kwargs) -> dict:
+    """The parameters ``train(*args, **kwargs)`` builds, before any training step: its Trainer is
+    replaced by one that does not train, and the global RNG is set to ``disturb`` first (what
+    earlier notebook cells leave behind)."""
+
+    class Untrained:
+        def __init__(self, model, *a, **k):
+            self.model = model
+
+        def fit(self, *a, **k):
+            return []
+
+    monkeypatch.setattr(recipe, "Trainer", Untrained)
+    torch.manual_seed(disturb)
+    model = train(*args, **kwargs)[0]
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("arch", ["mccnn-fast", "deepdesc"])
+def test_train_seeds_before_building_the_model(monkeypatch, cfg, arch):
+    pool = recipe.PatchPool.from_pairs([_shift_pairs(8)], recipe.patch_size_for(arch, cfg))
+    args = (recipe.train_patch_model, arch, cfg, pool)
+    a = _initial_params(monkeypatch, 11, *args, seed=0, device="cpu")
+    b = _initial_params(monkeypatch, 22, *args, seed=0, device="cpu")
+    c = _initial_params(monkeypatch, 11, *args, seed=1, device="cpu")
+    assert _same(a, b) and not _same(a, c)
+
+
+def test_finished_checkpoint_of_another_seed_or_length_is_an_error(tmp_path, cfg):
+    """Reliability review finding 7: seed 1 on seed 0's finished checkpoint returned the seed-0
+    model, and 50 steps on an 83-step checkpoint the 83-step one."""
+    pool = recipe.PatchPool.from_pairs([_shift_pairs(16)], 9)
+    ckpt = tmp_path / "m.ckpt"
+    recipe.train_patch_model("mccnn-fast", cfg, pool, ckpt_path=ckpt, steps=4, device="cpu")
+    with pytest.raises(ValueError, match=r"m\.ckpt .*config\.seed: recorded 0, requested 1\."):
+        recipe.train_patch_model(
+            "mccnn-fast", cfg, pool, ckpt_path=ckpt, steps=4, seed=1, device="cpu"
+        )
+    with pytest.raises(ValueError, match=r"config\.steps: recorded 4, requested 3; it has done 4"):
+        recipe.train_patch_model("mccnn-fast", cfg, pool, ckpt_path=ckpt, steps=3, device="cpu")
+    with pytest.raises(
+        ValueError, match=r"model class: recorded 'MCCNNFast', requested 'DeepDesc'"
+    ):
+        recipe.train_patch_model("deepdesc", cfg, pool, ckpt_path=ckpt, steps=4, device="cpu")
