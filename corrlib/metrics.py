@@ -60,7 +60,7 @@ __all__ = [
 
 PCK_DIRECTIONS = ("src->trg", "trg->src")
 PCK_NORMALIZERS = ("image", "bbox", "kps_box")
-PCK_RESOLUTIONS = ("original", "resized")
+PCK_RESOLUTIONS = ("original", "resized", "square")
 PCK_AGGREGATIONS = ("per_image", "per_point", "per_category")
 
 # ---------------------------------------------------------------------------------------------
@@ -81,15 +81,30 @@ class PCKProtocol:
       (default: the first).
     * ``resolution``: ``"original"``: distances and ``L`` in original image pixels;
       ``"resized"``: in the network's resized input (e.g. 240 x 240), in which case the caller
-      passes sizes, boxes and keypoints at that resolution -- nothing is rescaled here.
+      passes sizes, boxes and keypoints at that resolution -- nothing is rescaled here;
+      ``"square"``: the caller passes original pixels and the image size ``(H, W)``, and both
+      are mapped *anisotropically* to a ``square_side`` x ``square_side`` image
+      (``x * S / W``, ``y * S / H``), as the published PF-PASCAL code does when it resizes both
+      images to a square; distances and ``L`` are measured there. With ``normalizer="image"``
+      (``L = S``) a prediction is correct when ``sqrt((dx / W)^2 + (dy / H)^2) <= alpha``,
+      whatever ``S``.
+    * ``square_side``: ``S`` of ``resolution="square"`` (required there, refused otherwise).
     * ``aggregation``: ``"per_image"``: mean over pairs of each pair's fraction;
       ``"per_point"``: all points pooled; ``"per_category"``: mean over categories of the
       per-category per-image mean.
     * ``legacy_padded_box`` (``kps_box`` only): reproduce evaluation code that pads keypoint
       arrays with ``-1`` to a fixed length and takes the box over the padded array, so the box
-      always contains the point ``(-1, -1)`` of the coordinates passed. That code (e.g. the
-      PF-WILLOW loader of Rocco et al.'s weakalign) padded the csv's 1-based coordinates, i.e.
-      ``(-2, -2)`` in corrlib's 0-based pixels: pass 1-based keypoints to match it exactly.
+      always contains a point ``(-1, -1)``. The code that has this bug is DHPF's PF-WILLOW
+      loader (Min et al., ECCV 2020, ``juhongm999/dhpf`` ``data/pfwillow.py``: ``get_points``
+      pads to 40 points with ``-1``, ``get_pckthres`` takes max - min over the padded array;
+      juhongm999/dhpf#3, which names CATs too) -- not weakalign, whose ``PFDataset`` takes the box
+      over its 10 points without padding. DHPF pads *after* resizing to 240 x 240: with
+      ``resolution="square"`` this flag does exactly that (DHPF scales the csv's 1-based
+      coordinates by ``S / W``, i.e. ``(x + 1) * S / W`` for corrlib's 0-based ``x``, then adds
+      ``(-1, -1)``); this is the ``pf-willow-dhpf-legacy`` preset. With ``resolution="original"``
+      the point ``(-1, -1)`` is added to the coordinates passed, in original pixels: corrlib's
+      older approximation of the bug, kept so that its numbers stay reproducible, which matches
+      no published code (it is more lenient than DHPF's).
     * ``source``: where the protocol is defined.
     """
 
@@ -102,6 +117,7 @@ class PCKProtocol:
     legacy_padded_box: bool = False
     source: str = ""
     headline_alpha: float | None = None
+    square_side: int | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.direction, "direction", PCK_DIRECTIONS)
@@ -114,6 +130,17 @@ class PCKProtocol:
                 f"Argument alphas must be a non-empty tuple of positive numbers, got {self.alphas}."
             )
         object.__setattr__(self, "alphas", alphas)
+        if (self.resolution == "square") != (self.square_side is not None):
+            raise ValueError(
+                f"Argument square_side must be given with resolution 'square' and only then, got "
+                f"resolution '{self.resolution}' and square_side {self.square_side!r}."
+            )
+        if self.square_side is not None:
+            if isinstance(self.square_side, bool) or int(self.square_side) != self.square_side:
+                raise ValueError(f"Argument square_side must be an int, got {self.square_side!r}.")
+            if self.square_side < 1:
+                raise ValueError(f"Argument square_side must be >= 1, got {self.square_side}.")
+            object.__setattr__(self, "square_side", int(self.square_side))
         if self.legacy_padded_box and self.normalizer != "kps_box":
             raise ValueError(
                 f"Argument legacy_padded_box applies to normalizer 'kps_box' only, got normalizer "
@@ -140,9 +167,17 @@ class PCKProtocol:
         if self.legacy_padded_box:
             what += " (legacy: box padded to include (-1, -1))"
         measured = "trg" if self.direction == "src->trg" else "src"
+        if self.resolution == "square":
+            side = self.square_side
+            where = f"{measured} image resized to {side} x {side} (anisotropic)"
+            res = f"measured at {side} x {side}"
+            if self.normalizer == "image":
+                res += ", i.e. sqrt((dx/W)^2 + (dy/H)^2) <= alpha in original pixels"
+        else:
+            where, res = f"{measured} image", f"{self.resolution} resolution"
         return (
-            f"threshold alpha * L, L = {what} in the {measured} image ({self.direction}, "
-            f"{self.resolution} resolution, distance <= threshold), aggregated {self.aggregation}"
+            f"threshold alpha * L, L = {what} in the {where} ({self.direction}, {res}, "
+            f"distance <= threshold), aggregated {self.aggregation}"
         )
 
 
@@ -158,15 +193,71 @@ PROTOCOLS: dict[str, PCKProtocol] = {
         "L = max side of the keypoints' bounding box",
         headline_alpha=0.1,
     ),
+    "pf-willow-dhpf-legacy": PCKProtocol(
+        name="pf-willow-dhpf-legacy",
+        direction="src->trg",
+        normalizer="kps_box",
+        alphas=(0.05, 0.1, 0.15),
+        resolution="square",
+        square_side=240,
+        aggregation="per_image",
+        legacy_padded_box=True,
+        source="Min et al., DHPF, ECCV 2020, juhongm999/dhpf data/dataset.py and "
+        "data/pfwillow.py: images and keypoints resized to 240 x 240, keypoints padded to 40 "
+        "with -1 before the box is taken (juhongm999/dhpf#3; CATs has the same bug). NOT the "
+        "PF-WILLOW protocol (see pf-willow): kept to reproduce numbers computed with that code",
+        headline_alpha=0.1,
+    ),
     "pf-pascal": PCKProtocol(
         name="pf-pascal",
         direction="src->trg",
         normalizer="image",
         alphas=(0.05, 0.1, 0.15),
+        resolution="square",
+        square_side=240,
+        aggregation="per_image",
+        source="alpha_img of Han et al., SCNet, ICCV 2017 (eval code: both images resized to "
+        "224 x 224, L = 224), as in NC-Net lib/pf_dataset.py pck_procedure 'scnet' (224), DHPF "
+        "data/dataset.py (240, src->trg, the direction used here) and SFNet custom_dataset.py "
+        "(288): sqrt((dx/W)^2 + (dy/H)^2) <= alpha, the same for any square side",
+        headline_alpha=0.1,
+    ),
+    "pf-pascal-ncnet": PCKProtocol(
+        name="pf-pascal-ncnet",
+        direction="trg->src",
+        normalizer="image",
+        alphas=(0.05, 0.1, 0.15),
+        resolution="square",
+        square_side=224,
+        aggregation="per_image",
+        source="Rocco et al., NC-Net, NeurIPS 2018, ignacio-rocco/ncnet lib/pf_dataset.py and "
+        "lib/eval_util.py, pck_procedure 'scnet' (also weakalign): target keypoints "
+        "transferred into the source, both resized to 224 x 224, L = 224",
+        headline_alpha=0.1,
+    ),
+    "pf-pascal-sfnet": PCKProtocol(
+        name="pf-pascal-sfnet",
+        direction="trg->src",
+        normalizer="image",
+        alphas=(0.05, 0.1, 0.15),
+        resolution="square",
+        square_side=288,
+        aggregation="per_image",
+        source="Lee et al., SFNet, CVPR 2019, cvlab-yonsei/SFNet custom_dataset.py and "
+        "eval_pascal.py (eval_type 'image_size'): target keypoints transferred into the "
+        "source, keypoints rescaled to 288 x 288, L = 288 (same number as pf-pascal-ncnet)",
+        headline_alpha=0.1,
+    ),
+    "pf-pascal-maxside": PCKProtocol(
+        name="pf-pascal-maxside",
+        direction="src->trg",
+        normalizer="image",
+        alphas=(0.05, 0.1, 0.15),
         resolution="original",
         aggregation="per_image",
-        source="Han et al., SCNet, ICCV 2017 and Rocco et al., CVPR 2018: PF-PASCAL, PCK with "
-        "L = max(H, W) of the image",
+        source="NOT a published protocol: corrlib's former pf-pascal preset (original "
+        "resolution, L = max(H, W)), more lenient than pf-pascal along the shorter side; kept "
+        "only to compare with numbers computed under it",
         headline_alpha=0.1,
     ),
     "spair-71k": PCKProtocol(
@@ -213,6 +304,27 @@ def _as_float64(x: object, name: str) -> torch.Tensor:
         raise ValueError(f"Argument {name} must be numeric, got {x!r}.") from err
 
 
+def _image_size(image_size: object) -> tuple[int, int]:
+    size = tuple(int(v) for v in image_size)
+    if len(size) != 2:
+        raise ValueError(f"Argument image_size must be (H, W), got {image_size!r}.")
+    return size
+
+
+def _square_scale(protocol: PCKProtocol, image_size: object) -> tuple[float, float] | None:
+    """``(S / W, S / H)`` of a ``"square"`` protocol (None for the other resolutions)."""
+    if protocol.resolution != "square":
+        return None
+    if image_size is None:
+        where = "trg" if protocol.direction == "src->trg" else "src"
+        raise ValueError(
+            f"PCK protocol '{protocol.name}' resizes to {protocol.square_side} x "
+            f"{protocol.square_side}; pass image_size=(H, W) of the {where} image."
+        )
+    h, w = _image_size(image_size)
+    return protocol.square_side / w, protocol.square_side / h
+
+
 def _reference_length(
     protocol: PCKProtocol,
     *,
@@ -220,7 +332,7 @@ def _reference_length(
     bbox: object = None,
     kps: object = None,
 ) -> float:
-    """``L`` of ``protocol`` in pixels (see :func:`pck_threshold`)."""
+    """``L`` of ``protocol`` in pixels of the frame it measures in (see :func:`pck_threshold`)."""
     where = "trg" if protocol.direction == "src->trg" else "src"
     need = {
         "image": f"image_size=(H, W) of the {where} image",
@@ -232,19 +344,24 @@ def _reference_length(
         raise ValueError(
             f"PCK protocol '{protocol.name}' normalises by {protocol.normalizer!r}; pass {need}."
         )
+    scale = _square_scale(protocol, image_size)
     if protocol.normalizer == "image":
-        size = tuple(int(s) for s in given)
-        if len(size) != 2:
-            raise ValueError(f"Argument image_size must be (H, W), got {given!r}.")
-        return float(max(size))
+        size = _image_size(given)
+        return float(protocol.square_side) if scale is not None else float(max(size))
     if protocol.normalizer == "bbox":
         box = _as_float64(given, "bbox").flatten()
         if box.numel() != 4:
             raise ValueError(f"Argument bbox must hold 4 numbers (x0, y0, x1, y1), got {given!r}.")
+        if scale is not None:
+            box = box * box.new_tensor(scale * 2)
         return float(torch.maximum(box[2] - box[0], box[3] - box[1]))
     pts = _as_float64(given, "kps")
     if pts.dim() != 2 or pts.shape[1] != 2:
         raise ValueError(f"Argument kps must have shape (N, 2), got shape {tuple(pts.shape)}.")
+    if scale is not None:
+        # DHPF scales the csv's 1-based coordinates (x + 1 for corrlib's 0-based x); the shift
+        # matters only to the padded point below, every other length is shift-invariant
+        pts = (pts + 1.0) * pts.new_tensor(scale)
     if protocol.legacy_padded_box:
         pts = torch.cat((pts, pts.new_tensor([[-1.0, -1.0]])))
     if pts.shape[0] == 0:
@@ -259,7 +376,7 @@ def pck_threshold(
     image_size: Sequence[int] | None = None,
     bbox: object = None,
     kps: object = None,
-) -> float:
+) -> float | tuple[float, float]:
     """The PCK distance threshold ``alpha * L`` in pixels under ``protocol``.
 
     Pass what the protocol's normaliser needs, for the image measured in: ``image_size``
@@ -267,11 +384,24 @@ def pck_threshold(
     ``kps`` ``(N, 2)`` (``"kps_box"``); a missing one raises ``ValueError`` saying which.
     ``alpha`` defaults to ``protocol.headline``. Empty ``kps`` give NaN.
 
-    >>> pck_threshold(get_protocol("pf-pascal"), alpha=0.1, image_size=(300, 500))
+    A ``resolution="square"`` protocol (e.g. ``pf-pascal``) measures in the image resized
+    anisotropically to ``S x S``, so its threshold is not one length in original pixels: it
+    needs ``image_size`` in every case and returns the pair ``(t_x, t_y) = (alpha * L * W / S,
+    alpha * L * H / S)``, the semi-axes of the ellipse of correct predictions in original pixels
+    (correct when ``(dx / t_x)^2 + (dy / t_y)^2 <= 1``). For ``pf-pascal`` (``L = S``) that is
+    ``(alpha * W, alpha * H)``. Every other protocol returns one number.
+
+    >>> pck_threshold(get_protocol("pf-pascal-maxside"), alpha=0.1, image_size=(300, 500))
     50.0
+    >>> pck_threshold(get_protocol("pf-pascal"), alpha=0.1, image_size=(300, 500))
+    (50.0, 30.0)
     """
     alpha = protocol.headline if alpha is None else float(alpha)
-    return alpha * _reference_length(protocol, image_size=image_size, bbox=bbox, kps=kps)
+    length = _reference_length(protocol, image_size=image_size, bbox=bbox, kps=kps)
+    scale = _square_scale(protocol, image_size)
+    if scale is None:
+        return alpha * length
+    return alpha * length / scale[0], alpha * length / scale[1]
 
 
 def pck(
@@ -349,11 +479,11 @@ class PCKEvaluator:
     CSV) or :meth:`to_markdown`. Pairs without keypoints are kept in :meth:`per_pair` with NaN
     and skipped by every average.
 
-    >>> ev = PCKEvaluator("pf-pascal")  # L = max(H, W) = 200 px of the trg image
-    >>> pred = torch.tensor([[10.0, 10.0], [90.0, 10.0]])  # src kps moved into trg
+    >>> ev = PCKEvaluator("pf-pascal")  # trg image H = 100, W = 200 px
+    >>> pred = torch.tensor([[10.0, 10.0], [10.0, 25.0]])  # src kps moved into trg
     >>> gt = torch.tensor([[12.0, 10.0], [10.0, 10.0]])
     >>> row = ev.add(pred, gt, category="car", image_size=(100, 200))
-    >>> ev.summary()["alphas"]["0.1"]["all"]  # errors 2 and 80 px against 20 px
+    >>> ev.summary()["alphas"]["0.1"]["all"]  # dx 2 / W = 0.01 ok, dy 15 / H = 0.15 wrong
     0.5
     """
 
@@ -378,8 +508,9 @@ class PCKEvaluator:
         """Score one pair: ``pred``, ``gt`` ``(N, 2)`` pixels in the measured image.
 
         ``image_size`` ``(H, W)`` / ``bbox`` ``(x0, y0, x1, y1)`` of the measured image, as the
-        normaliser needs (``kps_box`` uses the valid ``gt``). ``valid`` ``(N,)`` bool is
-        optional. Returns the pair's row (see :meth:`per_pair`).
+        normaliser needs (``kps_box`` uses the valid ``gt``); a ``resolution="square"`` protocol
+        always needs ``image_size`` (original pixels in, rescaled to the square here). ``valid``
+        ``(N,)`` bool is optional. Returns the pair's row (see :meth:`per_pair`).
         """
         check_shape(pred, ("N", 2), "pred")
         check_shape(gt, ("N", 2), "gt")
@@ -395,7 +526,11 @@ class PCKEvaluator:
             check_shape(valid, (gt.shape[0],), "valid")
             valid = valid.detach().bool().cpu()
         length = _reference_length(self.protocol, image_size=image_size, bbox=bbox, kps=gt[valid])
-        dist = (pred - gt).norm(dim=-1)[valid]
+        diff = pred - gt
+        scale = _square_scale(self.protocol, image_size)
+        if scale is not None:  # measured in the image resized to square_side x square_side
+            diff = diff * diff.new_tensor(scale)
+        dist = diff.norm(dim=-1)[valid]
         n = int(dist.numel())
         row: dict = {"pair": len(self._rows), "category": str(category)}
         row.update({"n_points": n, "ref_length": length})
@@ -408,8 +543,9 @@ class PCKEvaluator:
         return dict(row)
 
     def per_pair(self) -> list[dict]:
-        """One dict per pair: ``pair``, ``category``, ``n_points``, ``ref_length`` (L, pixels)
-        and ``pck@<alpha>`` for every alpha (NaN for an empty pair)."""
+        """One dict per pair: ``pair``, ``category``, ``n_points``, ``ref_length`` (L, pixels of
+        the frame measured in: the square for ``resolution="square"``) and ``pck@<alpha>`` for
+        every alpha (NaN for an empty pair)."""
         return [dict(r) for r in self._rows]
 
     def _score(self, idx: list[int], alpha: float, pooled: bool) -> float:

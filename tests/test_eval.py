@@ -10,6 +10,7 @@ import torch
 from corrlib import eval as ev
 from corrlib.data import PFWillow
 from corrlib.methods import IdentityMethod, base
+from corrlib.metrics import get_protocol
 from corrlib.models import handcrafted
 
 
@@ -61,9 +62,30 @@ def test_identity_misses_by_known_offset():
     # an offset of 10 px in x: outside 0.05 * L for every pair (L = kps box side, here < 120)
     ds = _PairList([_pair(i, offset=10.0) for i in range(3)])
     res = ev.evaluate_keypoints("identity", ds, "pf-pascal", progress=False)
-    # pf-pascal: L = max(H, W) of the target image = 120 -> thresholds 6, 12, 18 px
+    # pf-pascal: dx / W of the target image = 10 / 120 = 0.083 -> wrong at 0.05, right at 0.1
     assert res.pck(0.05) == 0.0
     assert res.pck(0.1) == pytest.approx(1.0)
+
+
+def test_pf_pascal_dataset_uses_the_square_resize_protocol():
+    assert ev.DATASETS["pf-pascal"][1] == "pf-pascal"
+    proto = get_protocol(ev.DATASETS["pf-pascal"][1])
+    assert (proto.resolution, proto.normalizer) == ("square", "image")
+    # a vertical offset of 7 px on the 80 x 120 target: 7 / 80 = 0.0875 <= 0.1 but > 0.05;
+    # the former max-side rule (7 / 120 = 0.058) is kept as pf-pascal-maxside
+    pairs = []
+    for i in range(2):
+        p = _pair(i)
+        p["trg_kps"][:, 1] += 7.0
+        pairs.append(p)
+    res = ev.evaluate_keypoints("identity", _PairList(pairs), "pf-pascal", progress=False)
+    assert (res.pck(0.05), res.pck(0.1)) == (0.0, pytest.approx(1.0))
+    # 9 px: 9 / 80 = 0.1125 wrong under pf-pascal, 9 / 120 = 0.075 right under the max side
+    for p in pairs:
+        p["trg_kps"][:, 1] += 2.0
+    res = ev.evaluate_keypoints("identity", _PairList(pairs), "pf-pascal", progress=False)
+    old = ev.evaluate_keypoints("identity", _PairList(pairs), "pf-pascal-maxside", progress=False)
+    assert (res.pck(0.1), old.pck(0.1)) == (0.0, pytest.approx(1.0))
 
 
 def test_limit_and_category_breakdown():
@@ -99,7 +121,7 @@ def test_register_method_makes_it_evaluable():
         res = ev.evaluate_keypoints(
             "test-shift", _PairList([_pair(0)]), "pf-pascal", progress=False
         )
-        assert res.pck(0.05) == pytest.approx(1.0)  # sqrt(2) px < 6 px
+        assert res.pck(0.05) == pytest.approx(1.0)  # 1 px each axis on 80 x 120: 0.015
     finally:
         base._REGISTRY.pop("test-shift")
 

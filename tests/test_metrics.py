@@ -100,13 +100,45 @@ def test_presets():
         "per_image",
     )
     assert not w.legacy_padded_box and "Ham" in w.source
-    assert get_protocol("pf-pascal").normalizer == "image"
+    pp = get_protocol("pf-pascal")
+    assert (pp.normalizer, pp.direction, pp.resolution, pp.square_side) == (
+        "image",
+        "src->trg",
+        "square",
+        240,
+    )
+    assert all(k in pp.source for k in ("SCNet", "NC-Net", "DHPF", "SFNet", "224", "288"))
+    old = get_protocol("pf-pascal-maxside")
+    assert (old.normalizer, old.resolution, old.square_side) == ("image", "original", None)
+    assert old.source.startswith("NOT a published protocol")
+    sf = get_protocol("pf-pascal-sfnet")
+    assert (sf.direction, sf.square_side, sf.resolution) == ("trg->src", 288, "square")
+    nc = get_protocol("pf-pascal-ncnet")
+    assert (nc.direction, nc.square_side) == ("trg->src", 224)
+    d = get_protocol("pf-willow-dhpf-legacy")
+    assert (d.normalizer, d.resolution, d.square_side, d.legacy_padded_box) == (
+        "kps_box",
+        "square",
+        240,
+        True,
+    )
+    assert "dhpf#3" in d.source
     s = get_protocol("spair-71k")
     assert (s.normalizer, s.aggregation, s.headline) == ("bbox", "per_category", 0.1)
     assert "1908.10543" in s.source
     t = get_protocol("tss")
     assert (t.normalizer, t.alphas) == ("image", (0.05,))
-    assert set(PROTOCOLS) == {"pf-willow", "pf-pascal", "spair-71k", "tss"}
+    assert set(PROTOCOLS) == {
+        "pf-willow",
+        "pf-willow-dhpf-legacy",
+        "pf-pascal",
+        "pf-pascal-ncnet",
+        "pf-pascal-sfnet",
+        "pf-pascal-maxside",
+        "spair-71k",
+        "tss",
+    }
+    assert all(p.source and p.name == k for k, p in PROTOCOLS.items())
 
 
 def test_protocol_checks_its_fields():
@@ -124,6 +156,12 @@ def test_protocol_checks_its_fields():
         PCKProtocol("x", "src->trg", "image", (0.1,), headline_alpha=0.2)
     with pytest.raises(ValueError, match="alphas"):
         PCKProtocol("x", "src->trg", "image", ())
+    with pytest.raises(ValueError, match="square_side must be given with resolution 'square'"):
+        PCKProtocol("x", "src->trg", "image", (0.1,), resolution="square")
+    with pytest.raises(ValueError, match="square_side must be given with resolution 'square'"):
+        PCKProtocol("x", "src->trg", "image", (0.1,), square_side=240)
+    with pytest.raises(ValueError, match="square_side must be >= 1"):
+        PCKProtocol("x", "src->trg", "image", (0.1,), resolution="square", square_side=0)
 
 
 @pytest.mark.parametrize(
@@ -167,6 +205,89 @@ def test_legacy_padded_box_inflates_the_box_to_minus_one():
     low = torch.cat((KPS, torch.tensor([[-5.0, -5.0]])))
     assert pck_threshold(legacy, kps=low) == pck_threshold(plain, kps=low)
     assert math.isnan(pck_threshold(plain, kps=torch.zeros(0, 2)))
+
+
+def _one_pair_pck(name, err, image_size=(375, 500), alpha=0.1):
+    """PCK@alpha of one keypoint at (200, 150) predicted with error ``err`` = (dx, dy)."""
+    ev = PCKEvaluator(name)
+    gt = torch.tensor([[200.0, 150.0]])
+    ev.add(gt + torch.tensor([err]), gt, category="c", image_size=image_size)
+    return ev.summary()["alphas"][f"{alpha:g}"]["all"]
+
+
+def test_pf_pascal_is_anisotropic_and_maxside_is_lenient():
+    # target 500 (W) x 375 (H), alpha 0.1, error 45 px vertical:
+    # pf-pascal: 45 / 375 = 0.12 > 0.1 wrong; pf-pascal-maxside: 45 / max(375, 500) = 0.09 right
+    assert _one_pair_pck("pf-pascal", (0.0, 45.0)) == 0.0
+    assert _one_pair_pck("pf-pascal-maxside", (0.0, 45.0)) == 1.0
+    # 45 px horizontal: 45 / 500 = 0.09 under both
+    assert _one_pair_pck("pf-pascal", (45.0, 0.0)) == 1.0
+    # the limit: 37.5 px vertical is exactly 0.1 * 375
+    assert _one_pair_pck("pf-pascal", (0.0, 37.5)) == 1.0
+    assert _one_pair_pck("pf-pascal", (0.0, 37.6)) == 0.0
+
+
+def test_pf_pascal_diagonal_by_hand():
+    # dx = 30, dy = 30 on 500 x 375: sqrt((30/500)^2 + (30/375)^2) = sqrt(0.0036 + 0.0064)
+    # = sqrt(0.01) = 0.1 -> right at alpha 0.1 (<=); dx = dy = 31: sqrt(0.01068) = 0.1033 wrong
+    # maxside: sqrt(2) * 31 / 500 = 0.0877 right
+    assert _one_pair_pck("pf-pascal", (30.0, 30.0)) == 1.0
+    assert _one_pair_pck("pf-pascal", (31.0, 31.0)) == 0.0
+    assert _one_pair_pck("pf-pascal-maxside", (31.0, 31.0)) == 1.0
+    # dx = 40, dy = 24: sqrt(0.0064 + 0.004096) = 0.1024 wrong; at alpha 0.15 right
+    assert _one_pair_pck("pf-pascal", (40.0, 24.0)) == 0.0
+    assert _one_pair_pck("pf-pascal", (40.0, 24.0), alpha=0.15) == 1.0
+    # the square side does not matter: every pf-pascal variant gives the same verdicts
+    for name in ("pf-pascal-ncnet", "pf-pascal-sfnet"):
+        assert _one_pair_pck(name, (30.0, 30.0)) == 1.0
+        assert _one_pair_pck(name, (31.0, 31.0)) == 0.0
+
+
+def test_pf_pascal_row_and_threshold_are_in_the_square():
+    ev = PCKEvaluator("pf-pascal")
+    gt = torch.tensor([[200.0, 150.0]])
+    row = ev.add(gt + torch.tensor([[0.0, 45.0]]), gt, category="c", image_size=(375, 500))
+    assert row["ref_length"] == 240.0  # L = the square side
+    # the threshold is the pair (alpha W, alpha H) in original pixels, not one number
+    assert pck_threshold(get_protocol("pf-pascal"), alpha=0.1, image_size=(375, 500)) == (
+        pytest.approx(50.0),
+        pytest.approx(37.5),
+    )
+    assert pck_threshold(get_protocol("pf-pascal-sfnet"), image_size=(375, 500)) == (
+        pytest.approx(50.0),
+        pytest.approx(37.5),
+    )
+    assert pck_threshold(
+        get_protocol("pf-pascal-maxside"), alpha=0.1, image_size=(375, 500)
+    ) == pytest.approx(50.0)
+    with pytest.raises(ValueError, match=r"resizes to 240 x 240; pass image_size=\(H, W\)"):
+        pck_threshold(get_protocol("pf-willow-dhpf-legacy"), kps=KPS)
+    assert "sqrt((dx/W)^2 + (dy/H)^2) <= alpha" in get_protocol("pf-pascal").describe()
+
+
+def test_dhpf_legacy_box_by_hand():
+    # trg image 300 (W) x 200 (H) -> 240 x 240: x * 0.8, y * 1.2 on the 1-based coordinates
+    # KPS (0-based) x in [10, 50], y in [20, 80] -> 1-based x in [11, 51], y in [21, 81]
+    # -> x in [8.8, 40.8], y in [25.2, 97.2]; padded with -1: sides 41.8 and 98.2 -> L = 98.2
+    d = get_protocol("pf-willow-dhpf-legacy")
+    tx, ty = pck_threshold(d, alpha=0.1, image_size=(200, 300), kps=KPS)
+    assert (tx, ty) == (pytest.approx(9.82 / 0.8), pytest.approx(9.82 / 1.2))
+    # correct box in the same frame: sides 32 and 72 -> L = 72
+    plain = PCKProtocol("p", "src->trg", "kps_box", (0.1,), resolution="square", square_side=240)
+    assert pck_threshold(plain, image_size=(200, 300), kps=KPS)[0] == pytest.approx(7.2 / 0.8)
+    # errors in the 240 frame: dy = 8 px original = 9.6 <= 9.82 right; dy = 8.5 -> 10.2 wrong
+    ev = PCKEvaluator(d)
+    pred = KPS.clone()
+    pred[0, 1] += 8.0
+    pred[1, 1] += 8.5
+    pred[2, 0] += 12.0  # dx 12 * 0.8 = 9.6 right
+    row = ev.add(pred, KPS, category="c", image_size=(200, 300))
+    assert row["ref_length"] == pytest.approx(98.2)
+    assert row["pck@0.1"] == pytest.approx(2 / 3)
+    # the older original-pixel legacy mode keeps its numbers: box padded by (-1, -1) in the
+    # coordinates passed, L = 81 px
+    old = PCKProtocol("b", "src->trg", "kps_box", (0.1,), legacy_padded_box=True)
+    assert pck_threshold(old, kps=KPS) == pytest.approx(8.1)
 
 
 # --- evaluator -----------------------------------------------------------------------------------

@@ -173,8 +173,8 @@ LAB_CHANGES = {
     "00_basics": {"tss_max_side"},
     "01_patch": {
         "train_stereo_scale", "test_stereo_scale", "synthetic_images", "n_train_stereo",
-        "n_train_synthetic", "n_test", "patch_size", "mccnn_fc_units", "width_mult", "steps",
-        "optim", "log_every", "ckpt_every", "max_disp",
+        "n_train_synthetic", "n_test", "patch_size", "mccnn_fc_units", "mccnn_fc_layers",
+        "width_mult", "steps", "optim", "log_every", "ckpt_every", "max_disp",
     },
     "02_stn": {
         "models", "cnn_channels", "loc_channels", "loc_hidden", "batch_size", "steps", "optim",

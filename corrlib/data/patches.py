@@ -613,8 +613,9 @@ def sample_stereo_pairs(
     ``n_pos = round(n * pos_fraction)``; row ``i`` and row ``n_pos + i`` share their reference
     (MC-CNN's pair of examples per reference). Images: ``[left, right]``; ``A_b`` is a pure
     translation; ``offset`` holds ``(o, 0)``. Defaults are MC-CNN's KITTI 2012 values
-    (``dataset_pos = 1``, ``dataset_neg_low = 4``, ``dataset_neg_high = 10``) and the 11 x 11
-    patches of its accurate network. ``generator=None`` uses a fresh one seeded with 0.
+    (``dataset_pos = 1``, ``dataset_neg_low = 4``, ``dataset_neg_high = 10``); the 11 x 11
+    default patch is its Middlebury accurate network's (KITTI's accurate network uses 9 x 9).
+    ``generator=None`` uses a fresh one seeded with 0.
 
     Example:
         >>> pair = load_motorcycle(scale=0.25)

@@ -19,7 +19,10 @@ from corrlib.methods.base import (
 )
 from corrlib.models.sfnet import ARGMAX_MODES, load_sfnet
 
-__all__ = ["SFNetMethod"]
+__all__ = ["GEOMETRIES", "SFNetMethod"]
+
+#: Test-time geometries of :class:`SFNetMethod` (the first is the default).
+GEOMETRIES = ("corrlib", "official")
 
 
 class SFNetMethod(CorrespondenceMethod):
@@ -33,6 +36,24 @@ class SFNetMethod(CorrespondenceMethod):
     grid. The frozen trunk's features are cached per image (``cache_size`` images).
     ``checkpoint``: a file of :func:`corrlib.models.sfnet.export_sfnet`; ``model``: an SFNet.
     ``max_side`` (the CLI's ``--max-side``) is ``image_size=(max_side, max_side)``.
+
+    ``geometry``: ``"corrlib"`` (default; the above) or ``"official"``, the authors' test
+    geometry, to use beside any comparison with SFNet's published numbers. With ``S`` =
+    ``image_size`` and ``P`` = the model's grid stride (one grid cell), both images are resized
+    (as above) to the content size ``S - 2P`` (288 for 320 at stride 16), zero-padded (black) by
+    ``P`` on every side back to ``S``, the flow is computed on the padded grid, the outer ring
+    of grid cells (the padding exactly) is dropped, and the inner grid is placed in the content
+    frame and upsampled to it: its cell ``i`` is content pixel ``P * i + (P - 1) / 2``, and
+    bilinear upsampling with ``align_corners=False`` puts each cell at that centre; the flow,
+    in pixels, is the same in the padded and content frames (both shift by ``P``). Then, as
+    above, it is mapped back to original pixels. The authors (``custom_dataset.py:112-119``,
+    ``eval_pascal.py:76-84``) instead multiply the cropped grid's normalised target positions
+    by ``(w/2)/(w/2-1) = w/(w-2)`` (10/9 for ``w = 20`` cells): exactly this padded-to-content
+    change of coordinates in the ``align_corners=False`` convention; their final upsampling with
+    ``align_corners=True`` then puts the outer inner cells at the content's border pixels, half
+    a cell off from their centres (here they stay at their centres, corrlib's convention).
+    The authors also evaluate target -> source (target keypoints transferred into the source);
+    that is the PCK protocol's ``direction``, not this method's business.
     Lee et al., *SFNet: Learning Object-aware Semantic Correspondence*, CVPR 2019.
     """
 
@@ -45,7 +66,9 @@ class SFNetMethod(CorrespondenceMethod):
         model=None,
         device: str = "cpu",
         max_side: int | None = None,
+        geometry: str = "corrlib",
     ):
+        check_choice(geometry, "geometry", GEOMETRIES)
         if max_side is not None:
             if image_size is not None:
                 raise ValueError("Give image_size or max_side, not both.")
@@ -67,49 +90,75 @@ class SFNetMethod(CorrespondenceMethod):
         self.device = torch.device(device)
         size = image_size or model.image_size or (320, 320)
         size = (size, size) if isinstance(size, int) else tuple(size)
-        model.grid_size(size)  # raises if not a multiple of the grid stride
-        self.image_size, self.argmax = size, argmax
+        grid = model.grid_size(size)  # raises if not a multiple of the grid stride
+        self.image_size, self.argmax, self.geometry = size, argmax, geometry
+        self.pad = 0
+        if geometry == "official":
+            if min(grid) < 3:
+                raise ValueError(
+                    f"geometry='official' drops the grid's outer ring: image_size {size} gives a "
+                    f"{grid[0]}x{grid[1]} grid; it needs at least 3x3 cells."
+                )
+            self.pad = int(model.grid_stride)
+        #: The frame the flow lives in: ``image_size``, or its content (``image_size - 2P``).
+        self.frame_size = (size[0] - 2 * self.pad, size[1] - 2 * self.pad)
         self.name = "sfnet"
         variant = model.variant
         what = "SFNet" if variant is None else f"SFNet ({variant})"
+        where = (
+            ""
+            if geometry == "corrlib"
+            else f" (official geometry: {self.frame_size[0]}x{self.frame_size[1]} padded by "
+            f"{self.pad})"
+        )
         self.description = (
-            f"{what} on {model.trunk.arch} ({model.trunk.weights_source}), {size[0]}x{size[1]}, "
-            f"{argmax or model.argmax} argmax"
+            f"{what} on {model.trunk.arch} ({model.trunk.weights_source}), {size[0]}x{size[1]}"
+            f"{where}, {argmax or model.argmax} argmax"
         )
         self.cache = FeatureCache(cache_size)
 
     @torch.no_grad()
     def _features(self, img: torch.Tensor, key=None) -> dict:
         def compute():
-            x = network_input(img, size=self.image_size)
+            x = network_input(img, size=self.frame_size)
+            if self.pad:
+                x = F.pad(x, (self.pad,) * 4, value=0.0)  # black, as the authors' Pad(16)
             return self.model.trunk_features(x[None].to(self.device))
 
         return self.cache.get(key, compute)
 
     @torch.no_grad()
     def resized_flow(self, src_img, trg_img, *, src_key=None, trg_key=None) -> torch.Tensor:
-        """Flow ``(2, S, S)`` src->trg in pixels of the resized images (``image_size``)."""
+        """Flow ``(2, H, W)`` src->trg in pixels of the resized images, ``frame_size``.
+
+        ``frame_size`` is ``image_size`` (``geometry="corrlib"``) or the content ``image_size -
+        2P`` of the padded images (``"official"``: the grid's outer ring dropped, see the class).
+        """
         out = self.model.forward_features(
             self._features(src_img, src_key),
             self._features(trg_img, trg_key),
             self.image_size,
             self.argmax,
         )
-        return out.flow_pixels("st", self.image_size)[0].float().cpu()
+        if not self.pad:
+            return out.flow_pixels("st", self.image_size)[0].float().cpu()
+        flow = out.flow_pixels("st")[..., 1:-1, 1:-1]  # (1, 2, h-2, w-2): the content's cells
+        flow = F.interpolate(flow, size=self.frame_size, mode="bilinear", align_corners=False)
+        return flow[0].float().cpu()
 
     def match(self, src_img, trg_img, src_kps, *, src_key=None, trg_key=None):
         check_shape(src_kps, ("N", 2), "src_kps")
         flow = self.resized_flow(src_img, trg_img, src_key=src_key, trg_key=trg_key)
-        kps = scale_points(src_kps.float(), src_img.shape[-2:], self.image_size)
+        kps = scale_points(src_kps.float(), src_img.shape[-2:], self.frame_size)
         moved = transfer_kps_with_flow(flow[None], kps[None])[0]
-        return scale_points(moved, self.image_size, trg_img.shape[-2:])
+        return scale_points(moved, self.frame_size, trg_img.shape[-2:])
 
     def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
         flow = self.resized_flow(src_img, trg_img, src_key=src_key, trg_key=trg_key)
-        target = pixel_grid(self.image_size).permute(2, 0, 1) + flow  # (2, S, S) resized-trg pixels
+        target = pixel_grid(self.frame_size).permute(2, 0, 1) + flow  # (2, H, W) resized-trg px
         hs, ws = src_img.shape[-2:]
         target = F.interpolate(target[None], size=(hs, ws), mode="bilinear", align_corners=False)[0]
-        target = scale_points(target.permute(1, 2, 0), self.image_size, trg_img.shape[-2:])
+        target = scale_points(target.permute(1, 2, 0), self.frame_size, trg_img.shape[-2:])
         return target.permute(2, 0, 1) - pixel_grid((hs, ws)).permute(2, 0, 1)
 
 

@@ -13,7 +13,13 @@ point and its true match should be close, any other point at least a margin away
 * a 1x1 adaptation layer and channel-wise L2 normalisation;
 * :func:`correspondence_contrastive_loss` (paper, Eq. 1) on positives from the ground-truth
   correspondences and negatives that are random (:func:`random_negatives`) or mined on the fly
-  as nearest neighbours in feature space (:func:`mine_hard_negatives`, paper Sec. 3.3).
+  as nearest neighbours in feature space (paper Sec. 3.3), by one of two rules
+  (:data:`MINING_RULES`, :func:`mine_negatives`): ``"hardest-outside"``
+  (:func:`mine_hard_negatives`, FCGF-style: the nearest target cell among those farther than the
+  radius from the true match, so every point gets a negative; what chapter 03 trains with at
+  every preset) or ``"nn-if-far"`` (UCN's rule as the re-implementation notes describe it: the
+  nearest neighbour over all target cells, a negative only if it lies farther than the radius,
+  else that point has no negative this step; the paper PDF was not read).
 
 Convention: feature *cells* are ``(x, y)`` on the feature grid (0-based, cell centres at
 integers); :meth:`UCN.feature_grid` places them in image pixels
@@ -29,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corrlib._check import check_int, check_shape
+from corrlib._check import check_choice, check_int, check_shape
 from corrlib.checkpoint import finite_metrics, load_state_strict, read_model_file, save_checkpoint
 from corrlib.correlation import l2_normalize
 from corrlib.geometry import pixel_grid, pixel_to_normalized
@@ -37,6 +43,7 @@ from corrlib.matching import FeatureGrid, sample_descriptors
 
 __all__ = [
     "DEFAULT_TRUNK_WIDTHS",
+    "MINING_RULES",
     "UCN",
     "UCN_FORMAT",
     "ConvSpatialTransformer",
@@ -47,12 +54,16 @@ __all__ = [
     "load_ucn",
     "local_affine_grid",
     "mine_hard_negatives",
+    "mine_negatives",
     "random_negatives",
     "sample_local_patches",
 ]
 
 #: Channels of the stages of the default trunk (stride ``2 ** (len(widths) - 1)``).
 DEFAULT_TRUNK_WIDTHS = (32, 64, 96)
+
+#: Hard-negative mining rules of :func:`mine_negatives` (the first is the default).
+MINING_RULES = ("hardest-outside", "nn-if-far")
 
 #: Identity of the per-location affine parameters ``(a11, a12, tx, a21, a22, ty)``.
 _IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -416,6 +427,8 @@ def correspondence_contrastive_loss(
     neg_src_cells: torch.Tensor,
     neg_trg_cells: torch.Tensor,
     margin: float = 1.0,
+    *,
+    neg_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """UCN's correspondence contrastive loss (Choy et al., NeurIPS 2016, Eq. 1).
 
@@ -428,8 +441,12 @@ def correspondence_contrastive_loss(
     ``(B, P, 2)`` and ``neg_src_cells``/``neg_trg_cells`` ``(B, Q, 2)``: ``(x, y)`` fractional cells
     of the maps, where descriptors are sampled bilinearly
     (:func:`corrlib.matching.sample_descriptors`, not renormalised); ``N = B * (P + Q)``.
-    ``margin`` is ``m`` (with unit-norm features distances lie in ``[0, 2]``). Returns a scalar;
-    ``N = 0`` gives a zero attached to the graph.
+    ``margin`` is ``m`` (with unit-norm features distances lie in ``[0, 2]``). ``neg_valid``
+    ``(B, Q)`` bool (None: all): only the negatives marked True enter the sum, and ``N`` counts
+    the pairs actually used, ``N = B * P + neg_valid.sum()`` (the mean over used pairs; the
+    second output of :func:`mine_negatives` with ``rule="nn-if-far"``, where a point whose
+    nearest neighbour lies inside the radius has no negative). Returns a scalar; ``N = 0``
+    gives a zero attached to the graph.
 
     Example:
         >>> f = torch.tensor([[1.0, 0.0]]).T.reshape(1, 2, 1, 1)  # one cell, feature (1, 0)
@@ -445,9 +462,13 @@ def correspondence_contrastive_loss(
     check_shape(pos_trg_cells, (b, p, 2), "pos_trg_cells")
     q = check_shape(neg_src_cells, (b, "Q", 2), "neg_src_cells")["Q"]
     check_shape(neg_trg_cells, (b, q, 2), "neg_trg_cells")
+    if neg_valid is not None:
+        check_shape(neg_valid, (b, q), "neg_valid")
+        if neg_valid.dtype != torch.bool:
+            raise TypeError(f"Argument neg_valid must be a bool tensor, got {neg_valid.dtype}.")
     if margin <= 0:
         raise ValueError(f"Argument margin must be positive, got {margin}.")
-    n = b * (p + q)
+    n = b * (p + q) if neg_valid is None else b * p + int(neg_valid.sum())
     if n == 0:
         return (f_src.sum() + f_trg.sum()) * 0.0
     total = f_src.new_zeros(())
@@ -459,7 +480,10 @@ def correspondence_contrastive_loss(
         a = sample_descriptors(f_src, neg_src_cells.to(f_src.dtype))
         c = sample_descriptors(f_trg, neg_trg_cells.to(f_trg.dtype))
         dist = (a - c).pow(2).sum(-1).clamp_min(1e-12).sqrt()  # clamp: finite gradient at d = 0
-        total = total + (margin - dist).clamp_min(0).pow(2).sum()
+        hinge = (margin - dist).clamp_min(0).pow(2)
+        if neg_valid is not None:
+            hinge = hinge.masked_fill(~neg_valid.to(hinge.device), 0.0)
+        total = total + hinge.sum()
     return total / (2 * n)
 
 
@@ -471,10 +495,24 @@ class CorrespondenceContrastiveLoss(nn.Module):
         self.margin = margin
 
     def forward(
-        self, f_src, f_trg, pos_src_cells, pos_trg_cells, neg_src_cells, neg_trg_cells
+        self,
+        f_src,
+        f_trg,
+        pos_src_cells,
+        pos_trg_cells,
+        neg_src_cells,
+        neg_trg_cells,
+        neg_valid=None,
     ) -> torch.Tensor:
         return correspondence_contrastive_loss(
-            f_src, f_trg, pos_src_cells, pos_trg_cells, neg_src_cells, neg_trg_cells, self.margin
+            f_src,
+            f_trg,
+            pos_src_cells,
+            pos_trg_cells,
+            neg_src_cells,
+            neg_trg_cells,
+            self.margin,
+            neg_valid=neg_valid,
         )
 
 
@@ -528,6 +566,16 @@ def mine_hard_negatives(
         >>> mine_hard_negatives(f, g, src, src, radius=0.5)  # cell 1 looks like the source point
         tensor([[[1., 0.]]])
     """
+    cells, d2 = _mining_distances(f_src, f_trg, src_cells, trg_true_cells, radius)
+    if d2 is None:
+        return cells
+    far = _far_mask(trg_true_cells.to(cells.dtype), cells, radius)
+    idx = d2.masked_fill(~far, float("inf")).argmin(dim=-1)  # (B, N)
+    return cells[idx]
+
+
+def _mining_distances(f_src, f_trg, src_cells, trg_true_cells, radius):
+    """Checked inputs -> ``(cells (T, 2), d2 (B, N, T))``; ``(empty (B, 0, 2), None)`` if N = 0."""
     b, d, _, _ = check_shape(f_src, ("B", "D", "Hs", "Ws"), "f_src").values()
     check_shape(f_trg, (b, d, "Ht", "Wt"), "f_trg")
     n = check_shape(src_cells, (b, "N", 2), "src_cells")["N"]
@@ -537,7 +585,7 @@ def mine_hard_negatives(
     ht, wt = f_trg.shape[-2:]
     cells = _cell_table(ht, wt, f_trg)
     if n == 0:
-        return f_trg.new_zeros(b, 0, 2)
+        return f_trg.new_zeros(b, 0, 2), None
     desc = sample_descriptors(f_src.detach(), src_cells.to(f_src.dtype))  # (B, N, D)
     trg = f_trg.detach().flatten(2).transpose(1, 2)  # (B, T, D)
     d2 = (
@@ -545,9 +593,57 @@ def mine_hard_negatives(
         - 2 * desc @ trg.transpose(1, 2)
         + trg.pow(2).sum(-1)[:, None]
     )
-    far = _far_mask(trg_true_cells.to(cells.dtype), cells, radius)
-    idx = d2.masked_fill(~far, float("inf")).argmin(dim=-1)  # (B, N)
-    return cells[idx]
+    return cells, d2
+
+
+@torch.no_grad()
+def mine_negatives(
+    f_src: torch.Tensor,
+    f_trg: torch.Tensor,
+    src_cells: torch.Tensor,
+    trg_true_cells: torch.Tensor,
+    radius: float,
+    rule: str = "hardest-outside",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mined negatives of each source point by ``rule`` (:data:`MINING_RULES`), with a mask.
+
+    Inputs, ``radius`` (target feature cells), distances and ties as
+    :func:`mine_hard_negatives`. ``rule``:
+
+    * ``"hardest-outside"`` (default; chapter 03 at every preset): the nearest target cell among
+      those farther than ``radius`` from the true match (:func:`mine_hard_negatives`); every
+      point gets a negative, so ``valid`` is all True. Raises ``ValueError`` if some point has
+      no allowed cell.
+    * ``"nn-if-far"`` (UCN's rule, Choy et al., NeurIPS 2016, Sec. 3.3, as the
+      re-implementation notes state it: "if the nearest neighbour in feature space is more than
+      16 pixels away it is considered to be negative"; the paper PDF was not read): the
+      feature-space nearest neighbour over **all** target cells; it is a negative iff
+      ``||cell - trg_true_cells|| > radius``, otherwise ``valid`` is False (the point is already
+      matched correctly and gets no negative; its ``cells`` entry is that nearest neighbour).
+
+    Returns ``(cells (B, N, 2)`` integer cells in ``f_trg``'s dtype, ``valid (B, N)`` bool``)``;
+    pass ``valid`` as ``neg_valid`` of :func:`correspondence_contrastive_loss`.
+
+    Example:
+        >>> f = torch.eye(3).reshape(1, 3, 1, 3)
+        >>> g = torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0, 0, 1]]).T.reshape(1, 3, 1, 3)
+        >>> src = torch.tensor([[[0.0, 0.0]]])
+        >>> mine_negatives(f, g, src, src, radius=0.5, rule="nn-if-far")  # NN is the true cell
+        (tensor([[[0., 0.]]]), tensor([[False]]))
+        >>> mine_negatives(f, g, src, src, radius=0.5)
+        (tensor([[[1., 0.]]]), tensor([[True]]))
+    """
+    check_choice(rule, "rule", MINING_RULES)
+    if rule == "hardest-outside":
+        cells = mine_hard_negatives(f_src, f_trg, src_cells, trg_true_cells, radius)
+        return cells, torch.ones(cells.shape[:2], dtype=torch.bool, device=cells.device)
+    table, d2 = _mining_distances(f_src, f_trg, src_cells, trg_true_cells, radius)
+    if d2 is None:
+        return table, torch.zeros(table.shape[:2], dtype=torch.bool, device=table.device)
+    cells = table[d2.argmin(dim=-1)]  # (B, N, 2): nearest neighbour over every target cell
+    true = trg_true_cells.to(device=cells.device, dtype=cells.dtype)
+    valid = (cells - true).pow(2).sum(-1) > radius * radius
+    return cells, valid
 
 
 def random_negatives(

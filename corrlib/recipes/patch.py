@@ -86,7 +86,10 @@ class Config(TrainingConfig):
     Data: patch pairs sampled from Motorcycle (stereo, ``train_stereo_scale``) and
     ``synthetic_images`` synthetic warps; tests on Aloe (``test_stereo_scale``) and graffiti.
     ``p_hi, n_lo, n_hi``: MC-CNN's positive/negative offsets (pixels). ``patch_size``: DeepCompare
-    and DeepDesc patches; ``mccnn_patch``: MC-CNN's receptive field. ``mining``: DeepDesc's hard
+    and DeepDesc patches; ``mccnn_patch``: MC-CNN's receptive field; ``mccnn_fc_units``,
+    ``mccnn_fc_layers``: MC-CNN accurate's decision head (``fc_layers`` of
+    :class:`~corrlib.models.patch.MCCNNAccurate`: hidden layers + the output layer; paper: 4 + 1,
+    KITTI; ``lab``/``smoke``: 2 + 1). ``mining``: DeepDesc's hard
     mining ratio. ``max_disp``: stereo search range; ``willow_limit``: PF-WILLOW pairs (None: all).
     """
 
@@ -106,6 +109,10 @@ class Config(TrainingConfig):
     patch_size: int = 64
     mccnn_patch: int = 9
     mccnn_fc_units: int = 384
+    # MC-CNN accurate's decision head: fc_layers counts the hidden Linear(., 384)+ReLU layers and
+    # the output Linear(384, 1). Official KITTI: -l2 4 hidden layers, so 5 (jzbontar/mc-cnn
+    # main.lua:77, the network at :670-674); Middlebury uses -l2 3 (main.lua:123), so 4.
+    mccnn_fc_layers: int = 5
     width_mult: float = 1.0
     batch_size: int = 128
     steps: dict = field(default_factory=lambda: {"default": 100000})
@@ -141,6 +148,7 @@ PRESETS = make_presets(
         n_test=4000,
         patch_size=32,
         mccnn_fc_units=128,
+        mccnn_fc_layers=3,  # 2 hidden + output, as the committed notebooks were run
         width_mult=0.5,
         steps={"default": 600, "mccnn-fast": 1200, "mccnn-accurate": 1200, "deepdesc": 400},
         optim={
@@ -160,6 +168,7 @@ PRESETS = make_presets(
         n_test=600,
         patch_size=32,
         mccnn_fc_units=64,
+        mccnn_fc_layers=3,
         width_mult=0.25,
         batch_size=32,
         steps={"default": 6},
@@ -338,7 +347,11 @@ def _model_kwargs(arch: str, cfg: Config) -> dict:
     if arch == "mccnn-fast":
         return {"layers": (cfg.mccnn_patch - 1) // 2}
     if arch == "mccnn-accurate":
-        return {"layers": (cfg.mccnn_patch - 1) // 2, "fc_units": cfg.mccnn_fc_units}
+        return {
+            "layers": (cfg.mccnn_patch - 1) // 2,
+            "fc_units": cfg.mccnn_fc_units,
+            "fc_layers": cfg.mccnn_fc_layers,
+        }
     if arch == "deepdesc":
         return {"patch_size": cfg.patch_size, "width_mult": cfg.width_mult}
     return {
@@ -353,7 +366,7 @@ def build_model(arch: str, cfg: Config) -> PatchModel:
     Args:
         arch: one of :data:`corrlib.models.patch.PATCH_MODELS`.
         cfg: the chapter's :class:`Config` (its fields used: ``mccnn_patch``, ``mccnn_fc_units``,
-            ``patch_size``, ``width_mult``).
+            ``mccnn_fc_layers``, ``patch_size``, ``width_mult``).
 
     Returns:
         A new, randomly initialised :class:`~corrlib.models.patch.PatchModel`:

@@ -23,6 +23,7 @@ from corrlib.models.ucn import (
     load_ucn,
     local_affine_grid,
     mine_hard_negatives,
+    mine_negatives,
     random_negatives,
     sample_local_patches,
 )
@@ -421,3 +422,91 @@ def test_load_refuses_wrong_shapes_and_other_files(tmp_path):
         ValueError, match=r"other\.pt is not an exported UCN \(format 'corrlib.patch/1'"
     ):
         UCN.from_checkpoint(tmp_path / "other.pt")
+
+
+# ------------------------------------------------------------------------- mining rules (D7)
+
+
+def _row_maps():
+    """Source: one cell with code (1, 0, 0). Target: a 1 x 4 row of cells whose codes put the
+    feature-space nearest neighbour at x = 1 (0.99 alike), then x = 3 (0.9), x = 0, x = 2."""
+    f_src = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 3, 1, 1)
+    codes = torch.tensor([[0.0, 1, 0], [0.99, 0.1, 0], [0, 0, 1], [0.9, 0, 0.4]])
+    f_trg = F.normalize(codes, dim=1).T.reshape(1, 3, 1, 4)
+    return f_src, f_trg, torch.zeros(1, 1, 2)
+
+
+def test_mining_rules_differ_when_the_nearest_neighbour_is_inside_the_radius():
+    f_src, f_trg, src = _row_maps()
+    true = torch.tensor([[[0.0, 0.0]]])  # NN x = 1 is 1 cell from the truth: inside radius 1.5
+    cells, valid = mine_negatives(f_src, f_trg, src, true, 1.5, rule="nn-if-far")
+    assert cells.tolist() == [[[1.0, 0.0]]] and valid.tolist() == [[False]]  # no negative
+    cells, valid = mine_negatives(f_src, f_trg, src, true, 1.5)  # hardest outside: x = 3
+    assert cells.tolist() == [[[3.0, 0.0]]] and valid.tolist() == [[True]]
+    assert torch.equal(cells, mine_hard_negatives(f_src, f_trg, src, true, 1.5))
+
+
+def test_mining_rules_agree_when_the_nearest_neighbour_is_outside_the_radius():
+    f_src, f_trg, src = _row_maps()
+    true = torch.tensor([[[3.0, 0.0]]])  # NN x = 1 is 2 cells from the truth: outside 1.5
+    for rule in ("hardest-outside", "nn-if-far"):
+        cells, valid = mine_negatives(f_src, f_trg, src, true, 1.5, rule=rule)
+        assert cells.tolist() == [[[1.0, 0.0]]] and valid.tolist() == [[True]], rule
+
+
+def test_mine_negatives_batches_empty_and_errors():
+    g = torch.Generator().manual_seed(0)
+    f_src = F.normalize(torch.randn(2, 4, 3, 5, generator=g), dim=1)
+    f_trg = F.normalize(torch.randn(2, 4, 4, 6, generator=g), dim=1)
+    src = torch.rand(2, 7, 2, generator=g) * torch.tensor([4.0, 2.0])
+    true = torch.rand(2, 7, 2, generator=g) * torch.tensor([5.0, 3.0])
+    cells, valid = mine_negatives(f_src, f_trg, src, true, 1.0, rule="nn-if-far")
+    assert cells.shape == (2, 7, 2) and valid.shape == (2, 7) and valid.dtype == torch.bool
+    assert torch.equal(valid, (cells - true).norm(dim=-1) > 1.0)
+    nn_all, _ = mine_negatives(f_src, f_trg, src, true, 0.0, rule="nn-if-far")
+    assert torch.equal(cells, nn_all)  # the nearest neighbour does not depend on the radius
+    empty = torch.zeros(2, 0, 2)
+    cells, valid = mine_negatives(f_src, f_trg, empty, empty, 1.0, rule="nn-if-far")
+    assert cells.shape == (2, 0, 2) and valid.shape == (2, 0)
+    with pytest.raises(ValueError, match="Valid values are"):
+        mine_negatives(f_src, f_trg, src, true, 1.0, rule="semi-hard")
+    # nn-if-far never runs out of cells: a radius covering the map just leaves no negative
+    _, valid = mine_negatives(f_src, f_trg, src, true, 100.0, rule="nn-if-far")
+    assert not valid.any()
+    with pytest.raises(ValueError, match="smaller radius"):
+        mine_negatives(f_src, f_trg, src, true, 100.0)
+
+
+def test_contrastive_loss_counts_only_the_negatives_used():
+    f_src = torch.tensor([1.0, 0.0]).reshape(1, 2, 1, 1)
+    f_trg = torch.tensor([[1.0, 0.0], [0.6, 0.8]]).T.reshape(1, 2, 1, 2)
+    pos_s, pos_t = torch.zeros(1, 1, 2), torch.zeros(1, 1, 2)  # d = 0
+    neg_s = torch.zeros(1, 2, 2)
+    neg_t = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])  # d = sqrt(0.8), then d = 0
+    valid = torch.tensor([[True, False]])
+    loss = correspondence_contrastive_loss(
+        f_src, f_trg, pos_s, pos_t, neg_s, neg_t, 1.0, neg_valid=valid
+    )
+    expected = (1 - math.sqrt(0.8)) ** 2 / (2 * 2)  # N = 1 positive + 1 negative used
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # equal to dropping the unused pair; an all-True mask is the plain loss
+    dropped = correspondence_contrastive_loss(
+        f_src, f_trg, pos_s, pos_t, neg_s[:, :1], neg_t[:, :1]
+    )
+    assert loss.item() == pytest.approx(dropped.item(), rel=1e-6)
+    every = torch.ones(1, 2, dtype=torch.bool)
+    assert torch.equal(
+        correspondence_contrastive_loss(f_src, f_trg, pos_s, pos_t, neg_s, neg_t, neg_valid=every),
+        correspondence_contrastive_loss(f_src, f_trg, pos_s, pos_t, neg_s, neg_t),
+    )
+    module = CorrespondenceContrastiveLoss(1.0)
+    assert module(f_src, f_trg, pos_s, pos_t, neg_s, neg_t, valid).item() == pytest.approx(expected)
+    none = torch.zeros(1, 2, dtype=torch.bool)  # no negative: the positives' mean alone
+    only_pos = correspondence_contrastive_loss(
+        f_src, f_trg, pos_s, pos_t, neg_s, neg_t, neg_valid=none
+    )
+    assert only_pos.item() == 0.0
+    with pytest.raises(TypeError, match="bool"):
+        correspondence_contrastive_loss(
+            f_src, f_trg, pos_s, pos_t, neg_s, neg_t, neg_valid=valid.float()
+        )

@@ -208,3 +208,23 @@ def test_finished_checkpoint_of_another_seed_or_length_is_an_error(tmp_path, cfg
         ValueError, match=r"model class: recorded 'MCCNNFast', requested 'DeepDesc'"
     ):
         recipe.train_patch_model("deepdesc", cfg, pool, ckpt_path=ckpt, steps=4, device="cpu")
+
+
+def _head_shapes(model) -> list[tuple[int, int]]:
+    convs = [m for m in model.head if isinstance(m, torch.nn.Conv2d)]
+    return [(m.in_channels, m.out_channels) for m in convs]
+
+
+def test_mccnn_accurate_head_is_the_official_kitti_one_at_paper_only():
+    paper = get_config("01_patch", "paper")
+    assert paper.mccnn_fc_layers == 5  # 4 hidden Linear(., 384) + ReLU, then Linear(384, 1)
+    model = recipe.build_model("mccnn-accurate", paper)
+    assert _head_shapes(model) == [(224, 384)] + [(384, 384)] * 3 + [(384, 1)]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.head) == 4
+    assert model.config["fc_layers"] == 5
+    for preset, units in (("lab", 128), ("smoke", 64)):  # unchanged: 2 hidden + output
+        cfg = get_config("01_patch", preset)
+        assert cfg.mccnn_fc_layers == 3
+        model = recipe.build_model("mccnn-accurate", cfg)
+        feats = model.config["features"]
+        assert _head_shapes(model) == [(2 * feats, units), (units, units), (units, 1)]

@@ -104,6 +104,31 @@ def test_ucn_loss_is_finite_and_differentiable(pool, cfg, mining):
         recipe.ucn_loss(model, batch, mining="semi", margin=1.0, radius=1.0)
 
 
+def test_ucn_loss_mining_rules(pool, cfg):
+    torch.manual_seed(0)
+    model = recipe.build_ucn("hard-negatives", cfg)
+    batch = recipe.make_batch_fn(pool, model.feature_grid(pool.size), cfg)(
+        0, torch.Generator().manual_seed(0)
+    )
+    base, base_logs = recipe.ucn_loss(model, batch, mining="hard", margin=1.0, radius=1.0)
+    same, _ = recipe.ucn_loss(
+        model, batch, mining="hard", margin=1.0, radius=1.0, rule="hardest-outside"
+    )
+    assert torch.equal(base, same) and "neg_frac" not in base_logs  # the default is today's
+    loss, logs = recipe.ucn_loss(
+        model, batch, mining="hard", margin=1.0, radius=1.0, rule="nn-if-far"
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and 0.0 <= logs["neg_frac"] <= 1.0
+    with pytest.raises(ValueError, match="Valid values are"):
+        recipe.ucn_loss(model, batch, mining="hard", margin=1.0, radius=1.0, rule="nn")
+
+
+def test_every_preset_mines_hardest_outside():
+    for preset in ("paper", "lab", "smoke"):
+        assert get_config("03_ucn", preset).mining_rule == "hardest-outside"
+
+
 @pytest.fixture(scope="module")
 def warm_adam():
     """The first Adam step of a process lazily imports torch._dynamo (about 2 s); pay it once
