@@ -8,6 +8,7 @@ from corrlib.data import PatchPairs
 from corrlib.models.patch import export_patch_model, load_patch_model
 from corrlib.recipes import get_config
 from corrlib.recipes import patch as recipe
+from tests.recipes._seeding import initial_params, same_state
 
 
 @pytest.fixture(scope="module")
@@ -160,36 +161,14 @@ def test_build_patch_data_smoke(cfg, data_root):
         assert len(pairs) == cfg.n_test and pairs.label.float().mean() == 0.5
 
 
-def _initial_params(monkeypatch, disturb: int, train, *args, **kwargs) -> dict:
-    """The parameters ``train(*args, **kwargs)`` builds, before any training step: its Trainer is
-    replaced by one that does not train, and the global RNG is set to ``disturb`` first (what
-    earlier notebook cells leave behind)."""
-
-    class Untrained:
-        def __init__(self, model, *a, **k):
-            self.model = model
-
-        def fit(self, *a, **k):
-            return []
-
-    monkeypatch.setattr(recipe, "Trainer", Untrained)
-    torch.manual_seed(disturb)
-    model = train(*args, **kwargs)[0]
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.mark.parametrize("arch", ["mccnn-fast", "deepdesc"])
 def test_train_seeds_before_building_the_model(monkeypatch, cfg, arch):
     pool = recipe.PatchPool.from_pairs([_shift_pairs(8)], recipe.patch_size_for(arch, cfg))
     args = (recipe.train_patch_model, arch, cfg, pool)
-    a = _initial_params(monkeypatch, 11, *args, seed=0, device="cpu")
-    b = _initial_params(monkeypatch, 22, *args, seed=0, device="cpu")
-    c = _initial_params(monkeypatch, 11, *args, seed=1, device="cpu")
-    assert _same(a, b) and not _same(a, c)
+    a = initial_params(monkeypatch, recipe, 11, *args, seed=0, device="cpu")
+    b = initial_params(monkeypatch, recipe, 22, *args, seed=0, device="cpu")
+    c = initial_params(monkeypatch, recipe, 11, *args, seed=1, device="cpu")
+    assert same_state(a, b) and not same_state(a, c)
 
 
 def test_finished_checkpoint_of_another_seed_or_length_is_an_error(tmp_path, cfg):

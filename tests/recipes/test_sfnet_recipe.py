@@ -12,6 +12,7 @@ from corrlib.methods import SFNetMethod
 from corrlib.models.sfnet import export_sfnet, load_sfnet
 from corrlib.recipes import get_config
 from corrlib.recipes import sfnet as recipe
+from tests.recipes._seeding import initial_params, same_state
 
 try:
     load_fashion_mnist(None, "test")
@@ -253,32 +254,10 @@ def test_train_trunk_needs_online_data_and_moves_the_trunk(cfg, pools):
     )
 
 
-def _initial_params(monkeypatch, disturb: int, train, *args, **kwargs) -> dict:
-    """The parameters ``train(*args, **kwargs)`` builds, before any training step: its Trainer is
-    replaced by one that does not train, and the global RNG is set to ``disturb`` first (what
-    earlier notebook cells leave behind)."""
-
-    class Untrained:
-        def __init__(self, model, *a, **k):
-            self.model = model
-
-        def fit(self, *a, **k):
-            return []
-
-    monkeypatch.setattr(recipe, "Trainer", Untrained)
-    torch.manual_seed(disturb)
-    model = train(*args, **kwargs)[0]
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @needs_fashion
 def test_train_seeds_before_building_the_model(monkeypatch, cfg, pools):
     args = (recipe.train_sfnet, "full", cfg, pools[0])
-    a = _initial_params(monkeypatch, 11, *args, seed=0, device="cpu")
-    b = _initial_params(monkeypatch, 22, *args, seed=0, device="cpu")
-    c = _initial_params(monkeypatch, 11, *args, seed=1, device="cpu")
-    assert _same(a, b) and not _same(a, c)
+    a = initial_params(monkeypatch, recipe, 11, *args, seed=0, device="cpu")
+    b = initial_params(monkeypatch, recipe, 22, *args, seed=0, device="cpu")
+    c = initial_params(monkeypatch, recipe, 11, *args, seed=1, device="cpu")
+    assert same_state(a, b) and not same_state(a, c)

@@ -10,6 +10,7 @@ import torch
 
 from corrlib.recipes import get_config
 from corrlib.recipes import stn as recipe
+from tests.recipes._seeding import initial_params, same_state
 
 pytestmark = pytest.mark.usefixtures("one_thread", "warm_optimizer")
 
@@ -152,34 +153,12 @@ def test_smoke_preset_on_real_mnist(data_root):
     assert 0.0 <= recipe.test_error(model, data, "E") <= 1.0
 
 
-def _initial_params(monkeypatch, disturb: int, train, *args, **kwargs) -> dict:
-    """The parameters ``train(*args, **kwargs)`` builds, before any training step: its Trainer is
-    replaced by one that does not train, and the global RNG is set to ``disturb`` first (what
-    earlier notebook cells leave behind)."""
-
-    class Untrained:
-        def __init__(self, model, *a, **k):
-            self.model = model
-
-        def fit(self, *a, **k):
-            return []
-
-    monkeypatch.setattr(recipe, "Trainer", Untrained)
-    torch.manual_seed(disturb)
-    model = train(*args, **kwargs)[0]
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_train_functions_seed_before_building_the_model(monkeypatch, cfg, data):
     for train, args in [
         (recipe.train_digit_classifier, ("st-cnn-affine", "R", cfg, data)),
         (recipe.train_pair_aligner, (cfg, data)),
     ]:
-        a = _initial_params(monkeypatch, 11, train, *args, seed=0, device="cpu")
-        b = _initial_params(monkeypatch, 22, train, *args, seed=0, device="cpu")
-        c = _initial_params(monkeypatch, 11, train, *args, seed=1, device="cpu")
-        assert _same(a, b) and not _same(a, c), train.__name__
+        a = initial_params(monkeypatch, recipe, 11, train, *args, seed=0, device="cpu")
+        b = initial_params(monkeypatch, recipe, 22, train, *args, seed=0, device="cpu")
+        c = initial_params(monkeypatch, recipe, 11, train, *args, seed=1, device="cpu")
+        assert same_state(a, b) and not same_state(a, c), train.__name__

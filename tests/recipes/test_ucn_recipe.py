@@ -11,6 +11,7 @@ from corrlib.methods import UCNMethod
 from corrlib.models.ucn import export_ucn, load_ucn
 from corrlib.recipes import get_config
 from corrlib.recipes import ucn as recipe
+from tests.recipes._seeding import initial_params, same_state
 
 
 @pytest.fixture(scope="module")
@@ -282,32 +283,10 @@ def test_pfwillow_and_tss_evaluation_smoke(data_root):
     assert 0 <= tss.mean_accuracy <= 1 and tss.per_subset["JODS"]["rows"] >= 1
 
 
-def _initial_params(monkeypatch, disturb: int, train, *args, **kwargs) -> dict:
-    """The parameters ``train(*args, **kwargs)`` builds, before any training step: its Trainer is
-    replaced by one that does not train, and the global RNG is set to ``disturb`` first (what
-    earlier notebook cells leave behind)."""
-
-    class Untrained:
-        def __init__(self, model, *a, **k):
-            self.model = model
-
-        def fit(self, *a, **k):
-            return []
-
-    monkeypatch.setattr(recipe, "Trainer", Untrained)
-    torch.manual_seed(disturb)
-    model = train(*args, **kwargs)[0]
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.mark.parametrize("variant", ["hard-negatives", "hard-negatives+st"])
 def test_train_seeds_before_building_the_model(monkeypatch, cfg, pool, variant):
     args = (recipe.train_ucn, variant, cfg)
-    a = _initial_params(monkeypatch, 11, *args, seed=0, device="cpu", pool=pool)
-    b = _initial_params(monkeypatch, 22, *args, seed=0, device="cpu", pool=pool)
-    c = _initial_params(monkeypatch, 11, *args, seed=1, device="cpu", pool=pool)
-    assert _same(a, b) and not _same(a, c)
+    a = initial_params(monkeypatch, recipe, 11, *args, seed=0, device="cpu", pool=pool)
+    b = initial_params(monkeypatch, recipe, 22, *args, seed=0, device="cpu", pool=pool)
+    c = initial_params(monkeypatch, recipe, 11, *args, seed=1, device="cpu", pool=pool)
+    assert same_state(a, b) and not same_state(a, c)
