@@ -91,7 +91,7 @@ class KeypointResult:
     seconds: float
     markdown: str = field(repr=False, default="")
 
-    def pck(self, alpha: float, category: str | None = None) -> float:
+    def pck(self, alpha: float, category: str | None = None) -> float | None:
         """Headline PCK at ``alpha`` (overall under the protocol's aggregation, or one category).
 
         Args:
@@ -100,7 +100,8 @@ class KeypointResult:
             category: a category of the benchmark (None: the overall score).
 
         Returns:
-            The fraction of correct keypoints, in ``[0, 1]`` (NaN when nothing was scored).
+            The fraction of correct keypoints, in ``[0, 1]``; None for a category with no
+            scored keypoint (an empty benchmark raises in :func:`evaluate_keypoints`).
         """
         entry = self.summary["alphas"][_alpha_key(alpha)]
         return entry["all"] if category is None else entry["per_category"][category]
