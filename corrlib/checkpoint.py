@@ -15,9 +15,12 @@ from pathlib import Path
 
 import torch
 
+from corrlib._check import check_int
+
 __all__ = [
     "atomic_open",
     "atomic_write_text",
+    "check_eval_settings",
     "finite_metrics",
     "load_checkpoint",
     "load_state_strict",
@@ -183,3 +186,18 @@ def load_state_strict(module: torch.nn.Module, state: dict, path, part: str = "m
             f"{path}: the saved {part} weights do not fit a {type(module).__name__} built from the "
             f"file's own settings ({detail}). The file is damaged or was edited; export it again."
         ) from e
+
+
+def check_eval_settings(settings: dict | None) -> dict:
+    """Evaluation settings stored beside exported weights: ``{"max_side": None or int >= 1}``.
+
+    A learned method reads them as its defaults, so evaluating a file from the command line
+    reproduces the number its chapter printed. Returns a copy; ValueError on other keys or values.
+    """
+    settings = dict(settings or {})
+    unknown = set(settings) - {"max_side"}
+    if unknown:
+        raise ValueError(f"eval_settings: unknown keys {sorted(unknown)}; allowed: ['max_side'].")
+    if settings.get("max_side") is not None:
+        check_int(settings["max_side"], "eval_settings['max_side']", 1)
+    return settings

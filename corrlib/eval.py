@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from corrlib import data
-from corrlib._check import check_choice, check_int
+from corrlib._check import check_choice, check_int, check_shape, check_tensor
 from corrlib.checkpoint import atomic_write_text
 from corrlib.data import TSS, iter_tss, resolve_data_root
 from corrlib.flo import write_flo
@@ -37,6 +37,8 @@ from corrlib.metrics import PCKEvaluator, evaluate_tss_results, get_protocol, ts
 
 __all__ = [
     "DATASETS",
+    "FULL_TEST_PAIRS",
+    "TSS_FLIP_HANDLING",
     "CorrespondenceMethod",
     "KeypointResult",
     "TSSResult",
@@ -48,7 +50,9 @@ __all__ = [
     "new_run_id",
     "prepare_out_dir",
     "register_method",
+    "result_rows",
     "strict_json",
+    "unmirror_source_flow",
     "write_keypoint_result",
 ]
 
@@ -81,7 +85,8 @@ def load_dataset(name: str, data_root=None, split: str | None = None, **kwargs):
 
 @dataclass
 class KeypointResult:
-    """Outcome of :func:`evaluate_keypoints`: metrics summary, per-keypoint rows, wall time."""
+    """Outcome of :func:`evaluate_keypoints`: metrics summary, per-keypoint rows, wall time, and
+    the dataset's ``split`` (None when the dataset has none)."""
 
     method: str
     dataset: str
@@ -90,6 +95,12 @@ class KeypointResult:
     rows: list[dict] = field(repr=False)
     seconds: float
     markdown: str = field(repr=False, default="")
+    split: str | None = None
+
+    @property
+    def n_pairs(self) -> int:
+        """The pairs scored (pairs with at least one scored keypoint)."""
+        return int(self.summary["n_pairs"])
 
     def pck(self, alpha: float, category: str | None = None) -> float | None:
         """Headline PCK at ``alpha`` (overall under the protocol's aggregation, or one category).
@@ -209,6 +220,7 @@ def evaluate_keypoints(
         rows,
         seconds,
         evaluator.to_markdown(),
+        getattr(dataset, "split", None),
     )
 
 
@@ -359,10 +371,92 @@ def write_keypoint_result(
     return paths
 
 
+#: the ways :func:`evaluate_tss` treats a pair whose ``flip_gt.txt`` holds 1
+TSS_FLIP_HANDLING = ("mirror-source", "none")
+
+
+def unmirror_source_flow(flow: torch.Tensor) -> torch.Tensor:
+    """Carry a flow predicted from a horizontally mirrored source back onto the original source.
+
+    A method matched ``src.flip(-1)`` (the source mirrored left-right) to the target and returned
+    ``flow`` on the mirrored source's grid. Source pixel ``(x, y)`` is mirrored pixel
+    ``(W - 1 - x, y)`` (0-based pixel centres), whose match in the target is that pixel plus
+    ``flow[:, y, W - 1 - x]``; so on the original grid::
+
+        f_x(x, y) = W - 1 - 2 x + flow[0, y, W - 1 - x]
+        f_y(x, y) =               flow[1, y, W - 1 - x]
+
+    The target is not touched: the result still points into the original target image.
+
+    Args:
+        flow: ``(2, H, W)`` src->trg flow in pixels, ``(x, y)`` order, ``p_trg = p_src + flow``,
+            on the mirrored source's grid. ``NaN`` (unknown) stays ``NaN`` at the mirrored pixel.
+
+    Returns:
+        ``(2, H, W)`` the same correspondences on the original source grid (floating point: an
+        integer input is returned as float32).
+
+    Example:
+        >>> unmirror_source_flow(torch.zeros(2, 1, 4))[0]
+        tensor([[ 3.,  1., -1., -3.]])
+    """
+    check_tensor(flow, "flow")
+    w = check_shape(flow, (2, "H", "W"), "flow")["W"]
+    if not flow.is_floating_point():
+        flow = flow.float()
+    back = flow.flip(-1)  # back[:, y, x] = flow[:, y, W - 1 - x]
+    x = torch.arange(w, dtype=flow.dtype, device=flow.device)
+    return torch.stack([(w - 1) - 2 * x + back[0], back[1]])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _tss_pairs(rows: list[dict]) -> tuple[int, int]:
+    """Numbers of pairs and of flipped pairs (``flip`` = 1) among the kit's rows."""
+    pairs = {(r.get("subset"), r["pair"]): int(r["flip"]) for r in rows}
+    return len(pairs), sum(pairs.values())
+
+
+def _tss_subset_entry(rows: list[dict]) -> dict:
+    """``per_subset`` entry of :class:`TSSResult` for one subset's (non-empty) rows."""
+    plain = [r for r in rows if int(r["flip"]) == 0]
+    n_pairs, n_flipped = _tss_pairs(rows)
+    return {
+        "PCK@0.05": float(sum(r["T5"] for r in rows) / len(rows)),
+        "PCK@0.05 w/o flip": float(sum(r["T5"] for r in plain) / len(plain)) if plain else None,
+        "IoU": float(sum(r["seg_iou"] for r in rows) / len(rows)),
+        "rows": len(rows),
+        "pairs": n_pairs,
+        "flipped pairs": n_flipped,
+    }
+
+
 @dataclass
 class TSSResult:
     """Outcome of :func:`evaluate_tss`: the kit's rows, per-subset means, wall time, and where
-    this run's flows are (``flows_dir``, None when they went to a temporary folder)."""
+    this run's flows are (``flows_dir``, None when they went to a temporary folder).
+
+    The official kit (``EvalToolMATLAB/RunEvaluation.m``) labels the rows of flipped pairs
+    (``flip_gt.txt`` = 1) and reports two means: ``Average`` over all rows and ``w/o flip`` over
+    the rows of pairs with flip 0. Both are here, overall (:attr:`mean_accuracy`,
+    :attr:`mean_accuracy_without_flip`) and per subset, with the counts behind them.
+
+    Attributes:
+        method: the method's name.
+        rows: the kit's rows, two flow fields per pair (:func:`corrlib.metrics.evaluate_tss_results`
+            plus ``subset``); ``flip`` is the pair's ``flip_gt.txt``.
+        per_subset: ``{subset: {"PCK@0.05": Average (T5 over all rows), "PCK@0.05 w/o flip":
+            T5 over flip-0 rows (None without one), "IoU": mean mask IoU, "rows": flow fields,
+            "pairs": pairs, "flipped pairs": pairs with flip 1}}``, subsets with rows only.
+        seconds: wall time.
+        csv: ``{subset: the kit's scores.csv text}`` (its last lines: ``Average``, ``w/o flip``).
+        flows_dir: ``<out_dir>/<run_id>``, None when the flows went to a temporary folder.
+        run_id: the name of this run's flow folder.
+        flip: how flipped pairs were treated: ``"mirror-source"`` (the source of each direction
+            mirrored before matching, the flow carried back) or ``"none"`` (the kit's raw scores).
+    """
 
     method: str
     rows: list[dict] = field(repr=False)
@@ -371,13 +465,61 @@ class TSSResult:
     csv: dict = field(repr=False, default_factory=dict)
     flows_dir: Path | None = None
     run_id: str | None = None
+    flip: str = "mirror-source"
 
     @property
     def mean_accuracy(self) -> float:
-        """Mean flow accuracy over all rows at the kit's T5 threshold (0.05 x the image's longer
-        side)."""
+        """The kit's ``Average``: mean flow accuracy over all rows at its T5 threshold (0.05 x the
+        longer side of the image the flow points into); NaN without rows."""
         vals = [r["T5"] for r in self.rows]
         return sum(vals) / len(vals) if vals else float("nan")
+
+    @property
+    def mean_accuracy_without_flip(self) -> float | None:
+        """The kit's ``w/o flip``: mean T5 over the rows of pairs with flip 0 (None if none)."""
+        vals = [r["T5"] for r in self.rows if int(r["flip"]) == 0]
+        return sum(vals) / len(vals) if vals else None
+
+    @property
+    def n_flow_fields(self) -> int:
+        """Number of scored flow fields (rows; two per pair)."""
+        return len(self.rows)
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of scored pairs (over all subsets)."""
+        return _tss_pairs(self.rows)[0]
+
+    @property
+    def n_flipped_pairs(self) -> int:
+        """Number of scored pairs whose ``flip_gt.txt`` holds 1."""
+        return _tss_pairs(self.rows)[1]
+
+    def summary(self) -> str:
+        """One line for humans: the kit's ``Average`` and ``w/o flip`` T5 with what they cover,
+        e.g. ``TSS PCK@0.05 0.512 (Average over 6 flow fields of 3 pairs; 1 flipped pair,
+        source mirrored) · w/o flip 0.634 (4 flow fields of 2 pairs)``."""
+        n_pairs, n_flipped = _tss_pairs(self.rows)
+        if n_flipped == 0:
+            flips = "no flipped pair"
+        elif self.flip == "mirror-source":
+            flips = f"{_plural(n_flipped, 'flipped pair')}, source mirrored"
+        else:
+            flips = (
+                f"{_plural(n_flipped, 'flipped pair')}, flip pairs not handled (kit's raw scores)"
+            )
+        line = (
+            f"TSS PCK@0.05 {self.mean_accuracy:.3f} (Average over "
+            f"{_plural(self.n_flow_fields, 'flow field')} of {_plural(n_pairs, 'pair')}; {flips})"
+        )
+        plain = [r for r in self.rows if int(r["flip"]) == 0]
+        if not plain:
+            return line + " · w/o flip n/a (no pair without flip)"
+        n_plain = _tss_pairs(plain)[0]
+        return (
+            f"{line} · w/o flip {self.mean_accuracy_without_flip:.3f} "
+            f"({_plural(len(plain), 'flow field')} of {_plural(n_plain, 'pair')})"
+        )
 
 
 def evaluate_tss(
@@ -390,6 +532,7 @@ def evaluate_tss(
     progress: bool = True,
     method_kwargs: dict | None = None,
     run_id: str | None = None,
+    flip: str = "mirror-source",
 ) -> TSSResult:
     """Predict dense flow both ways for TSS pairs and score them as the official kit does.
 
@@ -404,6 +547,19 @@ def evaluate_tss(
     Masks are derived from forward-backward consistency (the kit's rule when a method predicts
     none). ``limit`` caps the number of pairs per subset.
 
+    Flipped pairs (``flip_gt.txt`` = 1: the objects face opposite ways, the ground truth maps
+    across the mirror). With ``flip="mirror-source"`` (the default, the published practice) the
+    source of each direction of such a pair is mirrored left-right before matching
+    (``method.flow(src.flip(-1), trg, src_key=src_key + "#mirrored", trg_key=trg_key)``) and the
+    flow is carried back onto the original source grid with :func:`unmirror_source_flow`, so the
+    written flows and the scores are on the original images. This is what weakalign does with
+    the ``flip_img_A`` column of its ``test_pairs_tss.csv``; DenseMatching's
+    ``--flipping_condition True`` mirrors the same image (the one its flow lives on) but picks
+    the orientation itself rather than reading ``flip_gt.txt``. ``flip="none"`` matches the
+    images as they are: the kit's raw scoring, where such pairs score near 0. The kit
+    (``EvalToolMATLAB/RunEvaluation.m``) only labels flipped rows and reports both ``Average``
+    (all rows) and ``w/o flip`` (rows with flip 0); both are in the result.
+
     Args:
         method: a :class:`CorrespondenceMethod` with a dense ``flow(src_img (3, Hs, Ws),
             trg_img (3, Ht, Wt)) -> (2, Hs, Ws)`` (src->trg on the source grid, in pixels), or
@@ -417,17 +573,25 @@ def evaluate_tss(
         method_kwargs: keyword arguments of the method's factory, when ``method`` is a name.
         run_id: the name of this run's folder (None: :func:`new_run_id`); ``ValueError`` if
             ``<out_dir>/<run_id>`` exists already.
+        flip: how pairs with ``flip_gt.txt`` = 1 are matched: ``"mirror-source"`` (mirror the
+            source, carry the flow back) or ``"none"`` (as they are; the kit's raw scores).
 
     Returns:
         A :class:`TSSResult`: ``rows`` (two per pair, the keys of
         :func:`corrlib.metrics.evaluate_tss_results` plus ``subset``), ``per_subset``
-        (``{subset: {"PCK@0.05": ..., "IoU": ..., "rows": n}}``, only subsets with rows),
-        ``seconds`` (wall time), ``csv`` (``{subset: scores.csv text}``), ``flows_dir``
-        (``<out_dir>/<run_id>``, None without ``out_dir``) and ``run_id``.
+        (``{subset: {"PCK@0.05": Average over all rows, "PCK@0.05 w/o flip": mean over flip-0
+        rows or None, "IoU": ..., "rows": flow fields, "pairs": ..., "flipped pairs": ...}}``,
+        only subsets with rows), ``seconds`` (wall time), ``csv`` (``{subset: scores.csv
+        text}``, ending with the kit's ``Average`` and ``w/o flip`` lines), ``flows_dir``
+        (``<out_dir>/<run_id>``, None without ``out_dir``), ``run_id`` and ``flip``; overall
+        means in :attr:`TSSResult.mean_accuracy` and :attr:`TSSResult.mean_accuracy_without_flip`,
+        one line in :meth:`TSSResult.summary`.
 
     Raises:
-        ValueError: if ``limit`` is not None or an int >= 1, or no pair was found to evaluate.
+        ValueError: if ``limit`` is not None or an int >= 1, ``flip`` is not one of
+            ``"mirror-source"``, ``"none"``, or no pair was found to evaluate.
     """
+    check_choice(flip, "flip", TSS_FLIP_HANDLING)
     if limit is not None:
         check_int(limit, "limit", 1)
     run_id = _check_run_id(run_id) if run_id is not None else new_run_id()
@@ -450,7 +614,14 @@ def evaluate_tss(
             for s, key_a, key_b in tqdm(
                 items, desc=f"{method.name} on TSS/{subset}", disable=not progress, leave=False
             ):
-                flow = method.flow(s["src_img"], s["trg_img"], src_key=key_a, trg_key=key_b)
+                if s["flip"] and flip == "mirror-source":
+                    key = None if key_a is None else f"{key_a}#mirrored"
+                    mirrored = method.flow(
+                        s["src_img"].flip(-1), s["trg_img"], src_key=key, trg_key=key_b
+                    )
+                    flow = unmirror_source_flow(mirrored)
+                else:
+                    flow = method.flow(s["src_img"], s["trg_img"], src_key=key_a, trg_key=key_b)
                 name = "flow1.flo" if s["direction"] == "1to2" else "flow2.flo"
                 d = staging / subset / s["pair"]
                 d.mkdir(exist_ok=True)
@@ -464,11 +635,7 @@ def evaluate_tss(
             csvs[subset] = tss_scores_csv(sub_rows)
             (staging / subset / "scores.csv").write_text(csvs[subset])
             if sub_rows:
-                per_subset[subset] = {
-                    "PCK@0.05": sum(r["T5"] for r in sub_rows) / len(sub_rows),
-                    "IoU": sum(r["seg_iou"] for r in sub_rows) / len(sub_rows),
-                    "rows": len(sub_rows),
-                }
+                per_subset[subset] = _tss_subset_entry(sub_rows)
         if n_flows == 0:
             raise ValueError(
                 f"TSS: no pair to evaluate in subsets {list(subsets)} under "
@@ -483,4 +650,121 @@ def evaluate_tss(
         if tmp is not None:
             tmp.cleanup()
     flows_dir = final if tmp is None else None
-    return TSSResult(method.name, rows, per_subset, seconds, csvs, flows_dir, run_id)
+    return TSSResult(method.name, rows, per_subset, seconds, csvs, flows_dir, run_id, flip)
+
+
+#: The official test sets' sizes in pairs, per dataset class: ``(display name, pairs)``. A number
+#: on fewer pairs is on a subset and is never set beside a published one. Sources: PF-WILLOW 900
+#: pairs (Ham et al. CVPR 2016, 10 sub-classes x 90 ordered pairs), PF-PASCAL test 299 (the
+#: SCNet/NC-Net list), SPair-71k test 12,234 (Min et al. 2019), TSS 400 (Taniai et al. CVPR 2016).
+FULL_TEST_PAIRS = {
+    "PFWillow": ("PF-WILLOW", 900),
+    "PFPascal": ("PF-PASCAL", 299),
+    "SPair71k": ("SPair-71k", 12234),
+    "TSS": ("TSS", 400),
+}
+
+
+def _protocol_text(name: str) -> str:
+    p = get_protocol(name)
+    return (
+        f"{p.name}: alpha * {p.normalizer}, {p.direction}, {p.aggregation}, {p.resolution} "
+        "resolution"
+    )
+
+
+def result_rows(
+    results,
+    *,
+    chapter: str,
+    method: str,
+    preset: str,
+    alphas=None,
+    baseline: bool = False,
+    published: dict | None = None,
+    note: str | None = None,
+) -> list[dict]:
+    """Dashboard rows (:func:`corrlib.series.record_results`) of one method's result(s).
+
+    Args:
+        results: a :class:`KeypointResult` or :class:`TSSResult`, or a list of them (one per
+            seed, same benchmark and pairs): the value is then the mean over seeds, ``spread``
+            its standard error and ``seeds`` their number (:func:`corrlib.stats.mean_sem`).
+        chapter, method, preset: the row's labels (``method``: the table's row name).
+        alphas: the PCK thresholds reported (None: all of the protocol's; keypoint results).
+        baseline: the row margins are measured against (the identity baseline).
+        published: ``{metric: (value, source)}``: a published number for that metric, given only
+            when protocol and pair set are the published ones (the dashboard also refuses it on
+            a subset).
+        note: a short qualifier shown by the dashboard.
+
+    Returns:
+        One row per metric: keypoint results give ``PCK@<alpha>``; TSS gives ``PCK@0.05`` (the
+        kit's ``Average``) and ``PCK@0.05 w/o flip``. Each row has ``n`` (pairs), ``n_unit``,
+        ``n_full`` (the official test set's pairs, None for another split) and the protocol.
+
+    Raises:
+        ValueError: if the results differ in benchmark, protocol or pairs, or the list is empty.
+    """
+    from corrlib.stats import mean_sem
+
+    many = isinstance(results, (list, tuple))
+    group = list(results) if many else [results]
+    if not group:
+        raise ValueError("result_rows: no result given.")
+    first = group[0]
+    tss = isinstance(first, TSSResult)
+    if tss:
+        keys = {(type(r).__name__, r.flip, r.n_pairs, r.n_flow_fields) for r in group}
+    else:
+        keys = {(type(r).__name__, r.dataset, r.protocol, r.n_pairs, r.split) for r in group}
+    if len(keys) != 1:
+        raise ValueError(
+            f"result_rows: the results of '{method}' differ in benchmark, protocol or pairs "
+            f"({sorted(map(str, keys))}); one row averages seeds of one evaluation only."
+        )
+    if tss:
+        dataset, n_full = "TSS", FULL_TEST_PAIRS["TSS"][1]
+        protocol = "tss: official kit T5 = alpha 0.05 * max(H, W), both directions, flip pairs " + (
+            "mirrored" if first.flip == "mirror-source" else "not handled"
+        )
+        metrics = {
+            "PCK@0.05": [r.mean_accuracy for r in group],
+            "PCK@0.05 w/o flip": [r.mean_accuracy_without_flip for r in group],
+        }
+        n = first.n_pairs
+    else:
+        dataset, n_full = FULL_TEST_PAIRS.get(first.dataset, (first.dataset, None))
+        if first.split not in (None, "test"):
+            n_full = None
+        protocol = _protocol_text(first.protocol)
+        use = alphas if alphas is not None else get_protocol(first.protocol).alphas
+        metrics = {f"PCK@{a:g}": [r.pck(a) for r in group] for a in use}
+        n = first.n_pairs
+    rows = []
+    for metric, values in metrics.items():
+        if any(v is None for v in values):
+            continue  # e.g. no TSS pair without flip among these
+        mean, se = mean_sem(values)
+        pub_value, pub_source = (published or {}).get(metric, (None, None))
+        rows.append(
+            {
+                "chapter": chapter,
+                "method": method,
+                "dataset": dataset,
+                "metric": metric,
+                "value": mean,
+                "protocol": protocol,
+                "preset": preset,
+                "published": pub_value,
+                "published_source": pub_source,
+                "n": n,
+                "n_unit": "pairs",
+                "n_full": n_full,
+                "baseline": baseline,
+                "note": note,
+                "spread": se if many else None,
+                "seeds": len(group) if many else None,
+            }
+        )
+    return rows

@@ -291,7 +291,7 @@ def get_protocol(name: str) -> PCKProtocol:
     >>> get_protocol("spair-71k").normalizer
     'bbox'
     """
-    check_choice(name, "name", PROTOCOLS)
+    check_choice(name, "protocol", PROTOCOLS)
     return PROTOCOLS[name]
 
 

@@ -230,6 +230,10 @@ class TrainConfig:
     ckpt_every: int = 0
     seed: int = 0
     device: str = "auto"
+    #: The chapter's settings that shape the run beyond the optimiser (batch size, data, loss
+    #: weights, model sizes; :meth:`corrlib.recipes.TrainingConfig.train_config` fills it): recorded
+    #: in every checkpoint and compared when one is resumed or reused. None: not recorded.
+    recipe: dict | None = None
 
     def __post_init__(self):
         check_int(self.steps, "config.steps", 1)
@@ -256,6 +260,10 @@ class TrainConfig:
         check_int(self.ckpt_every, "config.ckpt_every", 0)
         check_int(self.seed, "config.seed", 0, 2**32 - 1)
         check_choice(str(self.device).split(":")[0], "config.device", DEVICES)
+        if self.recipe is not None and not isinstance(self.recipe, dict):
+            raise ValueError(
+                f"Argument config.recipe must be a dict or None, got {type(self.recipe).__name__}."
+            )
 
 
 def lr_at(config: TrainConfig, step: int) -> float:

@@ -89,7 +89,7 @@ def test_eval_pfwillow_writes_outputs(data_root, tmp_path, capsys):
     )
     assert code == 0
     meta = json.loads((out / "metrics.json").read_text())
-    assert meta["method"] == "sift" and meta["pairs"] == 3
+    assert meta["method"] == "sift@128" and meta["pairs"] == 3
     lines = (out / "predictions.csv").read_text().splitlines()
     assert lines[0].startswith("pair_index,source_image,target_image,keypoint_index,pred_x,pred_y")
     assert len(lines) == 1 + 30

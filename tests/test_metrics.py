@@ -143,7 +143,7 @@ def test_presets():
 
 def test_protocol_checks_its_fields():
     with pytest.raises(
-        ValueError, match=r"Unknown value 'willow' for argument name. Valid values are \{pf-willow"
+        ValueError, match=r"Unknown value 'willow' for argument protocol. Valid values are \{pf-"
     ):
         get_protocol("willow")
     with pytest.raises(

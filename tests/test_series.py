@@ -1,10 +1,14 @@
 """Tests of the series runner: papermill execution, result gathering, dashboard, failures."""
 
 import json
+import re
 
+import matplotlib.image as mpimg
 import nbformat
+import numpy as np
 import papermill
 import pytest
+import torch
 from nbclient.exceptions import DeadKernelError
 
 from corrlib.cli import main
@@ -61,13 +65,23 @@ def test_record_rejects_incomplete_rows(tmp_path):
 
 
 def test_dashboard_files(tmp_path):
+    """Rows without the optional fields still render: pairs unknown, no margins."""
     paths = build_dashboard(
         [ROW, {**ROW, "method": "n", "published": None, "published_source": None}],
         tmp_path,
         preset="smoke",
     )
     md = paths["markdown"].read_text()
-    assert "| 01_test | smoke | D | PCK@0.1 | m | 0.500 | 0.600 | p | paper, Tab. 1 |" in md
+    assert (
+        "## D [p]\n\n| method | chapter | preset | PCK@0.1 | pairs |\n|---|---|---|---|---|\n" in md
+    )
+    assert (
+        "| m | 01_test | smoke | 0.500 | - |\n| published: m [paper, Tab. 1] |  |  | 0.600 |  |\n"
+        in md
+    )
+    assert "| n | 01_test | smoke | 0.500 | - |\n" in md
+    # no margin, no baseline
+    assert "(" not in md.split("## D [p]")[1].split("Margins (in parentheses)")[0]
     assert paths["figure"].stat().st_size > 1000
     assert json.loads(paths["json"].read_text())["preset"] == "smoke"
 
@@ -152,7 +166,7 @@ def test_dashboard_holds_this_runs_metrics_only(tmp_path, monkeypatch):
     md = (out / "dashboard.md").read_text()
     assert "# Results dashboard (preset: smoke)" in md
     assert "Built from this run's metrics files only: `metrics/00_a.json`." in md
-    assert "| 00_a | smoke |" in md and "01_b" not in md.split("Built from")[1]
+    assert "| m | 00_a | smoke |" in md and "01_b" not in md.split("Built from")[1]
     assert "99_old" not in md
     results = json.loads((out / "results.json").read_text())
     assert results["sources"] == ["00_a.json"] and len(results["rows"]) == 1
@@ -162,7 +176,8 @@ def test_dashboard_holds_this_runs_metrics_only(tmp_path, monkeypatch):
 def test_dashboard_names_every_preset_it_shows(tmp_path):
     rows = [ROW, {**ROW, "chapter": "02_x", "preset": "paper"}]
     md = build_dashboard(rows, tmp_path, preset="smoke")["markdown"].read_text()
-    assert "(preset: paper, smoke)" in md and "| 02_x | paper |" in md
+    assert "(preset: paper, smoke)" in md and "| m | 02_x | paper |" in md
+    assert "- Preset `paper` (02_x): " in md and "- Preset `smoke` (01_test): " in md
 
 
 def test_dead_kernel_is_a_series_error(tmp_path, monkeypatch, capsys):
@@ -230,3 +245,266 @@ def test_real_dead_kernel_names_the_notebook(tmp_path):
     _notebook(nbdir / "03_crash.ipynb", "import os\nos._exit(3)")
     with pytest.raises(SeriesError, match=r"03_crash\.ipynb could not be run .*DeadKernelError"):
         run_series("smoke", tmp_path / "out", notebook_dir=nbdir, log=lambda *a: None)
+
+
+# -- the dashboard as a paper's results table ------------------------------------------------
+
+MINUS = "\u2212"  # margins and negative numbers use the true minus sign
+WILLOW = "pf-willow: keypoint box, src->trg, per image"
+TSS = "tss: official kit, T5, both directions"
+
+
+def _row(method, dataset, metric, value, protocol, chapter="00_basics", **kw):
+    base = {
+        "chapter": chapter,
+        "method": method,
+        "dataset": dataset,
+        "metric": metric,
+        "value": value,
+        "protocol": protocol,
+        "preset": "lab",
+        "published": None,
+        "published_source": None,
+    }
+    return {**base, **kw}
+
+
+def _table_rows():
+    """Values are multiples of 1/8 (exact in binary), so every margin is exact too."""
+    half = {"n": 450, "n_full": 900}
+    alphas = ("PCK@0.05", "PCK@0.1", "PCK@0.15")
+    return [
+        *[
+            _row("identity", "PF-WILLOW", a, v, WILLOW, baseline=True, **half)
+            for a, v in zip(alphas, (0.125, 0.25, 0.375))
+        ],
+        *[
+            _row("SIFT flow", "PF-WILLOW", a, v, WILLOW, **half)
+            for a, v in zip(alphas, (0.25, 0.5, 0.625))
+        ],
+        _row(
+            "DSP",
+            "PF-WILLOW",
+            "PCK@0.1",
+            0.125,
+            WILLOW,
+            spread=0.03125,
+            seeds=3,
+            note="3 seeds, mean ± s.e.",
+            published=0.476,
+            published_source="Paper A, Tab. 2",
+            **half,
+        ),
+        _row("NC|Net", "PF-WILLOW", "PCK@0.1", 0.75, WILLOW, n=300, n_full=900),
+        _row(
+            "SFNet",
+            "PF-WILLOW",
+            "PCK@0.1",
+            0.625,
+            WILLOW,
+            chapter="06_sfnet",
+            n=900,
+            n_full=900,
+            published=0.7,
+            published_source="Paper C, Tab. 1",
+        ),
+        _row(
+            "PF-LOM",
+            "PF-WILLOW",
+            "PCK@0.1",
+            float("nan"),
+            WILLOW,
+            published=0.568,
+            published_source="Paper B, Tab. 3",
+        ),
+        _row("identity", "TSS", "PCK@0.05", 0.25, TSS, baseline=True, n=3, n_full=400),
+        _row("SIFT flow", "TSS", "PCK@0.05", 0.75, TSS, n=3, n_full=400),
+        _row(
+            "CNN",
+            "MNIST-RTS",
+            "error",
+            0.25,
+            "distorted MNIST",
+            chapter="02_stn",
+            baseline=True,
+            higher_is_better=False,
+            n=10000,
+            n_full=10000,
+            n_unit="digits",
+        ),
+        _row(
+            "ST-CNN",
+            "MNIST-RTS",
+            "error",
+            0.125,
+            "distorted MNIST",
+            chapter="02_stn",
+            higher_is_better=False,
+            n=10000,
+            n_full=10000,
+            n_unit="digits",
+            published=0.012,
+            published_source="Paper D, Tab. 1",
+        ),
+    ]
+
+
+def _section(md, heading):
+    return md.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_dashboard_is_a_results_table(tmp_path):
+    md = build_dashboard(
+        _table_rows(),
+        tmp_path,
+        preset="lab",
+        seconds={"00_basics.ipynb": 12.5},
+        sources=["00_basics.json"],
+    )["markdown"].read_text()
+    head = md.split("## ")[0]
+    assert head.startswith("# Results dashboard (preset: lab)\n")
+    assert "- Preset `lab` (00_basics, 02_stn, 06_sfnet): a laptop CPU" in head
+    assert "Built from this run's metrics files only: `metrics/00_basics.json`." in head
+    assert "| 00_basics.ipynb | 12.5 |" in head
+    # sections in order of first appearance
+    assert [s.split("\n")[0] for s in md.split("\n## ")[1:]] == [
+        f"PF-WILLOW [{WILLOW}]",
+        f"TSS [{TSS}]",
+        "MNIST-RTS [distorted MNIST]",
+    ]
+
+    willow = _section(md, f"## PF-WILLOW [{WILLOW}]")
+    table = [ln for ln in willow.splitlines() if ln.startswith("|")]
+    assert table == [
+        "| method | chapter | preset | PCK@0.05 | PCK@0.1 | PCK@0.15 | pairs | note |",
+        "|---|---|---|---|---|---|---|---|",
+        "| identity (baseline) | 00_basics | lab | 0.125 | 0.250 | 0.375 "
+        "| 450 of 900 pairs (subset) |  |",
+        "| SIFT flow | 00_basics | lab | 0.250 (+0.125) | 0.500 (+0.250) | 0.625 (+0.250) "
+        "| 450 of 900 pairs (subset) |  |",
+        f"| DSP | 00_basics | lab |  | 0.125 ± 0.031 ({MINUS}0.125) |  "
+        "| 450 of 900 pairs (subset) | 3 seeds, mean ± s.e. |",
+        # other pairs than the baseline's: no margin; the pipe in the name is escaped
+        "| NC\\|Net | 00_basics | lab |  | 0.750 |  | 300 of 900 pairs (subset) |  |",
+        # another chapter (no baseline of its own): no margin
+        "| SFNet | 06_sfnet | lab |  | 0.625 |  | 900 pairs (full set) |  |",
+        # complete pair set: the published number right after its method
+        "| published: SFNet [Paper C, Tab. 1] |  |  |  | 0.700 |  |  |  |",
+    ]
+    # a subset: the published number is not beside ours but named under the table
+    assert "0.476" not in "\n".join(table)
+    assert (
+        "- Not shown beside ours (pair set differs: ours is 450 of 900 pairs): "
+        "DSP PCK@0.1 0.476 [Paper A, Tab. 2]"
+    ) in willow
+    # a published-only row: listed, never an n/a in the table
+    assert "PF-LOM" not in "\n".join(table) and "n/a" not in md
+    assert (
+        "Published, not run here:\n\n- PF-LOM PCK@0.1: 0.568 [Paper B, Tab. 3] "
+        "(quoted in 00_basics)"
+    ) in willow
+
+    tss = _section(md, f"## TSS [{TSS}]")
+    assert "| SIFT flow | 00_basics | lab | 0.750 (+0.500) | 3 of 400 pairs (subset) |" in tss
+
+    mnist = _section(md, "## MNIST-RTS [distorted MNIST]")
+    assert "| method | chapter | preset | error (lower is better) | pairs |" in mnist
+    assert f"| ST-CNN | 02_stn | lab | 0.125 ({MINUS}0.125) | 10000 digits (full set) |" in mnist
+    assert "| published: ST-CNN [Paper D, Tab. 1] |  |  | 0.012 |  |" in mnist
+    assert md.rstrip().endswith(
+        "Margins (in parentheses) are over the row marked baseline (the identity baseline in "
+        "the correspondence chapters) of the same chapter and preset on the same pairs; a "
+        "difference smaller than two standard errors (where a spread is given) is not evidence. "
+        "Published numbers are shown only where protocol and pair set match."
+    )
+
+
+def test_dashboard_tables_are_valid_markdown(tmp_path):
+    md = build_dashboard(_table_rows(), tmp_path)["markdown"].read_text()
+    for block in md.split("\n\n"):
+        rows = [ln for ln in block.splitlines() if ln.startswith("|")]
+        if not rows:
+            continue
+        widths = {len(re.findall(r"(?<!\\)\|", ln)) for ln in rows}
+        assert len(widths) == 1, block  # every line has as many cells as the header
+
+
+def test_dashboard_figure_and_json(tmp_path):
+    rows = _table_rows()
+    paths = build_dashboard(rows, tmp_path, preset="lab")
+    img = mpimg.imread(paths["figure"])
+    assert paths["figure"].stat().st_size > 10_000 and img.ndim == 3
+    assert img.shape[1] == 1100  # two columns at 100 dpi, about JupyterLab's width
+    saved = json.loads(paths["json"].read_text())
+    assert set(saved) == {"preset", "seconds", "sources", "rows"}
+    assert saved["rows"][0]["n_full"] == 900 and saved["rows"][0]["baseline"] is True
+    assert saved["rows"][9]["method"] == "PF-LOM" and "n" not in saved["rows"][9]  # as given
+    assert saved["rows"][9]["value"] is None  # the published-only NaN is strict JSON
+
+
+def test_dashboard_figure_other_scales_and_no_rows(tmp_path):
+    rows = [
+        _row("a", "D", "seconds", 12.0, "p", higher_is_better=False),
+        _row("b", "D", "seconds", float("nan"), "p", higher_is_better=False),
+    ]
+    fig = build_dashboard(rows, tmp_path / "a")["figure"]
+    assert mpimg.imread(fig).shape[1] == 750  # one panel: one column
+    md = (tmp_path / "a" / "dashboard.md").read_text()
+    assert "| b | 00_basics | lab | n/a | - |" in md  # our run without a number
+    empty = build_dashboard([], tmp_path / "b", preset="smoke")
+    assert mpimg.imread(empty["figure"]).size > 0
+    assert "No result rows." in empty["markdown"].read_text()
+
+
+def test_record_results_keeps_optional_fields(tmp_path):
+    row = {
+        **ROW,
+        "value": np.float32(0.25),
+        "n": np.int64(450),
+        "n_full": 900,
+        "n_unit": "pairs",
+        "higher_is_better": np.bool_(True),
+        "baseline": False,
+        "note": "1 seed",
+        "spread": float("nan"),
+        "seeds": 1,
+    }
+    record_results(tmp_path, "01_test", [row])
+    (got,) = gather_results(tmp_path)
+    assert got == {**ROW, **row, "value": 0.25, "n": 450, "higher_is_better": True, "spread": None}
+    assert type(got["n"]) is int
+    record_results(tmp_path, "02_test", [{**ROW, "value": torch.tensor(0.5)}])  # a 0-dim tensor
+    assert gather_results(tmp_path, ["02_test.json"])[0]["value"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"pairs": 450}, r"has unknown key 'pairs'; allowed keys: \['chapter'.*\['n', 'n_unit'"),
+        ({"published_source": None}, r"published=0\.6 has no published_source"),
+        ({"n": 0}, r"n must be a positive integer or None, got 0"),
+        ({"n": 450.0}, r"n must be a positive integer or None, got 450\.0"),
+        ({"n": 901, "n_full": 900}, r"n=901 is more than the full set n_full=900"),
+        ({"value": "0.5"}, r"value must be a number or None, got '0\.5'"),
+        ({"baseline": 1}, r"baseline must be True or False"),
+        ({"spread": -0.1}, r"spread must be a standard error"),
+        ({"method": ""}, r"method must be a non-empty string"),
+    ],
+)
+def test_record_refuses_bad_rows(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message) as e:
+        record_results(tmp_path, "01_test", [ROW, {**ROW, **change}])
+    assert re.search(message, str(e.value)) and "Result row 1 of chapter 01_test" in str(e.value)
+    assert not (tmp_path / "metrics").exists()  # nothing written
+
+
+def test_record_refuses_missing_required_key(tmp_path):
+    row = {k: v for k, v in ROW.items() if k != "protocol"}
+    with pytest.raises(ValueError, match=r"Result row 0 of chapter x lacks keys \['protocol'\]"):
+        record_results(tmp_path, "x", [row])
+
+
+def test_published_only_without_value_is_allowed(tmp_path):
+    row = {**ROW, "value": None}
+    record_results(tmp_path, "01_test", [row])
+    assert gather_results(tmp_path)[0]["value"] is None

@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from corrlib._check import check_choice, check_image, check_shape
-from corrlib.data.images import read_image
+from corrlib.data.images import read_image, shown_path
 
 __all__ = [
     "DATA_ENV",
@@ -981,6 +981,14 @@ class PairDataset(torch.utils.data.Dataset):
     def _read_image(self, name: str) -> torch.Tensor:
         """Image ``name`` (relative to :attr:`folder`) as uint8 ``(3, H, W)``; a clear error if
         missing."""
+        rel = os.path.normpath(str(name).replace("\\", "/"))
+        if os.path.isabs(rel) or rel == ".." or rel.startswith("../"):
+            raise ValueError(
+                f"{self.NAME}: the pair list names the image {str(name)!r}, which lies outside "
+                f"the dataset folder {shown_path(self.folder)}; image paths in a pair list must "
+                "be relative and inside it. The pair list is corrupt or not the official one: "
+                "re-download it."
+            )
         path = self.folder / name
         self._require_file(path, self.folder)
         return read_image(path)

@@ -64,7 +64,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 #: The official VOC 2012 train+val archive (1.9 GB).
-VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
+VOC_URL = "https://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC_FILENAME = "VOCtrainval_11-May-2012.tar"
 #: No SHA-256 is published; this MD5 is the one torchvision records for :data:`VOC_URL`.
 VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"

@@ -74,7 +74,8 @@ ALOE_GT_SCALE = 1.0
 #: names them.
 PHOTOTOUR_NAMES = ("liberty", "notredame", "yosemite")
 
-# the archives torchvision's PhotoTour downloads (named in the offline error message)
+# the archives torchvision's PhotoTour downloads (named in the offline error message; the host
+# serves them over http only, as torchvision fetches them)
 _PHOTOTOUR_URL = "http://icvl.ee.ic.ac.uk/vbalnt/{name}.zip"
 _OPENCV_TREE = """
 <root>/opencv-samples/

@@ -27,7 +27,7 @@ __all__ = ["SPAIR_CATEGORIES", "SPAIR_DIFFICULTY_FLAGS", "SPAIR_URL", "SPair71k"
 
 #: No publisher checksum exists: the archive's SHA-256 is recorded at the first download in
 #: ``<root>/.corrlib-downloads.json`` and later downloads are checked against it.
-SPAIR_URL = "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
+SPAIR_URL = "https://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
 #: The 18 SPair-71k classes (PASCAL VOC without diningtable and sofa).
 SPAIR_CATEGORIES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dog",

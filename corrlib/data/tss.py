@@ -24,7 +24,7 @@ __all__ = ["TSS", "TSS_SUBSETS", "TSS_URL", "TSSPair", "iter_tss", "read_tss_flo
 
 #: No publisher checksum exists: the zip's SHA-256 is recorded at the first download in
 #: ``TSS/.corrlib-downloads.json`` and later downloads are checked against it.
-TSS_URL = "http://taniai.space/projects/cvpr16_dccs/data/TSS_CVPR2016.zip"
+TSS_URL = "https://taniai.space/projects/cvpr16_dccs/data/TSS_CVPR2016.zip"
 TSS_SUBSETS = ("FG3DCar", "JODS", "PASCAL")
 _DIRECTIONS = ("1to2", "2to1")
 _PAIR_FILES = (

@@ -31,8 +31,47 @@ __all__ = [
     "network_input",
     "register_method",
     "require_checkpoint",
+    "resolution_tag",
     "scale_points",
+    "setting_from_checkpoint",
 ]
+
+#: The ``max_side`` default of learned methods: the value their chapter evaluated with, recorded
+#: in the exported file (see :func:`setting_from_checkpoint`).
+FROM_CHECKPOINT = "checkpoint"
+
+
+def resolution_tag(max_side: int | None) -> str:
+    """How a method's name carries its input resolution: ``"original"`` or the longer side.
+
+    A method's number depends on the resolution it matches at (DAISY on PF-WILLOW: 0.128 at the
+    original size, 0.173 at 320 px), so the name says it: ``daisy@160``, ``daisy@original``.
+    """
+    return "original" if max_side is None else str(max_side)
+
+
+def setting_from_checkpoint(value, key: str, recorded: dict, checkpoint, chapter: str):
+    """Resolve a learned method's setting and say where it came from.
+
+    Args:
+        value: the caller's value, or :data:`FROM_CHECKPOINT` for "the setting the chapter that
+            trained the checkpoint evaluated with".
+        key: the setting's name (``"max_side"``).
+        recorded: the evaluation settings stored in the exported file (may be empty).
+        checkpoint: the file (for the message), or None for an in-memory model.
+        chapter: the chapter that exports such files (``"03_ucn"``).
+
+    Returns:
+        ``(value, note)``: the value used and a short note for the method's description.
+    """
+    if value != FROM_CHECKPOINT:
+        return value, f"{key}={value} (given)"
+    where = "in the checkpoint" if checkpoint is not None else "with the model"
+    if key in recorded:
+        return recorded[
+            key
+        ], f"{key}={recorded[key]} (recorded {where}: chapter {chapter}'s setting)"
+    return None, f"{key}=None (original resolution: no setting recorded {where})"
 
 
 class CorrespondenceMethod:

@@ -13,6 +13,7 @@ from corrlib.methods.base import (
     DescriptorMethod,
     network_input,
     register_method,
+    resolution_tag,
     scale_points,
 )
 from corrlib.models import backbones, handcrafted
@@ -59,12 +60,16 @@ class HandcraftedMethod(DescriptorMethod):
         if max_side is not None:
             check_int(max_side, "max_side", 1)
         super().__init__(matcher, cache_size)
-        self.name = descriptor
-        self.description = f"dense {descriptor} descriptors, nearest neighbour ({matcher})"
+        self.descriptor = descriptor
+        self.name = f"{descriptor}@{resolution_tag(max_side)}"
+        size = "original resolution" if max_side is None else f"longer side {max_side} px"
+        self.description = (
+            f"dense {descriptor} descriptors at {size}, nearest neighbour ({matcher})"
+        )
         self.max_side, self.kwargs = max_side, kwargs
 
     def _describe_image(self, img: torch.Tensor):
-        return handcrafted.describe(img, self.name, max_side=self.max_side, **self.kwargs)
+        return handcrafted.describe(img, self.descriptor, max_side=self.max_side, **self.kwargs)
 
 
 class BackboneMethod(DescriptorMethod):
@@ -113,7 +118,7 @@ class BackboneMethod(DescriptorMethod):
         self.tap = None if model.concat else (tap if tap in model.taps else model.taps[0])
         self.stride = model.out_stride if model.concat else model.strides[self.tap]
         self.weights_source = model.weights_source
-        self.name = f"backbone-{model.arch}"
+        self.name = f"backbone-{model.arch}@{resolution_tag(max_side)}"
         what = "+".join(model.taps) if model.concat else self.tap
         self.description = (
             f"{model.arch} {what} features ({model.weights_source}), nearest neighbour ({matcher})"

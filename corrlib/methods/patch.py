@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from corrlib._check import check_choice, check_image, check_int
 from corrlib.color import rgb_to_grey
 from corrlib.matching import FeatureGrid
-from corrlib.methods.base import DescriptorMethod, register_method, require_checkpoint
+from corrlib.methods.base import (
+    FROM_CHECKPOINT,
+    DescriptorMethod,
+    register_method,
+    require_checkpoint,
+    resolution_tag,
+    setting_from_checkpoint,
+)
 from corrlib.models.handcrafted import resize_longer_side
 from corrlib.models.patch import load_patch_model
 
@@ -21,7 +28,8 @@ class LearnedPatchMethod(DescriptorMethod):
     ``checkpoint`` is a file written by :func:`corrlib.models.patch.export_patch_model` (chapter
     01 saves one per architecture). MC-CNN fast is fully convolutional: its L2-normalised features
     at every pixel are the descriptor. DeepDesc describes ``P x P`` patches centred on a grid of
-    stride ``stride`` pixels. Images are converted to grey and resized to ``max_side`` first.
+    stride ``stride`` pixels. Images are converted to grey and resized to ``max_side`` first
+    (default: the setting recorded in the checkpoint by chapter 01, else the original size).
     """
 
     DESCRIPTOR_ARCHS = ("mccnn-fast", "deepdesc")
@@ -29,24 +37,32 @@ class LearnedPatchMethod(DescriptorMethod):
     def __init__(
         self,
         checkpoint=None,
-        max_side: int | None = None,
+        max_side: int | str | None = FROM_CHECKPOINT,
         matcher: str = "argmax_subpixel",
         stride: int = 4,
         cache_size: int = 128,
         arch: str | None = None,
     ):
-        if max_side is not None:
+        if max_side not in (None, FROM_CHECKPOINT):  # checked before any file is read
             check_int(max_side, "max_side", 1)
         checkpoint = require_checkpoint(checkpoint, arch or "mccnn-fast", "01_patch")
         self.model = load_patch_model(checkpoint)
+        max_side, setting = setting_from_checkpoint(
+            max_side, "max_side", getattr(self.model, "eval_settings", {}), checkpoint, "01_patch"
+        )
+        if max_side is not None:
+            check_int(max_side, "max_side", 1)
         check_choice(self.model.arch, f"architecture of {checkpoint}", self.DESCRIPTOR_ARCHS)
         if arch is not None and arch != self.model.arch:
             raise ValueError(
                 f"{checkpoint} holds a '{self.model.arch}' model, not '{arch}'; pass the matching "
                 "checkpoint."
             )
-        self.name = self.model.arch
-        self.description = f"{self.name} features from {checkpoint}, nearest neighbour ({matcher})"
+        self.name = f"{self.model.arch}@{resolution_tag(max_side)}"
+        self.description = (
+            f"{self.model.arch} features from {checkpoint}, {setting}, nearest neighbour "
+            f"({matcher})"
+        )
         super().__init__(matcher, cache_size)
         self.max_side, self.stride = max_side, stride
 

@@ -90,6 +90,13 @@ class SFNetMethod(CorrespondenceMethod):
         self.device = torch.device(device)
         size = image_size or model.image_size or (320, 320)
         size = (size, size) if isinstance(size, int) else tuple(size)
+        if max_side is not None and max_side % model.grid_stride:
+            near = max(model.grid_stride, round(max_side / model.grid_stride) * model.grid_stride)
+            raise ValueError(
+                f"Argument max_side (--max-side) must be a multiple of the network's grid stride "
+                f"{model.grid_stride} (SFNet resizes both images to max_side x max_side), got "
+                f"{max_side}; try {near}."
+            )
         grid = model.grid_size(size)  # raises if not a multiple of the grid stride
         self.image_size, self.argmax, self.geometry = size, argmax, geometry
         self.pad = 0
@@ -102,7 +109,12 @@ class SFNetMethod(CorrespondenceMethod):
             self.pad = int(model.grid_stride)
         #: The frame the flow lives in: ``image_size``, or its content (``image_size - 2P``).
         self.frame_size = (size[0] - 2 * self.pad, size[1] - 2 * self.pad)
-        self.name = "sfnet"
+        tags = [f"{size[0]}x{size[1]}"]
+        if geometry != "corrlib":
+            tags.append(f"{geometry}-geometry")
+        if argmax is not None and argmax != model.argmax:
+            tags.append(f"{argmax}-argmax")
+        self.name = "sfnet@" + ",".join(tags)
         variant = model.variant
         what = "SFNet" if variant is None else f"SFNet ({variant})"
         where = (

@@ -483,7 +483,8 @@ def _announce_fallback(name: str, taps, reason: str) -> str:
     m = entry.value.metrics
     fb = TAPS[FALLBACK]
     lines = [
-        f"ImageNet weights for {name} are ABSENT ({reason}).",
+        f"ImageNet weights for {name} are "
+        f"{'UNUSABLE' if ' was refused: ' in reason else 'ABSENT'} ({reason}).",
         f"Using the OFFLINE FALLBACK instead: '{FALLBACK}' = {entry.describe()},",
         "a small CNN trained by corrlib on synthetic warps of scikit-image photos; NOT an ImageNet "
         "model.",
@@ -562,12 +563,19 @@ def backbone(
         download = (weights == "imagenet") if allow_download is None else bool(allow_download)
         try:
             state = _imagenet_state_dict(name, download)
-        except PretrainedWeightsNotFoundError:
+        except PretrainedWeightsNotFoundError as e:
             if weights == "imagenet":
                 raise
-            reason = f"{_display_path(imagenet_weights_path(name))} not found" + (
-                "" if download else ", downloads not allowed"
-            )
+            cached = imagenet_weights_path(name)
+            if cached.exists():  # there, but refused (unsafe pickle, corrupt, wrong hash)
+                reason = (
+                    f"{_display_path(cached)} exists but was refused: "
+                    f"{str(e).splitlines()[0][:300]}"
+                )
+            else:
+                reason = f"{_display_path(cached)} not found" + (
+                    "" if download else ", downloads not allowed"
+                )
             warnings.warn(_announce_fallback(name, taps, reason), UserWarning, stacklevel=2)
             model = _offline_backbone(None, concat, "offline")
         else:

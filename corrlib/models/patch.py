@@ -43,7 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from corrlib._check import check_choice, check_int, check_shape
-from corrlib.checkpoint import finite_metrics, load_state_strict, read_model_file, save_checkpoint
+from corrlib.checkpoint import (
+    check_eval_settings,
+    finite_metrics,
+    load_state_strict,
+    read_model_file,
+    save_checkpoint,
+)
 from corrlib.correlation import l2_normalize
 
 __all__ = [
@@ -238,6 +244,8 @@ class PatchModel(nn.Module):
 
     def _record(self, arch: str, **config: Any) -> None:
         self.arch, self.config = arch, dict(config)
+        #: How chapter 01 evaluates it as a dense descriptor; set by :func:`load_patch_model`.
+        self.eval_settings: dict = {}
 
     def _check_patches(
         self, x: torch.Tensor, name: str, n: int | str = "B", p: int | str = "P"
@@ -668,13 +676,18 @@ def patch_model(name: str, *, weights=None, **kwargs: Any) -> PatchModel:
 PATCH_FORMAT = "corrlib.patch/1"
 
 
-def export_patch_model(path, model: PatchModel, metrics: dict | None = None) -> Path:
+def export_patch_model(
+    path, model: PatchModel, metrics: dict | None = None, eval_settings: dict | None = None
+) -> Path:
     """Save a trained patch network with the settings that rebuild it (:func:`load_patch_model`).
 
     Args:
         path: the file to write (atomically; parent folders are created).
         model: a :class:`PatchModel` built by :func:`patch_model` or one of the builders.
         metrics: numbers to record beside the weights (non-finite entries are dropped).
+        eval_settings: how the chapter evaluates it as a dense descriptor (``{"max_side": None}``;
+            None: ``model.eval_settings``), the defaults of the ``mccnn-fast``/``deepdesc``
+            methods.
 
     Returns:
         The path written.
@@ -687,6 +700,9 @@ def export_patch_model(path, model: PatchModel, metrics: dict | None = None) -> 
         "kwargs": dict(model.config),
         "model": model.state_dict(),
         "metrics": finite_metrics(metrics),
+        "eval": check_eval_settings(
+            model.eval_settings if eval_settings is None else eval_settings
+        ),
     }
     return save_checkpoint(path, state)
 
@@ -711,4 +727,8 @@ def load_patch_model(path) -> PatchModel:
             f"{path}: its settings {state['kwargs']!r} do not build a '{arch}' network ({e})."
         ) from e
     load_state_strict(model, state["model"], path)
+    try:
+        model.eval_settings = check_eval_settings(state.get("eval"))
+    except ValueError as e:
+        raise ValueError(f"{path}: its recorded evaluation settings are invalid ({e}).") from e
     return model.eval()

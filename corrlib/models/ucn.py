@@ -36,7 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from corrlib._check import check_choice, check_int, check_shape
-from corrlib.checkpoint import finite_metrics, load_state_strict, read_model_file, save_checkpoint
+from corrlib.checkpoint import (
+    check_eval_settings,
+    finite_metrics,
+    load_state_strict,
+    read_model_file,
+    save_checkpoint,
+)
 from corrlib.correlation import l2_normalize
 from corrlib.geometry import pixel_grid, pixel_to_normalized
 from corrlib.matching import FeatureGrid, sample_descriptors
@@ -306,6 +312,9 @@ class UCN(nn.Module):
     ):
         super().__init__()
         self.variant = variant
+        #: How the chapter that trained this network evaluated it (``{"max_side": 320}``); set by
+        #: :func:`load_ucn` from the exported file, read by the ``ucn`` method as its default.
+        self.eval_settings: dict = {}
         check_int(dim, "dim", 1)
         if st_kernel % 2 == 0:
             raise ValueError(f"Argument st_kernel must be odd, got {st_kernel}.")
@@ -377,13 +386,18 @@ class UCN(nn.Module):
 UCN_FORMAT = "corrlib.ucn/1"
 
 
-def export_ucn(path, model: UCN, metrics: dict | None = None) -> Path:
+def export_ucn(
+    path, model: UCN, metrics: dict | None = None, eval_settings: dict | None = None
+) -> Path:
     """Save a trained UCN (default trunk) with the settings that rebuild it (:func:`load_ucn`).
 
     Args:
         path: the file to write (atomically).
         model: a :class:`UCN` with the default trunk (``model.config`` not None).
         metrics: numbers recorded beside the weights.
+        eval_settings: how the chapter evaluates it (``{"max_side": 320}``; None:
+            ``model.eval_settings``); the ``ucn`` method uses them as its defaults, so
+            ``corrlib eval --method ucn --checkpoint FILE`` reproduces the chapter's number.
 
     Returns:
         The path written. The file holds tensors, numbers and strings only (``weights_only``).
@@ -399,6 +413,9 @@ def export_ucn(path, model: UCN, metrics: dict | None = None) -> Path:
         "variant": model.variant,
         "model": model.state_dict(),
         "metrics": finite_metrics(metrics),
+        "eval": check_eval_settings(
+            model.eval_settings if eval_settings is None else eval_settings
+        ),
     }
     return save_checkpoint(path, state)
 
@@ -413,6 +430,10 @@ def load_ucn(path) -> UCN:
             f"{path}: its settings {state['config']!r} do not build a UCN ({e})."
         ) from e
     load_state_strict(model, state["model"], path)
+    try:
+        model.eval_settings = check_eval_settings(state.get("eval"))
+    except ValueError as e:
+        raise ValueError(f"{path}: its recorded evaluation settings are invalid ({e}).") from e
     return model.eval()
 
 

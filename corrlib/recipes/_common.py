@@ -12,6 +12,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -57,6 +58,12 @@ def optim(optimizer: str = "adam", lr: float = 1e-3, **kwargs) -> dict:
 class ChapterConfig:
     """Base of every chapter's typed, frozen settings; change one with :meth:`replace`."""
 
+    #: Fields that do not change what a training run produces (evaluation settings, which variants
+    #: run, figures): a checkpoint stays valid when they change. Every other field of a training
+    #: chapter is recorded with its checkpoints (:attr:`corrlib.train.TrainConfig.recipe`) and
+    #: compared when one is reused.
+    EVAL_FIELDS: ClassVar[tuple[str, ...]] = ()
+
     def replace(self, **changes) -> ChapterConfig:
         """A copy with ``changes`` (``dataclasses.replace``); unknown fields raise ``TypeError``.
 
@@ -81,6 +88,10 @@ class TrainingConfig(ChapterConfig):
     optim: dict = field(default_factory=lambda: {"default": optim()})
     log_every: int = 10
     ckpt_every: int = 0
+    #: How many seeds an ablation is trained with (the notebook's ``seed``, ``seed + 1``, ...);
+    #: a difference between variants is read as evidence only beyond two standard errors
+    #: (:mod:`corrlib.stats`). Seeds change the initialisation and the batch order, not the data.
+    seeds: int = 1
 
     def steps_for(self, name: str) -> int:
         """Optimisation steps of model ``name``.
@@ -105,8 +116,23 @@ class TrainingConfig(ChapterConfig):
         """
         return dict(self.optim.get(name, self.optim["default"]))
 
+    def run_settings(self) -> dict:
+        """The settings recorded with a checkpoint: every field except the per-model ``steps``
+        and ``optim`` (recorded as :class:`~corrlib.train.TrainConfig` fields), logging,
+        ``seeds`` and :attr:`EVAL_FIELDS`."""
+        skip = {"steps", "optim", "log_every", "ckpt_every", "seeds", *self.EVAL_FIELDS}
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip
+        }
+
     def train_config(
-        self, name: str, *, seed: int, device="auto", steps: int | None = None
+        self,
+        name: str,
+        *,
+        seed: int,
+        device="auto",
+        steps: int | None = None,
+        settings: dict | None = None,
     ) -> TrainConfig:
         """The :class:`~corrlib.train.TrainConfig` of model ``name`` (``steps`` overrides).
 
@@ -116,10 +142,14 @@ class TrainingConfig(ChapterConfig):
             seed: the run's seed.
             device: ``"auto"`` or a torch device (string or :class:`torch.device`).
             steps: the number of steps (None: :meth:`steps_for`).
+            settings: run settings that are not fields of this config (or override one), e.g.
+                ``{"mining": 1.0}`` for a run without mining; recorded with the others.
 
         Returns:
             A :class:`~corrlib.train.TrainConfig` with this config's ``log_every`` and
-            ``ckpt_every`` and the optimiser settings of :meth:`optim_for`.
+            ``ckpt_every``, the optimiser settings of :meth:`optim_for`, and ``recipe`` =
+            :meth:`run_settings` updated by ``settings`` (so a checkpoint trained with another
+            batch size, data or loss weights is never reused).
         """
         return TrainConfig(
             steps=self.steps_for(name) if steps is None else steps,
@@ -127,6 +157,7 @@ class TrainingConfig(ChapterConfig):
             ckpt_every=self.ckpt_every,
             seed=seed,
             device=str(device),
+            recipe={**self.run_settings(), **(settings or {})},
             **self.optim_for(name),
         )
 
@@ -188,6 +219,16 @@ class ChapterRun:
     device: torch.device
     out_dir: Path
     ckpt_dir: Path
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds of the chapter's ablation: ``seed, seed + 1, ...`` (``cfg.seeds`` of them;
+        one when the chapter's config has no ``seeds``)."""
+        return tuple(self.seed + k for k in range(getattr(self.cfg, "seeds", 1)))
+
+    def ckpt_dir_for(self, seed: int) -> Path:
+        """``<out_dir>/checkpoints/<chapter>/<preset>/seed<seed>``: the checkpoints of one seed."""
+        return self.ckpt_dir.parent / f"seed{seed}"
 
     def describe(self) -> str:
         """One line for the set-up cell's output (no machine paths).

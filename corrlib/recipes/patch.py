@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +93,13 @@ class Config(TrainingConfig):
     KITTI; ``lab``/``smoke``: 2 + 1). ``mining``: DeepDesc's hard
     mining ratio. ``max_disp``: stereo search range; ``willow_limit``: PF-WILLOW pairs (None: all).
     """
+
+    EVAL_FIELDS: ClassVar[tuple[str, ...]] = (
+        "archs",
+        "test_stereo_scale",
+        "max_disp",
+        "willow_limit",
+    )
 
     archs: tuple = ARCHS
     train_stereo_scale: float = 1.0
@@ -374,7 +382,11 @@ def build_model(arch: str, cfg: Config) -> PatchModel:
         :func:`patch_size_for`.
     """
     kw = _model_kwargs(arch, cfg)
-    return patch_model(arch, **kw)
+    model = patch_model(arch, **kw)
+    # chapter 01 evaluates the descriptors on PF-WILLOW at the original resolution; exported with
+    # the weights, this is the mccnn-fast / deepdesc methods' default
+    model.eval_settings = {"max_side": None}
+    return model
 
 
 def patch_loss(
@@ -434,7 +446,7 @@ def train_patch_model(
     ckpt_path=None,
     seed: int = 0,
     device: str = "auto",
-    mining: float = 1.0,
+    mining: float | None = None,
     progress: bool = False,
     steps: int | None = None,
 ):
@@ -445,13 +457,13 @@ def train_patch_model(
     Args:
         arch: one of :data:`corrlib.models.patch.PATCH_MODELS`.
         cfg: the chapter's :class:`Config` (its fields used: ``batch_size``, ``steps``, ``optim``,
-            ``log_every``, ``ckpt_every`` and those of :func:`build_model`; not ``mining``).
+            ``log_every``, ``ckpt_every``, ``mining`` and those of :func:`build_model`).
         pool: the training pairs at ``patch_size_for(arch, cfg)`` (:meth:`PatchPool.from_pairs`).
         ckpt_path: the checkpoint file (None: no checkpoints, no resume).
         seed: seeds the initialisation and the batches.
         device: ``"auto"`` or a torch device string.
-        mining: DeepDesc's mining ratio for :func:`patch_loss` (pass ``cfg.mining`` for the
-            paper's; 1: no mining).
+        mining: DeepDesc's mining ratio for :func:`patch_loss` (None: ``cfg.mining`` for
+            DeepDesc, the paper's; 1: no mining); recorded with the checkpoint.
         progress: show a progress bar.
         steps: the number of steps (None: ``cfg.steps``).
 
@@ -462,7 +474,11 @@ def train_patch_model(
     """
     seed_everything(seed)  # the model's initialisation
     model = build_model(arch, cfg)
-    config = cfg.train_config(arch, seed=seed, device=device, steps=steps)
+    if mining is None:
+        mining = cfg.mining if arch == "deepdesc" else 1.0
+    config = cfg.train_config(
+        arch, seed=seed, device=device, steps=steps, settings={"mining": mining}
+    )
     trainer = Trainer(
         model,
         lambda m, batch: patch_loss(arch, m, batch, mining=mining),

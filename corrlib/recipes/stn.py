@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,8 @@ class Config(TrainingConfig):
     ``n_train``/``n_test``: digits used (None: all). ``aligner_*``: the pair aligner of section 5
     (photometric loss on synthetic pairs; our addition). ``n_examples``: digits drawn in figures.
     """
+
+    EVAL_FIELDS: ClassVar[tuple[str, ...]] = ("distortions", "models", "n_examples")
 
     distortions: tuple = ("R", "RTS", "P", "E")
     models: tuple = ("cnn", "st-cnn-affine", "st-cnn-projective", "st-cnn-tps")

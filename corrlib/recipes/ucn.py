@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -99,6 +100,17 @@ class Config(TrainingConfig):
     held-out synthetic test; ``willow_limit``, ``max_side``, ``tss_*``: the real benchmarks.
     """
 
+    EVAL_FIELDS: ClassVar[tuple[str, ...]] = (
+        "variants",
+        "test_pairs",
+        "test_points",
+        "willow_limit",
+        "max_side",
+        "tss_max_side",
+        "tss_subsets",
+        "tss_limit",
+    )
+
     variants: tuple = VARIANTS
     size: tuple = (256, 256)
     pool_pairs: int = 1000
@@ -131,6 +143,8 @@ class Config(TrainingConfig):
     test_points: int = 256
     willow_limit: int | None = None
     max_side: int | None = None
+    #: the ablation over 3 seeds (mean ± standard error; :mod:`corrlib.stats`)
+    seeds: int = 3
     tss_max_side: int | None = None
     tss_subsets: tuple = ("FG3DCar", "JODS", "PASCAL")
     tss_limit: int | None = None
@@ -179,6 +193,7 @@ PRESETS = make_presets(
         willow_limit=4,
         max_side=64,
         tss_max_side=64,
+        seeds=2,
         tss_subsets=("JODS",),
         tss_limit=1,
     ),
@@ -417,10 +432,11 @@ def build_ucn(variant: str, cfg: Config) -> UCN:
     Returns:
         A new, randomly initialised :class:`~corrlib.models.ucn.UCN`: ``images (B, 3, H, W)``
         float in ``[0, 1]`` ``-> (features (B, D, h, w) unit-norm per cell, stride)``,
-        ``D = cfg.dim``.
+        ``D = cfg.dim``; its ``eval_settings`` are the chapter's (``max_side = cfg.max_side``),
+        so ``corrlib eval --method ucn --checkpoint FILE`` evaluates it as the chapter does.
     """
     check_choice(variant, "variant", VARIANTS)
-    return UCN(
+    model = UCN(
         dim=cfg.dim,
         use_st=_VARIANT_SETTINGS[variant]["use_st"],
         st_kernel=cfg.st_kernel,
@@ -428,6 +444,9 @@ def build_ucn(variant: str, cfg: Config) -> UCN:
         trunk_widths=cfg.trunk_widths,
         variant=variant,
     )
+    # how this chapter evaluates it; exported with the weights, the ucn method's default
+    model.eval_settings = {"max_side": cfg.max_side}
+    return model
 
 
 def ucn_loss(

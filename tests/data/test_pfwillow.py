@@ -365,3 +365,18 @@ def test_real_pfwillow(data_root):
             )
     s = ds[0]
     assert s["src_size"] == tuple(sizes[first.src_name]) and s["category"] == "car(G)"
+
+
+def test_pair_list_paths_outside_the_dataset_are_refused(tmp_path, data_root):
+    import shutil
+
+    from corrlib.data import PFWillow
+
+    folder = tmp_path / "PF-WILLOW"
+    shutil.copytree(data_root / "PF-WILLOW", folder, ignore=shutil.ignore_patterns("*.png"))
+    lines = (folder / "test_pairs_pf.csv").read_text().splitlines()
+    first = lines[1].split(",")
+    first[0] = "../../escape/" + first[0]
+    (folder / "test_pairs_pf.csv").write_text("\n".join([lines[0], ",".join(first)]) + "\n")
+    with pytest.raises(ValueError, match="lies outside the dataset folder"):
+        PFWillow(tmp_path)[0]

@@ -333,7 +333,7 @@ def shifted_photo():
 def test_backbone_method_recovers_a_translation(shifted_photo):
     src, trg, kps = shifted_photo
     m = ev.get_method("backbone-offline", max_side=128)
-    assert m.name == "backbone-offline" and m.stride == 8
+    assert m.name == "backbone-offline@128" and m.stride == 8
     pred = m.match(src, trg, kps)
     err = (pred - (kps + 16)).abs().max(dim=1).values
     assert err.median() <= 2.0 and (err <= 4.0).float().mean() >= 0.8

@@ -223,7 +223,7 @@ def test_ucn_method_from_a_checkpoint_uses_the_model_features(tmp_path):
     model = UCN(dim=16, trunk_widths=(8, 16), variant="hard-negatives+st").eval()  # stride 2
     path = export_ucn(tmp_path / "m.pt", model)
     m = ev.get_method("ucn", checkpoint=path)
-    assert m.name == "ucn" and "hard-negatives+st" in m.description
+    assert m.name.startswith("ucn@") and "hard-negatives+st" in m.description
     img, trg = torch.rand(3, 40, 48), torch.rand(3, 40, 48)
     kps = torch.tensor([[10.0, 12.0], [30.5, 20.0]])
     with torch.no_grad():
