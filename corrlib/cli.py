@@ -1,5 +1,5 @@
-"""Command line: ``corrlib eval``, ``corrlib series``, ``corrlib methods`` (also
-``python -m corrlib``)."""
+"""Command line: ``corrlib eval``, ``corrlib series``, ``corrlib grade``, ``corrlib methods``
+(also ``python -m corrlib``)."""
 
 from __future__ import annotations
 
@@ -147,6 +147,32 @@ def _add_series(sub):
         default=None,
         help="where the NN_*.ipynb notebooks are (default: the repository's)",
     )
+
+
+def _add_grade(sub):
+    p = sub.add_parser(
+        "grade",
+        help="run a student's notebook headless and report each exercise's verdict",
+        description="Run a student's notebook with papermill (default preset: smoke) and read "
+        "the verdict of every exercise check (pass, wrong, not attempted, no verdict). Writes "
+        "grades.md and grades.json into --out and the executed copy beside them.",
+    )
+    p.add_argument("notebook", help="the student's .ipynb")
+    p.add_argument("--out", required=True, help="folder for grades.md, grades.json and the copy")
+    p.add_argument("--preset", default="smoke", help="smoke (default), lab or paper")
+    p.add_argument("--data-root", default=None, help="the notebook's data_root parameter")
+
+
+def _run_grade(args) -> int:
+    from corrlib.grading import grade_markdown, grade_notebook, write_grades
+
+    grades, executed = grade_notebook(
+        args.notebook, preset=args.preset, data_root=args.data_root, out_dir=args.out
+    )
+    paths = write_grades(grades, args.out, Path(args.notebook).name)
+    print(grade_markdown(grades, Path(args.notebook).name))
+    print(f"wrote {paths['markdown']}, {paths['json']} and the executed copy {executed}")
+    return 0
 
 
 def _method_kwargs(args) -> dict:
@@ -388,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval(sub)
     _add_series(sub)
+    _add_grade(sub)
     sub.add_parser("methods", help="list the registered methods")
     args = parser.parse_args(argv)
     from corrlib.data import DatasetNotFoundError
@@ -398,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_eval(args)
         if args.command == "series":
             return _run_series(args)
+        if args.command == "grade":
+            return _run_grade(args)
         from corrlib.eval import available_methods
 
         print("\n".join(available_methods()))

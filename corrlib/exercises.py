@@ -14,7 +14,14 @@ __all__ = ["as_number", "run_student"]
 
 
 def run_student(fn: Callable, *args):
-    """``(fn(*args), None)``, or ``(None, verdict)`` when the student's function raised."""
+    """``(fn(*args), None)``, or ``(None, verdict)`` when the student's function raised, or
+    is corrlib's own (an exercise is passed by writing the code, not by importing it)."""
+    module = getattr(fn, "__module__", None) or ""
+    if module == "corrlib" or module.startswith("corrlib."):
+        return None, (
+            f"wrong: this is corrlib's own function ({module}.{getattr(fn, '__name__', '?')}); "
+            "the exercise is to write it yourself."
+        )
     try:
         return fn(*args), None
     except NotImplementedError:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from corrlib._check import check_choice, check_image, check_shape
-from corrlib.matching import MATCHERS, transfer_keypoints
+from corrlib.matching import MATCHERS, sample_descriptors, transfer_keypoints
 from corrlib.models.handcrafted import flow_from_descriptors
 
 __all__ = [
@@ -253,3 +253,23 @@ class DescriptorMethod(CorrespondenceMethod):
         ds, gs = self.describe(src_img, src_key)
         dt, gt = self.describe(trg_img, trg_key)
         return flow_from_descriptors(ds, gs, dt, gt, tuple(src_img.shape[-2:]))
+
+    def score_map(self, src_img, trg_img, point, *, src_key=None, trg_key=None):
+        """Cosine similarity of one source point's descriptor with every target cell.
+
+        Args:
+            src_img, trg_img: ``(3, H, W)`` images.
+            point: ``(2,)`` source pixel ``(x, y)``, 0-based; the descriptor is sampled
+                bilinearly there, as :meth:`match` does.
+
+        Returns:
+            ``(scores (h, w) in [-1, 1], FeatureGrid)``: the grid places the target cells in the
+            target image (pixels), e.g. for drawing the map over it.
+        """
+        check_shape(point, (2,), "point")
+        ds, gs = self.describe(src_img, src_key)
+        dt, gt = self.describe(trg_img, trg_key)
+        cell = gs.to_cells(point.float().reshape(1, 1, 2))
+        q = F.normalize(sample_descriptors(ds[None].float(), cell)[0, 0], dim=0)  # (C,)
+        scores = torch.einsum("c,chw->hw", q, F.normalize(dt.float(), dim=0))
+        return scores, gt
