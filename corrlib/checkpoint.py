@@ -188,16 +188,24 @@ def load_state_strict(module: torch.nn.Module, state: dict, path, part: str = "m
         ) from e
 
 
-def check_eval_settings(settings: dict | None) -> dict:
+def check_eval_settings(settings: dict | None, path=None) -> dict:
     """Evaluation settings stored beside exported weights: ``{"max_side": None or int >= 1}``.
 
     A learned method reads them as its defaults, so evaluating a file from the command line
-    reproduces the number its chapter printed. Returns a copy; ValueError on other keys or values.
+    reproduces the number its chapter printed. Returns a copy; ValueError on other keys or values
+    (naming ``path``, the file they were read from, when given).
     """
     settings = dict(settings or {})
-    unknown = set(settings) - {"max_side"}
-    if unknown:
-        raise ValueError(f"eval_settings: unknown keys {sorted(unknown)}; allowed: ['max_side'].")
-    if settings.get("max_side") is not None:
-        check_int(settings["max_side"], "eval_settings['max_side']", 1)
+    try:
+        unknown = set(settings) - {"max_side"}
+        if unknown:
+            raise ValueError(
+                f"eval_settings: unknown keys {sorted(unknown)}; allowed: ['max_side']."
+            )
+        if settings.get("max_side") is not None:
+            check_int(settings["max_side"], "eval_settings['max_side']", 1)
+    except ValueError as e:
+        if path is None:
+            raise
+        raise ValueError(f"{path}: its recorded evaluation settings are invalid ({e}).") from e
     return settings

@@ -23,7 +23,7 @@ from pathlib import Path
 from corrlib.checkpoint import atomic_write_text
 from corrlib.presets import check_preset
 
-__all__ = ["ExerciseGrade", "grade_markdown", "grade_notebook", "write_grades"]
+__all__ = ["ExerciseGrade", "grade_markdown", "grade_notebook", "read_grades", "write_grades"]
 
 _CHECK_CALL = re.compile(r"print\(\s*(check_\w+)\(")
 _VERDICT = re.compile(r"^(pass|wrong|not attempted yet):", re.MULTILINE)

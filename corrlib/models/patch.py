@@ -727,8 +727,5 @@ def load_patch_model(path) -> PatchModel:
             f"{path}: its settings {state['kwargs']!r} do not build a '{arch}' network ({e})."
         ) from e
     load_state_strict(model, state["model"], path)
-    try:
-        model.eval_settings = check_eval_settings(state.get("eval"))
-    except ValueError as e:
-        raise ValueError(f"{path}: its recorded evaluation settings are invalid ({e}).") from e
+    model.eval_settings = check_eval_settings(state.get("eval"), path)
     return model.eval()

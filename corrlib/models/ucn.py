@@ -430,10 +430,7 @@ def load_ucn(path) -> UCN:
             f"{path}: its settings {state['config']!r} do not build a UCN ({e})."
         ) from e
     load_state_strict(model, state["model"], path)
-    try:
-        model.eval_settings = check_eval_settings(state.get("eval"))
-    except ValueError as e:
-        raise ValueError(f"{path}: its recorded evaluation settings are invalid ({e}).") from e
+    model.eval_settings = check_eval_settings(state.get("eval"), path)
     return model.eval()
 
 
