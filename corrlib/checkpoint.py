@@ -189,7 +189,9 @@ def load_state_strict(module: torch.nn.Module, state: dict, path, part: str = "m
 
 
 def check_eval_settings(settings: dict | None, path=None) -> dict:
-    """Evaluation settings stored beside exported weights: ``{"max_side": None or int >= 1}``.
+    """Evaluation settings stored beside exported weights: ``{"max_side": None or int >= 1}``
+    (dense methods) or ``{"proposals": "ss" | "us" | "sw", "n_proposals": int >= 1}`` (the
+    region matchers of chapter 04).
 
     A learned method reads them as its defaults, so evaluating a file from the command line
     reproduces the number its chapter printed. Returns a copy; ValueError on other keys or values
@@ -197,13 +199,18 @@ def check_eval_settings(settings: dict | None, path=None) -> dict:
     """
     settings = dict(settings or {})
     try:
-        unknown = set(settings) - {"max_side"}
+        allowed = ["max_side", "n_proposals", "proposals"]
+        unknown = set(settings) - set(allowed)
         if unknown:
+            raise ValueError(f"eval_settings: unknown keys {sorted(unknown)}; allowed: {allowed}.")
+        for key in ("max_side", "n_proposals"):
+            if settings.get(key) is not None:
+                check_int(settings[key], f"eval_settings[{key!r}]", 1)
+        if "proposals" in settings and settings["proposals"] not in ("ss", "us", "sw"):
             raise ValueError(
-                f"eval_settings: unknown keys {sorted(unknown)}; allowed: ['max_side']."
+                "eval_settings['proposals'] must be 'ss', 'us' or 'sw', got "
+                f"{settings['proposals']!r}."
             )
-        if settings.get("max_side") is not None:
-            check_int(settings["max_side"], "eval_settings['max_side']", 1)
     except ValueError as e:
         if path is None:
             raise

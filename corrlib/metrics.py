@@ -48,8 +48,10 @@ __all__ = [
     "fpr_at_recall",
     "get_protocol",
     "mask_iou",
+    "miou_at_k",
     "pck",
     "pck_threshold",
+    "pcr_curve",
     "pr_auc",
     "roc_curve",
     "tss_flow_accuracy",
@@ -1190,3 +1192,62 @@ def bad_pixel_rate(
     err = (disp.double() - gt.double()).abs()
     bad = ~(err <= float(threshold))  # NaN / inf error -> bad
     return int((bad & ok).sum()) / n
+
+
+# ------------------------------------------------------------------ region matching (SCNet)
+
+
+def pcr_curve(match_iou: torch.Tensor, thresholds: torch.Tensor | None = None) -> torch.Tensor:
+    """Probability of correct regions: ``PCR(t)`` = fraction of matches with ``1 - IoU < t``.
+
+    Han et al., *SCNet*, ICCV 2017 (Fig. 3; code ``eva_PCR_mIoU_*.m``): each active source
+    proposal is matched to its best-scoring target proposal, and its IoU with the proposal's
+    ground-truth box in the target is ``match_iou``.
+
+    Args:
+        match_iou: ``(M,)`` IoUs of the matches in ``[0, 1]`` (pool pairs by concatenating,
+            or average per-pair curves).
+        thresholds: ``(T,)`` values of ``t`` (None: ``linspace(0, 1, 101)``).
+
+    Returns:
+        ``(T,)`` PCR values in ``[0, 1]`` (0 everywhere when ``M = 0``).
+
+    Example:
+        >>> pcr_curve(torch.tensor([1.0, 0.6, 0.2]), torch.tensor([0.1, 0.5, 0.9]))
+        tensor([0.3333, 0.6667, 1.0000])
+    """
+    if thresholds is None:
+        thresholds = torch.linspace(0, 1, 101)
+    err = 1 - match_iou.double().reshape(-1)
+    if err.numel() == 0:
+        return torch.zeros(len(thresholds))
+    return (err[:, None] < thresholds.double()[None]).double().mean(0).float()
+
+
+def miou_at_k(match_iou: torch.Tensor, confidence: torch.Tensor, k_max: int = 100) -> torch.Tensor:
+    """Mean IoU of the ``k`` most confident matches of one pair, for ``k = 1 ... k_max``.
+
+    SCNet's mIoU@k (Fig. 3): matches ranked by confidence (their score); with fewer than ``k``
+    matches, all of them. Average the curves of several pairs for the benchmark's curve.
+
+    Args:
+        match_iou: ``(M,)`` IoU of each match with its ground truth.
+        confidence: ``(M,)`` the matches' scores (ties ranked by index: stable sort).
+        k_max: the largest ``k``.
+
+    Returns:
+        ``(k_max,)`` mean IoUs (NaN where ``M = 0``).
+
+    Example:
+        >>> miou_at_k(torch.tensor([0.2, 0.8, 0.5]), torch.tensor([0.1, 0.9, 0.5]), 4)
+        tensor([0.8000, 0.6500, 0.5000, 0.5000])
+    """
+    check_shape(confidence, (match_iou.shape[0],), "confidence")
+    if match_iou.numel() == 0:
+        return torch.full((k_max,), float("nan"))
+    order = confidence.double().argsort(descending=True, stable=True)
+    ranked = match_iou.double()[order]
+    csum = ranked.cumsum(0)
+    k = torch.arange(1, k_max + 1)
+    n = k.clamp(max=ranked.numel())
+    return (csum[n - 1] / n).float()

@@ -8,6 +8,7 @@ __all__ = [
     "STYLE",
     "LiveLossPlot",
     "flow_image",
+    "plot_box_matches",
     "plot_matches",
     "plot_pair_flow",
     "to_numpy_image",
@@ -43,15 +44,9 @@ def to_numpy_image(img: torch.Tensor):
     return img.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def plot_matches(
-    src_img, trg_img, src_kps, trg_kps, pred_kps=None, threshold=None, ax=None, title=None
-):
-    """Source and target side by side; lines join ``src_kps`` to ``pred_kps`` (or ``trg_kps``).
-
-    With ``pred_kps`` and ``threshold`` (pixels), a match is green when within the threshold of the
-    ground truth ``trg_kps`` and red otherwise; ground truth is drawn as hollow circles.
-    Keypoints ``(N, 2)`` in pixels (x, y).
-    """
+def _side_by_side(src_img, trg_img, ax, width: float):
+    """Draw both images side by side on ``ax`` (None: a new figure ``width`` inches wide);
+    returns ``(ax, x offset of the target image)``."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -61,9 +56,21 @@ def plot_matches(
     canvas[: a.shape[0], : a.shape[1]] = a
     canvas[: b.shape[0], a.shape[1] :] = b
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 6 * h / canvas.shape[1] + 0.3))
+        _, ax = plt.subplots(figsize=(width, width * h / canvas.shape[1] + 0.3))
     ax.imshow(canvas)
-    off = a.shape[1]
+    return ax, a.shape[1]
+
+
+def plot_matches(
+    src_img, trg_img, src_kps, trg_kps, pred_kps=None, threshold=None, ax=None, title=None
+):
+    """Source and target side by side; lines join ``src_kps`` to ``pred_kps`` (or ``trg_kps``).
+
+    With ``pred_kps`` and ``threshold`` (pixels), a match is green when within the threshold of the
+    ground truth ``trg_kps`` and red otherwise; ground truth is drawn as hollow circles.
+    Keypoints ``(N, 2)`` in pixels (x, y).
+    """
+    ax, off = _side_by_side(src_img, trg_img, ax, width=6)
     dst = pred_kps if pred_kps is not None else trg_kps
     for i in range(src_kps.shape[0]):
         color = "yellow"
@@ -160,3 +167,32 @@ class LiveLossPlot:
     def show(self):
         """The figure (for scripts: ``plot.show().savefig(...)``)."""
         return self.fig
+
+
+def plot_box_matches(src_img, trg_img, boxes_a, boxes_b, *, scores=None, ax=None, title=None):
+    """Source and target side by side; box ``i`` of ``boxes_a`` and box ``i`` of ``boxes_b``
+    drawn in the same colour (``(N, 4)`` pixels ``x0, y0, x1, y1`` of each image), with the
+    match's score written on the target box when ``scores (N,)`` is given."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    ax, off = _side_by_side(src_img, trg_img, ax, width=10)
+    colors = plt.get_cmap("tab10")
+    for i in range(boxes_a.shape[0]):
+        c = colors(i % 10)
+        for box, dx in ((boxes_a[i], 0), (boxes_b[i], off)):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            ax.add_patch(Rectangle((x0 + dx, y0), x1 - x0, y1 - y0, fill=False, ec=c, lw=1.8))
+        if scores is not None:
+            ax.text(
+                float(boxes_b[i, 0]) + off + 2,
+                float(boxes_b[i, 1]) + 10,
+                f"{float(scores[i]):.2f}",
+                color="white",
+                fontsize=8,
+                bbox={"facecolor": c, "alpha": 0.8, "pad": 1, "lw": 0},
+            )
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax

@@ -201,3 +201,13 @@ def test_live_loss_plot_draws_each_key_once_available():
     plot([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "epe_px": 3.0}])
     assert [ln.get_label() for ln in plot.ax.lines] == ["loss", "epe_px"]
     assert list(plot.ax.lines[0].get_xdata()) == [1, 2] and plot.show() is plot.fig
+
+
+def test_plot_box_matches_draws_one_pair_of_boxes_per_match():
+    from corrlib.viz import plot_box_matches
+
+    a, b = torch.rand(3, 20, 30), torch.rand(3, 25, 40)
+    boxes = torch.tensor([[1.0, 2.0, 10.0, 12.0], [5.0, 5.0, 20.0, 15.0]])
+    ax = plot_box_matches(a, b, boxes, boxes + 3, scores=torch.tensor([0.5, 0.25]), title="t")
+    assert len(ax.patches) == 4 and len(ax.texts) == 2 and ax.get_title() == "t"
+    plt.close(ax.figure)

@@ -17,6 +17,7 @@ from corrlib.methods.base import (
 )
 from corrlib.methods.baselines import BackboneMethod, HandcraftedMethod, IdentityMethod
 from corrlib.methods.patch import LearnedPatchMethod
+from corrlib.methods.scnet import ProposalFlowMethod, ProposalMethod, SCNetMethod
 from corrlib.methods.sfnet import SFNetMethod
 from corrlib.methods.ucn import UCNMethod
 
@@ -28,6 +29,9 @@ __all__ = [
     "HandcraftedMethod",
     "IdentityMethod",
     "LearnedPatchMethod",
+    "ProposalFlowMethod",
+    "ProposalMethod",
+    "SCNetMethod",
     "SFNetMethod",
     "UCNMethod",
     "available_methods",
