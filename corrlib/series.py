@@ -520,7 +520,9 @@ def _table_md(b: _Benchmark) -> list[str]:
     notes = {
         id(ln): list(
             dict.fromkeys(
-                c["note"] if c["note"] is not None else f"{c['seeds']} seeds"
+                c["note"]
+                if c["note"] is not None
+                else f"{c['seeds']} seed{'s' if c['seeds'] != 1 else ''}"
                 for c in ln.cells.values()
                 if c["note"] is not None or c["seeds"] is not None
             )

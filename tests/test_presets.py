@@ -18,7 +18,7 @@ from corrlib.recipes import chapters, get_config, recipe_for
 from corrlib.recipes._common import TrainingConfig
 from corrlib.train import TrainConfig
 
-CHAPTERS = ("00_basics", "01_patch", "02_stn", "03_ucn", "06_sfnet")
+CHAPTERS = ("00_basics", "01_patch", "02_stn", "03_ucn", "04_scnet", "05_rtn", "06_sfnet")
 TRAINING_CHAPTERS = CHAPTERS[1:]
 
 INVALID_FAST = (
@@ -184,6 +184,16 @@ LAB_CHANGES = {
         "size", "pool_pairs", "crops", "trunk_widths", "dim", "batch_size", "points", "radius_px",
         "steps", "optim", "log_every", "ckpt_every", "test_pairs", "test_points", "max_side",
         "tss_max_side",
+    },
+    "04_scnet": {
+        "data", "trunk", "tap", "pool", "dim", "negatives", "test_proposals", "steps", "optim",
+        "log_every", "ckpt_every",
+    },
+    "05_rtn": {
+        "trunk", "levels", "trunk_weights", "level_steps", "widths", "geo_kernel", "input_size",
+        "photos", "synthetic_pairs", "weak_data", "weak_images", "weak_pairs", "weak_window",
+        "weak_trains", "weak_temperature", "batch_size", "steps", "optim", "log_every",
+        "ckpt_every", "ablation_seeds", "test_pairs", "test_points", "composite_test_pairs",
     },
     "06_sfnet": {
         "source", "images", "pairs", "test_images", "test_pairs", "cache_features", "jitter",

@@ -85,6 +85,7 @@ from corrlib.data.synthetic import (
     SyntheticPairs,
     photometric_jitter,
     skimage_photos,
+    sklearn_photos,
 )
 from corrlib.data.tss import TSS, TSS_SUBSETS, TSSPair, iter_tss, read_tss_flow
 from corrlib.flo import read_flo, write_flo
@@ -165,5 +166,6 @@ __all__ = [
     "sample_synthetic_pairs",
     "sha256_file",
     "skimage_photos",
+    "sklearn_photos",
     "write_flo",
 ]

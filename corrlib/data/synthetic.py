@@ -25,7 +25,13 @@ from corrlib.geometry import (
     sample_random_warp,
 )
 
-__all__ = ["SKIMAGE_PHOTOS", "SyntheticPairs", "photometric_jitter", "skimage_photos"]
+__all__ = [
+    "SKIMAGE_PHOTOS",
+    "SyntheticPairs",
+    "photometric_jitter",
+    "skimage_photos",
+    "sklearn_photos",
+]
 
 #: scikit-image photographs that ship with the package (no download needed).
 SKIMAGE_PHOTOS = (
@@ -51,6 +57,19 @@ def skimage_photos(names: Sequence[str] = SKIMAGE_PHOTOS) -> list[torch.Tensor]:
         arr = getattr(skimage.data, name)()
         out.append(torch.from_numpy(arr[..., :3].copy()).permute(2, 0, 1).contiguous())
     return out
+
+
+def sklearn_photos() -> list[torch.Tensor]:
+    """scikit-learn's bundled ``china`` and ``flower`` photographs as uint8 ``(3, H, W)``: held
+    out from every chapter's training photographs (:func:`skimage_photos`).
+
+    Returns:
+        A list of two uint8 ``(3, H, W)`` tensors (RGB, ``H, W = 427, 640``).
+    """
+    from sklearn.datasets import load_sample_images
+
+    imgs = load_sample_images().images
+    return [torch.from_numpy(a[..., :3].copy()).permute(2, 0, 1).contiguous() for a in imgs]
 
 
 def photometric_jitter(

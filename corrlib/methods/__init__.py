@@ -17,6 +17,7 @@ from corrlib.methods.base import (
 )
 from corrlib.methods.baselines import BackboneMethod, HandcraftedMethod, IdentityMethod
 from corrlib.methods.patch import LearnedPatchMethod
+from corrlib.methods.rtn import RTNMethod
 from corrlib.methods.scnet import ProposalFlowMethod, ProposalMethod, SCNetMethod
 from corrlib.methods.sfnet import SFNetMethod
 from corrlib.methods.ucn import UCNMethod
@@ -31,6 +32,7 @@ __all__ = [
     "LearnedPatchMethod",
     "ProposalFlowMethod",
     "ProposalMethod",
+    "RTNMethod",
     "SCNetMethod",
     "SFNetMethod",
     "UCNMethod",

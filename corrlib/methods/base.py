@@ -27,6 +27,7 @@ __all__ = [
     "DescriptorMethod",
     "FeatureCache",
     "available_methods",
+    "flow_to_original",
     "get_method",
     "network_input",
     "register_method",
@@ -172,6 +173,29 @@ def network_input(
             x[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True
         )[0].clamp(0, 1)
     return x
+
+
+def flow_to_original(flow: torch.Tensor, frame_size, src_size, trg_size) -> torch.Tensor:
+    """A flow computed between two images resized to ``frame_size``, on the original source grid.
+
+    Args:
+        flow: ``(2, h, w)`` src->trg in pixels of the resized frame (``(h, w) = frame_size``).
+        frame_size: ``(h, w)`` both images were resized to.
+        src_size: the original source's ``(Hs, Ws)``.
+        trg_size: the original target's ``(Ht, Wt)``.
+
+    Returns:
+        ``(2, Hs, Ws)`` src->trg in original target pixels: the target positions are upsampled
+        bilinearly (``align_corners=False``) to the source grid and rescaled to the target.
+    """
+    from corrlib.geometry import pixel_grid
+
+    frame_size = tuple(int(v) for v in frame_size)
+    hs, ws = (int(v) for v in src_size)
+    target = pixel_grid(frame_size).permute(2, 0, 1) + flow  # (2, h, w) resized-trg pixels
+    target = F.interpolate(target[None], size=(hs, ws), mode="bilinear", align_corners=False)[0]
+    target = scale_points(target.permute(1, 2, 0), frame_size, tuple(trg_size))
+    return target.permute(2, 0, 1) - pixel_grid((hs, ws)).permute(2, 0, 1)
 
 
 class FeatureCache:

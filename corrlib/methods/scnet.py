@@ -11,13 +11,13 @@ is cached by image key.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from corrlib._check import check_choice, check_int
 from corrlib.methods.base import (
     FROM_CHECKPOINT,
     CorrespondenceMethod,
     FeatureCache,
+    network_input,
     register_method,
     require_checkpoint,
     setting_from_checkpoint,
@@ -42,11 +42,8 @@ _PROPOSALS = FeatureCache(1024)
 
 def input_image(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``img (3, H, W)`` (uint8, or float in ``[0, 1]``) resized to ``size (H', W')`` (both
-    sides; bilinear with antialiasing), float in ``[0, 1]``: the network input of chapter 04."""
-    x = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-    return F.interpolate(
-        x[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True
-    )[0]
+    sides): chapter 04's network input (:func:`corrlib.methods.base.network_input`)."""
+    return network_input(img, size=tuple(size))
 
 
 def proposals_of(img: torch.Tensor, method: str, n: int, key=None) -> torch.Tensor:

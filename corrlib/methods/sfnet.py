@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from corrlib._check import check_choice, check_int, check_shape
-from corrlib.geometry import pixel_grid, transfer_kps_with_flow
+from corrlib.geometry import transfer_kps_with_flow
 from corrlib.methods.base import (
     CorrespondenceMethod,
     FeatureCache,
+    flow_to_original,
     network_input,
     register_method,
     require_checkpoint,
@@ -167,11 +168,7 @@ class SFNetMethod(CorrespondenceMethod):
 
     def flow(self, src_img, trg_img, *, src_key=None, trg_key=None):
         flow = self.resized_flow(src_img, trg_img, src_key=src_key, trg_key=trg_key)
-        target = pixel_grid(self.frame_size).permute(2, 0, 1) + flow  # (2, H, W) resized-trg px
-        hs, ws = src_img.shape[-2:]
-        target = F.interpolate(target[None], size=(hs, ws), mode="bilinear", align_corners=False)[0]
-        target = scale_points(target.permute(1, 2, 0), self.frame_size, trg_img.shape[-2:])
-        return target.permute(2, 0, 1) - pixel_grid((hs, ws)).permute(2, 0, 1)
+        return flow_to_original(flow, self.frame_size, src_img.shape[-2:], trg_img.shape[-2:])
 
 
 register_method("sfnet", lambda **kw: SFNetMethod(**kw))

@@ -27,7 +27,14 @@ from typing import ClassVar
 import torch
 
 from corrlib._check import check_choice
-from corrlib.data import PairPool, PFWillow, SyntheticPairs, photometric_jitter, skimage_photos
+from corrlib.data import (
+    PairPool,
+    PFWillow,
+    SyntheticPairs,
+    photometric_jitter,
+    skimage_photos,
+    sklearn_photos,
+)
 from corrlib.eval import evaluate_keypoints, evaluate_tss
 from corrlib.exercises import as_number, run_student
 from corrlib.matching import FeatureGrid, sample_descriptors
@@ -208,15 +215,13 @@ config = config_getter(PRESETS)
 
 
 def heldout_photos() -> list[torch.Tensor]:
-    """scikit-learn's bundled ``china`` and ``flower`` photographs as uint8 ``(3, H, W)``.
+    """scikit-learn's bundled ``china`` and ``flower`` photographs as uint8 ``(3, H, W)``
+    (:func:`corrlib.data.sklearn_photos`).
 
     Returns:
         A list of two uint8 ``(3, H, W)`` tensors (RGB, ``H, W = 427, 640``).
     """
-    from sklearn.datasets import load_sample_images
-
-    imgs = load_sample_images().images
-    return [torch.from_numpy(a[..., :3].copy()).permute(2, 0, 1).contiguous() for a in imgs]
+    return sklearn_photos()
 
 
 def random_crops(

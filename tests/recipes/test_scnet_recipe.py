@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch.testing import assert_close
 
 from corrlib.methods import get_method
 from corrlib.recipes import scnet as recipe
+from tests._cli import eval_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -59,37 +57,15 @@ def test_train_resume_and_folded_evaluation(willow, tmp_path):
 
 
 @pytest.mark.realdata
-def test_cli_evaluates_an_exported_scnet(willow, data_root, tmp_path):
+def test_cli_evaluates_an_exported_scnet(willow, data_root, tmp_path, capsys):
     from corrlib.models.scnet import export_scnet
 
     cfg = recipe.config("smoke")
     model = recipe.build_scnet("AG", cfg)
     path = export_scnet(tmp_path / "ag.scnet.pt", model)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "corrlib",
-            "eval",
-            "--method",
-            "scnet-ag",
-            "--checkpoint",
-            str(path),
-            "--dataset",
-            "pf-willow",
-            "--data-root",
-            str(data_root),
-            "--limit",
-            "2",
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "scnet-ag@96x96" in out.stdout + out.stderr
+    assert eval_checkpoint("scnet-ag", path, data_root, tmp_path / "run") == 0
+    captured = capsys.readouterr()
+    assert "scnet-ag@96x96" in captured.out + captured.err
     with pytest.raises(ValueError, match="--method scnet-ag"):
         get_method("scnet-a", checkpoint=path)
 
