@@ -37,6 +37,7 @@ class RTNMethod(CorrespondenceMethod):
         model: an :class:`~corrlib.models.rtn.RTN` instead of a file.
         iterations: recurrent steps at test time (``FROM_CHECKPOINT``: the recorded setting).
         cache_size: images whose trunk maps are kept.
+        max_side: refused (the CLI's ``--max-side``): RTN runs at its trained input size.
     """
 
     def __init__(
@@ -46,7 +47,13 @@ class RTNMethod(CorrespondenceMethod):
         model: RTN | None = None,
         iterations=FROM_CHECKPOINT,
         cache_size: int = 128,
+        max_side: int | None = None,
     ):
+        if max_side is not None:
+            raise ValueError(
+                "--max-side (max_side) does not apply to RTN: it resizes both images to the input "
+                "size it was trained at (recorded in the checkpoint); drop the option."
+            )
         if iterations not in (None, FROM_CHECKPOINT):
             check_int(iterations, "iterations", 0)
         if model is None:

@@ -133,6 +133,7 @@ class SCNetMethod(ProposalMethod):
         variant: the variant the caller expects (the registered ``scnet-a``/``scnet-ag``/
             ``scnet-ag+`` names pass theirs): a file of another variant is refused.
         cache_size: images whose proposals and box features are kept.
+        max_side: refused (the CLI's ``--max-side``): SCNet runs at its trained input size.
     """
 
     def __init__(
@@ -144,7 +145,13 @@ class SCNetMethod(ProposalMethod):
         n_proposals=FROM_CHECKPOINT,
         variant: str | None = None,
         cache_size: int = 128,
+        max_side: int | None = None,
     ):
+        if max_side is not None:
+            raise ValueError(
+                "--max-side (max_side) does not apply to SCNet: it resizes both images to the "
+                "input size it was trained at (recorded in the checkpoint); drop the option."
+            )
         if variant is not None:
             check_choice(variant, "variant", VARIANTS)
         if model is None:
@@ -208,6 +215,7 @@ class ProposalFlowMethod(ProposalMethod):
         trunk: a backbone name for ``features="trunk"`` (``"offline"``; ``"vgg16"`` with its
             ImageNet weights when cached, else the offline fallback, announced).
         cache_size: images whose proposals and box features are kept.
+        max_side: ``input_size = (max_side, max_side)`` (the CLI's ``--max-side``).
     """
 
     def __init__(
@@ -220,8 +228,12 @@ class ProposalFlowMethod(ProposalMethod):
         n_proposals: int = 1000,
         trunk: str = "offline",
         cache_size: int = 128,
+        max_side: int | None = None,
     ):
         check_choice(matcher, "matcher", ("nam", "phm"))
+        if max_side is not None:  # the CLI's --max-side: a square input of that side
+            check_int(max_side, "max_side", 16)
+            input_size = (max_side, max_side)
         check_choice(features, "features", ("hog", "trunk"))
         super().__init__(input_size, proposals, n_proposals, cache_size)
         self.matcher, self.features = matcher, features

@@ -122,3 +122,11 @@ def test_paper_data_path_on_a_fake_pfpascal(tmp_path):
     assert res.n_pairs == 2 and res.protocol == "pf-pascal"
     assert recipe.checkpoint_name("AG", None) == "AG"
     assert recipe.checkpoint_name("AG", 1) == "AG-fold1"
+
+
+def test_max_side_is_explained_or_used():
+    assert get_method("nam", max_side=128).name == "nam-hog@128x128"
+    with pytest.raises(ValueError, match="does not apply to SCNet"):
+        get_method("scnet-ag", max_side=128)
+    with pytest.raises(ValueError, match="does not apply to RTN"):
+        get_method("rtn", max_side=128)
