@@ -30,6 +30,7 @@ __all__ = [
     "flow_to_original",
     "get_method",
     "network_input",
+    "refuse_max_side",
     "register_method",
     "require_checkpoint",
     "resolution_tag",
@@ -196,6 +197,16 @@ def flow_to_original(flow: torch.Tensor, frame_size, src_size, trg_size) -> torc
     target = F.interpolate(target[None], size=(hs, ws), mode="bilinear", align_corners=False)[0]
     target = scale_points(target.permute(1, 2, 0), frame_size, tuple(trg_size))
     return target.permute(2, 0, 1) - pixel_grid((hs, ws)).permute(2, 0, 1)
+
+
+def refuse_max_side(max_side, model: str) -> None:
+    """Raise when the CLI's ``--max-side`` is given to a method that runs at its trained input
+    size (SCNet, RTN): the message says why and what to do."""
+    if max_side is not None:
+        raise ValueError(
+            f"--max-side (max_side) does not apply to {model}: it resizes both images to the "
+            "input size it was trained at (recorded in the checkpoint); drop the option."
+        )
 
 
 class FeatureCache:

@@ -12,6 +12,7 @@ from corrlib.methods.base import (
     FeatureCache,
     flow_to_original,
     network_input,
+    refuse_max_side,
     register_method,
     require_checkpoint,
     scale_points,
@@ -49,11 +50,7 @@ class RTNMethod(CorrespondenceMethod):
         cache_size: int = 128,
         max_side: int | None = None,
     ):
-        if max_side is not None:
-            raise ValueError(
-                "--max-side (max_side) does not apply to RTN: it resizes both images to the input "
-                "size it was trained at (recorded in the checkpoint); drop the option."
-            )
+        refuse_max_side(max_side, "RTN")
         if iterations not in (None, FROM_CHECKPOINT):
             check_int(iterations, "iterations", 0)
         if model is None:

@@ -18,6 +18,7 @@ from corrlib.methods.base import (
     CorrespondenceMethod,
     FeatureCache,
     network_input,
+    refuse_max_side,
     register_method,
     require_checkpoint,
     setting_from_checkpoint,
@@ -147,11 +148,7 @@ class SCNetMethod(ProposalMethod):
         cache_size: int = 128,
         max_side: int | None = None,
     ):
-        if max_side is not None:
-            raise ValueError(
-                "--max-side (max_side) does not apply to SCNet: it resizes both images to the "
-                "input size it was trained at (recorded in the checkpoint); drop the option."
-            )
+        refuse_max_side(max_side, "SCNet")
         if variant is not None:
             check_choice(variant, "variant", VARIANTS)
         if model is None:

@@ -25,7 +25,6 @@ object's box) and :func:`translation_l1_loss` (synthetic warps with exact flow).
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -509,9 +508,3 @@ def load_rtn(path) -> RTN:
     model.variant = state.get("variant")
     model.eval_settings = check_eval_settings(state.get("eval"), path)
     return model.eval()
-
-
-def _min_weak_loss(window: int = 81) -> float:
-    """``log(1 + (window - 1) / e^2)``: the weak loss of a perfect cell (centre cosine 1, the
-    others -1) at temperature 1."""
-    return math.log(1 + (window - 1) / math.e**2)

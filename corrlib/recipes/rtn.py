@@ -11,10 +11,12 @@ authors' code trains it (``train_pascal_synthetic.m`` then ``train_pf_pascal.m``
 
 Data by preset: ``lab``/``smoke`` warp scikit-image photographs (stage 1) and pair Fashion-MNIST
 objects of one class composited on different photographs (stage 2, :class:`corrlib.data.
-FashionComposites`: object boxes from their masks); ``paper`` warps PASCAL VOC images (stage 1)
-and uses PF-PASCAL's training pairs with their boxes (stage 2), VGG-16 ``conv5_3``/``conv4_3``
-at 256 x 256. Tests: held-out warps of other photographs (scikit-learn's), held-out composite
-pairs (test split: other objects, other backgrounds), PF-WILLOW and the TSS pairs.
+FashionComposites`: object boxes from their masks). ``paper`` warps PASCAL VOC 2012 images (the
+segmentation set of :class:`corrlib.data.VOCMasks`; the code warps all of VOC 2011 trainval) in
+stage 1 and uses PF-PASCAL's training pairs with their boxes, 4 x augmented as the code, in stage
+2; VGG-16 ``conv5_3``/``conv4_3`` at 256 x 256. Tests: held-out warps of other photographs
+(scikit-learn's), held-out composite pairs (test split: other objects, other backgrounds),
+PF-WILLOW and the TSS pairs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from corrlib._check import check_choice
 from corrlib.data import (
@@ -40,6 +41,7 @@ from corrlib.data import (
 from corrlib.exercises import run_student
 from corrlib.geometry import warp_with_flow
 from corrlib.methods import RTNMethod
+from corrlib.methods.base import network_input
 from corrlib.models.rtn import (
     RTN,
     translation_l1_loss,
@@ -65,9 +67,11 @@ __all__ = [
     "evaluate_synthetic",
     "evaluate_weak",
     "heldout_pool",
+    "pascal_weak_pairs",
     "synthetic_pool",
     "train_rtn",
     "warp_mask",
+    "weak_pairs",
 ]
 
 CHAPTER = "05_rtn"
@@ -343,34 +347,29 @@ def composite_pairs(cfg: Config, split: str, n_pairs: int, seed: int = 0, root=N
 
 
 def pascal_weak_pairs(cfg: Config, root=None) -> WeakPairs:
-    """The ``paper`` preset's weak pairs: PF-PASCAL's training split at ``cfg.input_size``
-    with the source's box (no masks), each pair also mirrored (the code augments 4 x; here 2 x)."""
+    """The ``paper`` preset's weak pairs: PF-PASCAL's training split at ``cfg.input_size``, each
+    pair 4 x as the code augments it (``get_train_pf_pascal.m``): as is, both images mirrored,
+    swapped, swapped and mirrored; the source's object box only (no masks, no keypoints)."""
     ds = PFPascal(root, split="train")
     h, w = cfg.input_size
     src, trg, boxes, labels = [], [], [], []
+
+    def u8(x: torch.Tensor) -> torch.Tensor:
+        return (x * 255).round().to(torch.uint8)
+
     for i in range(len(ds)):
         it = ds[i]
-        a = F.interpolate(
-            it["src_img"][None].float(),
-            size=(h, w),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        )[0]
-        b = F.interpolate(
-            it["trg_img"][None].float(),
-            size=(h, w),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        )[0]
-        sy, sx = h / it["src_size"][0], w / it["src_size"][1]
-        box = it["src_bbox"] * torch.tensor([sx, sy, sx, sy])
-        for flip in (False, True):
-            src.append((a.flip(-1) if flip else a).round().clamp(0, 255).to(torch.uint8))
-            trg.append((b.flip(-1) if flip else b).round().clamp(0, 255).to(torch.uint8))
-            boxes.append(torch.stack([w - box[2], box[1], w - box[0], box[3]]) if flip else box)
-            labels.append(it["category"])
+        sides = []
+        for side in ("src", "trg"):
+            sy, sx = h / it[f"{side}_size"][0], w / it[f"{side}_size"][1]
+            img = u8(network_input(it[f"{side}_img"], size=(h, w)))
+            sides.append((img, it[f"{side}_bbox"] * torch.tensor([sx, sy, sx, sy])))
+        for (a, box), (b, _) in (sides, sides[::-1]):
+            for flip in (False, True):
+                src.append(a.flip(-1) if flip else a)
+                trg.append(b.flip(-1) if flip else b)
+                boxes.append(torch.stack([w - box[2], box[1], w - box[0], box[3]]) if flip else box)
+                labels.append(it["category"])
     return WeakPairs(
         torch.stack(src),
         torch.stack(trg),
@@ -378,8 +377,17 @@ def pascal_weak_pairs(cfg: Config, root=None) -> WeakPairs:
         None,
         None,
         labels,
-        "PF-PASCAL train (mirrored)",
+        "PF-PASCAL train, 4 x (mirrored, swapped)",
     )
+
+
+def weak_pairs(cfg: Config, seed: int = 0, root=None) -> WeakPairs:
+    """Stage 2's training pairs by ``cfg.weak_data``: ``"composites"`` (:func:`composite_pairs`,
+    train split, ``cfg.weak_pairs`` of them) or ``"pf-pascal"`` (:func:`pascal_weak_pairs`)."""
+    check_choice(cfg.weak_data, "weak_data", ("composites", "pf-pascal"))
+    if cfg.weak_data == "pf-pascal":
+        return pascal_weak_pairs(cfg, root)
+    return composite_pairs(cfg, "train", cfg.weak_pairs, seed, root)
 
 
 def box_label_mask(boxes: torch.Tensor, grid: tuple[int, int], stride: int) -> torch.Tensor:

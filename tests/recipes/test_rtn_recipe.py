@@ -104,3 +104,20 @@ def test_cli_evaluates_an_exported_rtn(cfg, data_root, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "rtn@64x64,K=2" in captured.out + captured.err
     assert get_method("rtn", checkpoint=path, iterations=0).name == "rtn@64x64,K=0"
+
+
+def test_paper_weak_pairs_come_from_pfpascal_with_the_codes_4x_augmentation(cfg, tmp_path):
+    from tests.data.test_pfpascal import make_fake_pfpascal
+
+    root = make_fake_pfpascal(tmp_path)
+    pairs = recipe.weak_pairs(cfg.replace(weak_data="pf-pascal"), 0, root)
+    assert len(pairs) == 3 * 4 and pairs.src_mask is None  # 3 training pairs x 4
+    assert pairs.src.shape == (12, 3, 64, 64) and pairs.src.dtype == torch.uint8
+    # the mirrored copy: the same image flipped, its box mirrored (x -> W - x)
+    assert torch.equal(pairs.src[1], pairs.src[0].flip(-1))
+    b0, b1 = pairs.src_box[0], pairs.src_box[1]
+    assert_close(b1, torch.stack([64 - b0[2], b0[1], 64 - b0[0], b0[3]]))
+    # the swapped copy: source and target exchanged
+    assert torch.equal(pairs.src[2], pairs.trg[0]) and torch.equal(pairs.trg[2], pairs.src[0])
+    composites = recipe.weak_pairs(cfg, 0)
+    assert len(composites) == cfg.weak_pairs and composites.src_mask is not None
