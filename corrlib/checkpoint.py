@@ -190,7 +190,8 @@ def load_state_strict(module: torch.nn.Module, state: dict, path, part: str = "m
 
 def check_eval_settings(settings: dict | None, path=None) -> dict:
     """Evaluation settings stored beside exported weights: ``{"max_side": None or int >= 1}``
-    (dense methods), ``{"proposals": "ss" | "us" | "sw", "n_proposals": int >= 1}`` (the
+    (dense methods; ``"image_size"``: the square input size of chapter 07's heads),
+    ``{"proposals": "ss" | "us" | "sw", "n_proposals": int >= 1}`` (the
     region matchers of chapter 04) or ``{"iterations": int >= 0}`` (chapter 05's recurrence).
 
     A learned method reads them as its defaults, so evaluating a file from the command line
@@ -199,11 +200,11 @@ def check_eval_settings(settings: dict | None, path=None) -> dict:
     """
     settings = dict(settings or {})
     try:
-        allowed = ["iterations", "max_side", "n_proposals", "proposals"]
+        allowed = ["image_size", "iterations", "max_side", "n_proposals", "proposals"]
         unknown = set(settings) - set(allowed)
         if unknown:
             raise ValueError(f"eval_settings: unknown keys {sorted(unknown)}; allowed: {allowed}.")
-        for key in ("max_side", "n_proposals"):
+        for key in ("image_size", "max_side", "n_proposals"):
             if settings.get(key) is not None:
                 check_int(settings[key], f"eval_settings[{key!r}]", 1)
         if settings.get("iterations") is not None:

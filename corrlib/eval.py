@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 from corrlib import data
 from corrlib._check import check_choice, check_int, check_shape, check_tensor
 from corrlib.checkpoint import atomic_write_text
-from corrlib.data import TSS, iter_tss, resolve_data_root
+from corrlib.data import TSS, PairPool, iter_tss, resolve_data_root, sample_valid_pixels
 from corrlib.flo import write_flo
+from corrlib.losses import warp_by_flow
 from corrlib.methods import CorrespondenceMethod, available_methods, get_method, register_method
 from corrlib.metrics import PCKEvaluator, evaluate_tss_results, get_protocol, tss_scores_csv
 
@@ -44,6 +45,7 @@ __all__ = [
     "TSSResult",
     "available_methods",
     "evaluate_keypoints",
+    "evaluate_pairs",
     "evaluate_tss",
     "get_method",
     "load_dataset",
@@ -52,6 +54,7 @@ __all__ = [
     "register_method",
     "result_rows",
     "strict_json",
+    "transfer_mask",
     "unmirror_source_flow",
     "write_keypoint_result",
 ]
@@ -770,3 +773,86 @@ def result_rows(
             }
         )
     return rows
+
+
+# ------------------------------------------------------------------ synthetic pairs, mask transfer
+
+
+@torch.no_grad()
+def evaluate_pairs(
+    method: CorrespondenceMethod,
+    pool: PairPool,
+    n_points: int = 128,
+    alphas=(0.05, 0.1),
+    *,
+    seed: int = 0,
+) -> dict:
+    """Matching accuracy of ``method`` on pairs with exact ground truth (held-out warps).
+
+    ``n_points`` source pixels with a valid flow per pair (drawn with ``seed``) are transferred
+    with ``method.match``; a prediction is correct within ``alpha * max(H, W)`` pixels.
+    ``random_pck`` scores uniform random predictions on the same points (chance level).
+
+    Args:
+        method: a :class:`CorrespondenceMethod` (``match`` takes ``(3, H, W)`` images in
+            ``[0, 1]`` and ``(n_points, 2)`` pixels).
+        pool: pairs with exact flows (:class:`corrlib.data.PairPool`); only src->trg is scored.
+        n_points: source pixels per pair, drawn among those with a valid flow.
+        alphas: PCK thresholds, as fractions of ``max(H, W)``.
+        seed: the seed of the points and of the random predictions.
+
+    Returns:
+        ``{"points": int, "mean_error_px": float, "pck@<alpha>": float,
+        "random_pck@<alpha>": float, ...}`` (one pair of keys per alpha, ``f"{alpha:g}"``),
+        errors in target pixels and PCKs in ``[0, 1]``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    h, w = pool.size
+    errs, rand_errs = [], []
+    for i in range(len(pool)):
+        a, b, flow, valid = pool.pair(i)
+        p = sample_valid_pixels(valid, n_points, g)
+        gt = p + flow[:, p[:, 1].long(), p[:, 0].long()].T
+        pred = method.match(a, b, p, src_key=None, trg_key=None)
+        errs.append((pred.cpu() - gt).norm(dim=-1))
+        rnd = torch.rand(n_points, 2, generator=g) * torch.tensor([w - 1.0, h - 1.0])
+        rand_errs.append((rnd - gt).norm(dim=-1))
+    err, rerr = torch.cat(errs), torch.cat(rand_errs)
+    out = {"points": int(err.numel()), "mean_error_px": float(err.mean())}
+    for alpha in alphas:
+        t = alpha * max(h, w)
+        out[f"pck@{alpha:g}"] = float((err <= t).float().mean())
+        out[f"random_pck@{alpha:g}"] = float((rerr <= t).float().mean())
+    return out
+
+
+@torch.no_grad()
+def transfer_mask(
+    method: CorrespondenceMethod,
+    src_img: torch.Tensor,
+    trg_img: torch.Tensor,
+    trg_mask: torch.Tensor,
+    *,
+    src_key=None,
+    trg_key=None,
+) -> torch.Tensor:
+    """The source's foreground predicted by warping the target's mask with ``method``'s flow.
+
+    ``out(p) = M_t(p + F_st(p)) > 0.5`` (bilinear; outside the target: background): what SFNet's
+    mask consistency compares with the source mask, and weakalign's label transfer.
+    ``trg_mask (Ht, Wt)`` -> bool ``(Hs, Ws)``.
+
+    Args:
+        method: a :class:`CorrespondenceMethod` with a dense
+            ``flow(src_img, trg_img) -> (2, Hs, Ws)`` (src->trg on the source grid, pixels).
+        src_img: the source image ``(3, Hs, Ws)`` (uint8 or float in ``[0, 1]``, as the method
+            takes it).
+        trg_img: the target image ``(3, Ht, Wt)``.
+        trg_mask: the target's foreground ``(Ht, Wt)`` (bool or 0/1).
+        src_key, trg_key: the images' cache keys for the method (None: no caching).
+
+    Returns:
+        Bool ``(Hs, Ws)``: the predicted source foreground.
+    """
+    flow = method.flow(src_img, trg_img, src_key=src_key, trg_key=trg_key)
+    return warp_by_flow(trg_mask.float()[None, None], flow[None].float())[0, 0] > 0.5

@@ -47,8 +47,10 @@ __all__ = [
     "evaluate_tss_results",
     "fpr_at_recall",
     "get_protocol",
+    "label_transfer_accuracy",
     "mask_iou",
     "miou_at_k",
+    "part_weighted_iou",
     "pck",
     "pck_threshold",
     "pcr_curve",
@@ -740,6 +742,62 @@ def mask_iou(mask: np.ndarray | torch.Tensor, mask_gt: np.ndarray | torch.Tensor
         m, g = m != 0, g != 0
     union = np.count_nonzero(m | g)
     return np.count_nonzero(m & g) / union if union else math.nan
+
+
+def _part_masks(mask, name: str) -> torch.Tensor:
+    """``(H, W)`` or ``(K, H, W)`` masks (bool, or probabilities binarised at 0.5) -> bool
+    ``(K, H, W)``."""
+    t = torch.as_tensor(mask)
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise ValueError(
+            f"Argument {name} must be (H, W) or (K, H, W), got shape {tuple(t.shape)}."
+        )
+    return t > 0.5 if t.dtype != torch.bool else t
+
+
+def _both_masks(pred, gt) -> tuple[torch.Tensor, torch.Tensor]:
+    p, g = _part_masks(pred, "pred"), _part_masks(gt, "gt")
+    if p.shape != g.shape:
+        raise ValueError(
+            f"Arguments pred and gt differ in shape: {tuple(p.shape)} vs {tuple(g.shape)}."
+        )
+    return p, g
+
+
+def label_transfer_accuracy(pred, gt) -> float:
+    """Label-transfer accuracy (LT-ACC): the share of pixels whose transferred label is right.
+
+    ``pred`` and ``gt``: ``(H, W)`` foreground masks or ``(K, H, W)`` part masks (bool, or
+    values binarised at 0.5), one size. The mean over every part channel and pixel of
+    ``pred == gt``: the definition of weakalign's Caltech-101 evaluation (Rocco et al., CVPR 2018,
+    ``eval_util.py``), where a pixel outside every part counts as background.
+    """
+    p, g = _part_masks(pred, "pred"), _part_masks(gt, "gt")
+    if p.shape != g.shape:
+        raise ValueError(
+            f"Arguments pred and gt differ in shape: {tuple(p.shape)} vs {tuple(g.shape)}."
+        )
+    return float((p == g).double().mean())
+
+
+def part_weighted_iou(pred, gt) -> float:
+    """IoU of each part, weighted by the part's share of the true foreground (weakalign's
+    ``intersection_over_union``, Rocco et al., CVPR 2018): ``sum_k (|g_k| / sum_j |g_j|) *
+    |p_k & g_k| / |p_k | g_k|``. With one part (an ``(H, W)`` mask) it is the plain IoU. NaN when
+    the truth is empty."""
+    p, g = _part_masks(pred, "pred"), _part_masks(gt, "gt")
+    if p.shape != g.shape:
+        raise ValueError(
+            f"Arguments pred and gt differ in shape: {tuple(p.shape)} vs {tuple(g.shape)}."
+        )
+    area = g.flatten(1).sum(1).double()
+    if float(area.sum()) == 0:
+        return math.nan
+    inter = (p & g).flatten(1).sum(1).double()
+    union = (p | g).flatten(1).sum(1).double().clamp(min=1)
+    return float(((area / area.sum()) * inter / union).sum())
 
 
 def _cv_linear_taps(n_in: int, n_out: int, clamp_weight: bool):

@@ -642,3 +642,26 @@ def test_tss_matches_the_official_kit_scores(data_root, subset):
         for k_ours, k_kit in columns:
             worst = max(worst, abs(ours[k_ours] - float(theirs[k_kit])))
     assert worst <= 1e-4, f"{subset}: max abs difference {worst:.2e} to the kit's scores.csv"
+
+
+def test_label_transfer_accuracy_and_part_weighted_iou():
+    from corrlib.metrics import label_transfer_accuracy, part_weighted_iou
+
+    gt = torch.zeros(4, 4, dtype=torch.bool)
+    gt[:2, :2] = True  # 4 pixels
+    pred = torch.zeros(4, 4, dtype=torch.bool)
+    pred[:2, 1:3] = True  # 2 overlap, union 6
+    assert label_transfer_accuracy(pred, gt) == 12 / 16
+    assert part_weighted_iou(pred, gt) == pytest.approx(2 / 6)
+    # two parts: weights by the true areas (4 and 2 pixels)
+    gt2 = torch.zeros(2, 4, 4, dtype=torch.bool)
+    gt2[0, :2, :2] = True
+    gt2[1, 3, :2] = True
+    pred2 = torch.zeros(2, 4, 4)
+    pred2[0, :2, :2] = 0.9  # probabilities, binarised at 0.5
+    want = (4 / 6) * 1.0 + (2 / 6) * 0.0
+    assert part_weighted_iou(pred2, gt2) == pytest.approx(want)
+    assert label_transfer_accuracy(pred2, gt2) == (32 - 2) / 32
+    assert math.isnan(part_weighted_iou(pred, torch.zeros(4, 4, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="differ in shape"):
+        label_transfer_accuracy(pred, gt[:3])

@@ -18,7 +18,16 @@ from corrlib.recipes import chapters, get_config, recipe_for
 from corrlib.recipes._common import TrainingConfig
 from corrlib.train import TrainConfig
 
-CHAPTERS = ("00_basics", "01_patch", "02_stn", "03_ucn", "04_scnet", "05_rtn", "06_sfnet")
+CHAPTERS = (
+    "00_basics",
+    "01_patch",
+    "02_stn",
+    "03_ucn",
+    "04_scnet",
+    "05_rtn",
+    "06_sfnet",
+    "07_multiscale",
+)
 TRAINING_CHAPTERS = CHAPTERS[1:]
 
 INVALID_FAST = (
@@ -199,6 +208,12 @@ LAB_CHANGES = {
         "source", "images", "pairs", "test_images", "test_pairs", "cache_features", "jitter",
         "size", "arch", "trunk_weights", "kernels", "batch_size", "steps", "optim", "log_every",
         "ckpt_every", "interrupt_at", "eval_size",
+    },
+    "07_multiscale": {
+        "arch", "trunk_weights", "stage", "source", "size", "images", "cross_pairs",
+        "synthetic_pairs", "cache_prefix", "batch_size", "points", "head_width", "steps",
+        "log_every", "ckpt_every", "test_images", "test_pairs", "cross_test_pairs", "test_points",
+        "mining_willow_pairs", "max_side",
     },
 }  # fmt: skip
 

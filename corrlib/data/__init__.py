@@ -78,7 +78,7 @@ from corrlib.data.pfpascal import (
     read_pfpascal_annotation,
 )
 from corrlib.data.pfwillow import PFWillow, read_pfwillow_kps
-from corrlib.data.pool import PairPool
+from corrlib.data.pool import PairPool, sample_valid_pixels
 from corrlib.data.spair import SPAIR_CATEGORIES, SPair71k
 from corrlib.data.synthetic import (
     SKIMAGE_PHOTOS,
@@ -164,6 +164,7 @@ __all__ = [
     "sample_homography_pairs",
     "sample_stereo_pairs",
     "sample_synthetic_pairs",
+    "sample_valid_pixels",
     "sha256_file",
     "skimage_photos",
     "sklearn_photos",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["PairPool"]
+__all__ = ["PairPool", "sample_valid_pixels"]
 
 
 @dataclass
@@ -153,3 +153,22 @@ class PairPool:
                     parts.setdefault(t, []).append(f.half().cpu())
             setattr(self, name, {t: torch.cat(v) for t, v in parts.items()})
         return self
+
+
+def sample_valid_pixels(valid: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` integer pixels ``(x, y)`` drawn uniformly among the True entries of ``valid``.
+
+    Args:
+        valid: ``(H, W)`` bool (e.g. a pair's ``flow_valid``); all False: drawn from every pixel.
+        n: how many (with replacement only when fewer than ``n`` pixels are valid).
+        generator: the source of the draw.
+
+    Returns:
+        ``(n, 2)`` float pixels ``(x, y)``, 0-based.
+    """
+    w = valid.shape[-1]
+    weights = valid.flatten().double()
+    if weights.sum() == 0:
+        weights = torch.ones_like(weights)
+    idx = torch.multinomial(weights, n, replacement=int(valid.sum()) < n, generator=generator)
+    return torch.stack((idx % w, idx // w), dim=-1).float()

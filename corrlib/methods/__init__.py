@@ -16,6 +16,7 @@ from corrlib.methods.base import (
     scale_points,
 )
 from corrlib.methods.baselines import BackboneMethod, HandcraftedMethod, IdentityMethod
+from corrlib.methods.msconv import MSConvMethod, MSFlowMethod
 from corrlib.methods.patch import LearnedPatchMethod
 from corrlib.methods.rtn import RTNMethod
 from corrlib.methods.scnet import ProposalFlowMethod, ProposalMethod, SCNetMethod
@@ -30,6 +31,8 @@ __all__ = [
     "HandcraftedMethod",
     "IdentityMethod",
     "LearnedPatchMethod",
+    "MSConvMethod",
+    "MSFlowMethod",
     "ProposalFlowMethod",
     "ProposalMethod",
     "RTNMethod",

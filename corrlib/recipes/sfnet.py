@@ -37,8 +37,8 @@ from corrlib.data import (
     photometric_jitter,
     resolve_data_root,
 )
+from corrlib.eval import transfer_mask
 from corrlib.exercises import as_number, run_student
-from corrlib.losses import warp_by_flow
 from corrlib.metrics import mask_iou
 from corrlib.models.sfnet import LOSS_WEIGHTS, SFNet, sfnet, sfnet_loss
 from corrlib.recipes._common import TrainingConfig, config_getter, make_presets, optim
@@ -674,37 +674,6 @@ def evaluate_synthetic(
         res[f"pck@{a:g}"] = float((err <= a * max(h, w)).float().mean())
         res[f"identity_pck@{a:g}"] = float((zero <= a * max(h, w)).float().mean())
     return res
-
-
-@torch.no_grad()
-def transfer_mask(
-    method,
-    src_img: torch.Tensor,
-    trg_img: torch.Tensor,
-    trg_mask: torch.Tensor,
-    *,
-    src_key=None,
-    trg_key=None,
-) -> torch.Tensor:
-    """The source's foreground predicted by warping the target's mask with ``method``'s flow.
-
-    ``out(p) = M_t(p + F_st(p)) > 0.5`` (bilinear; outside the target: background): what SFNet's
-    mask consistency compares with the source mask. ``trg_mask (Ht, Wt)`` -> bool ``(Hs, Ws)``.
-
-    Args:
-        method: a :class:`corrlib.eval.CorrespondenceMethod` with a dense
-            ``flow(src_img, trg_img) -> (2, Hs, Ws)`` (src->trg on the source grid, pixels).
-        src_img: the source image ``(3, Hs, Ws)`` (uint8 or float in ``[0, 1]``, as the method
-            takes it).
-        trg_img: the target image ``(3, Ht, Wt)``.
-        trg_mask: the target's foreground ``(Ht, Wt)`` (bool or 0/1).
-        src_key, trg_key: the images' cache keys for the method (None: no caching).
-
-    Returns:
-        Bool ``(Hs, Ws)``: the predicted source foreground.
-    """
-    flow = method.flow(src_img, trg_img, src_key=src_key, trg_key=trg_key)
-    return warp_by_flow(trg_mask.float()[None, None], flow[None].float())[0, 0] > 0.5
 
 
 @torch.no_grad()

@@ -32,10 +32,11 @@ from corrlib.data import (
     PFWillow,
     SyntheticPairs,
     photometric_jitter,
+    sample_valid_pixels,
     skimage_photos,
     sklearn_photos,
 )
-from corrlib.eval import evaluate_keypoints, evaluate_tss
+from corrlib.eval import evaluate_keypoints, evaluate_pairs, evaluate_tss
 from corrlib.exercises import as_number, run_student
 from corrlib.matching import FeatureGrid, sample_descriptors
 from corrlib.methods import CorrespondenceMethod, UCNMethod, get_method
@@ -357,16 +358,6 @@ def heldout_pool(cfg: Config, seed: int = 0) -> PairPool:
     )
 
 
-def _sample_points(valid: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
-    """``(n, 2)`` integer pixels (x, y) drawn uniformly among ``valid (H, W)``."""
-    w = valid.shape[-1]
-    weights = valid.flatten().double()
-    if weights.sum() == 0:
-        weights = torch.ones_like(weights)
-    idx = torch.multinomial(weights, n, replacement=int(valid.sum()) < n, generator=g)
-    return torch.stack((idx % w, idx // w), dim=-1).float()
-
-
 def make_batch_fn(pool: PairPool, grid: FeatureGrid, cfg: Config) -> Callable:
     """A resumable ``batch_fn(step, generator)`` for :class:`corrlib.train.Trainer`.
 
@@ -404,7 +395,7 @@ def make_batch_fn(pool: PairPool, grid: FeatureGrid, cfg: Config) -> Callable:
         src, trg, ps, pt = [], [], [], []
         for i, rev in zip(idx, reverse):
             a, b, flow, valid = pool.pair(i, rev)
-            p = _sample_points(valid, n, g)  # (P, 2) pixels in a
+            p = sample_valid_pixels(valid, n, g)  # (P, 2) pixels in a
             q = p + flow[:, p[:, 1].long(), p[:, 0].long()].T  # exact at integer pixels
             src.append(photometric_jitter(a, cfg.jitter, g))
             trg.append(photometric_jitter(b, cfg.jitter, g))
@@ -610,50 +601,24 @@ def evaluate_synthetic(
     *,
     seed: int = 0,
 ) -> dict:
-    """Matching accuracy on held-out synthetic pairs with exact ground truth.
-
-    ``model_or_method``: a :class:`UCN` (wrapped in :class:`corrlib.methods.UCNMethod` at the
-    pairs' resolution) or any :class:`corrlib.eval.CorrespondenceMethod`. ``n_points`` source
-    pixels with a valid flow per pair (drawn with ``seed``) are transferred; a prediction is
-    correct within ``alpha * max(H, W)`` pixels. Returns ``{"pck@<alpha>": ...,
-    "random_pck@<alpha>": ..., "mean_error_px": ..., "points": ...}``; ``random_pck`` scores
-    uniform random predictions on the same points (chance level).
+    """Matching accuracy on held-out synthetic pairs with exact ground truth
+    (:func:`corrlib.eval.evaluate_pairs`).
 
     Args:
-        model_or_method: a :class:`~corrlib.models.ucn.UCN`, the path of a
+        model_or_method: a :class:`~corrlib.models.ucn.UCN` (wrapped in
+            :class:`corrlib.methods.UCNMethod` at the pairs' resolution), the path of a
             :func:`corrlib.models.ucn.export_ucn` checkpoint, or a
-            :class:`corrlib.eval.CorrespondenceMethod` (its ``match`` takes ``(3, H, W)``
-            images in ``[0, 1]`` and ``(n_points, 2)`` pixels).
-        pool: held-out pairs with exact flows (e.g. :func:`heldout_pool`); only the src->trg
-            direction is scored.
+            :class:`corrlib.eval.CorrespondenceMethod`.
+        pool: held-out pairs with exact flows (e.g. :func:`heldout_pool`); src->trg is scored.
         n_points: source pixels per pair, drawn among those with a valid flow.
         alphas: PCK thresholds, as fractions of ``max(H, W)``.
         seed: the seed of the points and of the random predictions.
 
     Returns:
-        ``{"points": int, "mean_error_px": float, "pck@<alpha>": float,
-        "random_pck@<alpha>": float, ...}`` (one pair of keys per alpha, ``f"{alpha:g}"``),
-        errors in target pixels and PCKs in ``[0, 1]``.
+        ``{"points", "mean_error_px", "pck@<alpha>", "random_pck@<alpha>", ...}`` as
+        :func:`corrlib.eval.evaluate_pairs` gives it (``random_pck``: chance level).
     """
-    method = _as_method(model_or_method)
-    g = torch.Generator().manual_seed(seed)
-    h, w = pool.size
-    errs, rand_errs = [], []
-    for i in range(len(pool)):
-        a, b, flow, valid = pool.pair(i)
-        p = _sample_points(valid, n_points, g)
-        gt = p + flow[:, p[:, 1].long(), p[:, 0].long()].T
-        pred = method.match(a, b, p, src_key=None, trg_key=None)
-        errs.append((pred.cpu() - gt).norm(dim=-1))
-        rnd = torch.rand(n_points, 2, generator=g) * torch.tensor([w - 1.0, h - 1.0])
-        rand_errs.append((rnd - gt).norm(dim=-1))
-    err, rerr = torch.cat(errs), torch.cat(rand_errs)
-    out = {"points": int(err.numel()), "mean_error_px": float(err.mean())}
-    for alpha in alphas:
-        t = alpha * max(h, w)
-        out[f"pck@{alpha:g}"] = float((err <= t).float().mean())
-        out[f"random_pck@{alpha:g}"] = float((rerr <= t).float().mean())
-    return out
+    return evaluate_pairs(_as_method(model_or_method), pool, n_points, alphas, seed=seed)
 
 
 def evaluate_ucn_pfwillow(
