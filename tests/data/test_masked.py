@@ -326,7 +326,8 @@ def test_fashion_items_shapes_and_determinism():
     ds = FashionComposites(split="train", n_images=6, size=(48, 64))
     assert len(ds) == 6 and "split='train'" in repr(ds)
     item = ds[2]
-    assert set(item) == {"image", "mask", "label", "name", "classes"}
+    assert set(item) == {"image", "mask", "label", "name", "classes", "background_name"}
+    assert item["background_name"] in TRAIN_BACKGROUNDS
     assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 48, 64)
     assert item["mask"].dtype == torch.bool and item["mask"].shape == (48, 64)
     assert item["name"] == "fashion-train-2" and item["classes"] == [item["label"]]
