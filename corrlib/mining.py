@@ -13,9 +13,10 @@ verified geometrically by one of :data:`VERIFICATIONS`:
   candidate matches of its 8 neighbouring source cells land within ``radius`` cells of where the
   same offset would put them (and at least one does).
 
-Every function works on one pair: features ``(C, h, w)``, cells ``(x, y)`` 0-based, centres at
-integers. :func:`pseudo_foreground` turns the verified source cells into a foreground estimate
-(their convex hull, dilated): the supervision of chapter 07's foreground head.
+Every function works on one pair, on the CPU: features ``(C, h, w)`` (move them with
+``.cpu()``), cells ``(x, y)`` 0-based, centres at integers. :func:`pseudo_foreground` turns the
+verified source cells into a foreground estimate (their convex hull, dilated): the supervision of
+chapter 07's foreground head.
 """
 
 from __future__ import annotations
@@ -176,6 +177,8 @@ def verify_ransac(
     err = (src1[None] @ model - matches.trg.double()[None]).norm(dim=-1)  # (H, N)
     counts = ((err <= threshold) & ok[:, None]).sum(1)
     best = int(counts.argmax())
+    if int(counts[best]) == 0:  # every sample degenerate (collinear): no model
+        return matches.subset(torch.zeros(n, dtype=torch.bool))
     inliers = err[best] <= threshold
     refit = _affine_least_squares(matches.src[inliers], matches.trg[inliers])
     if refit is not None:

@@ -118,3 +118,10 @@ def test_pseudo_foreground_is_the_dilated_hull():
     assert math.isnan(
         match_precision(empty, torch.zeros(4, 5, 2), torch.ones(4, 5, dtype=torch.bool))[0]
     )
+
+
+def test_ransac_on_collinear_matches_keeps_nothing():
+    src = torch.stack((torch.arange(12.0), torch.zeros(12)), 1)  # all on one line
+    trg = src + torch.tensor([1.0, 2.0])
+    m = Matches(src, trg, torch.ones(12), torch.ones(12), (4, 12), (4, 12))
+    assert len(verify_ransac(m, threshold=1.0, iterations=50, min_inliers=3)) == 0

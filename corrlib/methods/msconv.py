@@ -14,6 +14,7 @@ from corrlib.methods.base import (
     FeatureCache,
     flow_to_original,
     network_input,
+    refuse_max_side,
     register_method,
     require_checkpoint,
     resolution_tag,
@@ -88,7 +89,8 @@ class MSFlowMethod(CorrespondenceMethod):
     """The flow head of chapter 07 (or its parametric control) on multi-scale features.
 
     Both images are resized (bilinear, antialiased, aspect ratio not kept) to ``image_size``
-    (default: the size recorded in the file, the training size); the head's flow in cells is
+    (default: the size recorded in the file, the training size; 128 for a file without one); the
+    CLI's ``--max-side`` is refused (the head runs at its trained size); the head's flow in cells is
     converted to pixels (``cell = (pixel - (s - 1) / 2) / s``), upsampled to the resized source
     and mapped back to original pixels. :meth:`foreground` gives the head's foreground
     probability on the original source grid (the flow head only). ``checkpoint``: a file of
@@ -103,11 +105,7 @@ class MSFlowMethod(CorrespondenceMethod):
         model=None,
         max_side: int | None = None,
     ):
-        if max_side is not None:
-            if image_size is not None:
-                raise ValueError("Give image_size or max_side, not both.")
-            check_int(max_side, "max_side", 1)
-            image_size = max_side
+        refuse_max_side(max_side, "msconv-flow")
         if model is None:
             model = load_msconv(require_checkpoint(checkpoint, "msconv-flow", _CHAPTER))
         net, head = model

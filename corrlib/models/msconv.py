@@ -235,8 +235,8 @@ class MSConv2d(nn.Module):
                 y = F.conv2d(x, w, None, s, d * r * (k - 1) // 2, d * r)
             else:
                 y = F.conv2d(x, w, None, s * r, d * (k - 1) // 2, d)
-                if y.shape[-2:] != (h_out, w_out):
-                    y = F.interpolate(y, (h_out, w_out), mode="bilinear", align_corners=False)
+                if r > 1:
+                    y = _upsample_strided(y, r, (h_out, w_out))
             term = alpha[i].view(1, -1, 1, 1) * y
             out = term if out is None else out + term
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
@@ -248,6 +248,24 @@ class MSConv2d(nn.Module):
             f"mode={self.mode!r}, shared_weights={self.shared_weights}, mixing={self.mixing!r}"
             + ("" if self.base_weight is None else f", base_weight={self.base_weight}")
         )
+
+
+def _upsample_strided(y: torch.Tensor, r: int, size: tuple[int, int]) -> torch.Tensor:
+    """Bring the output of a convolution with ``r`` times the stride back to the plain one's grid.
+
+    Coarse cell ``j`` sits where plain cell ``r * j`` does (both convolutions centre their
+    kernels at the input positions ``stride * index``), so plain cell ``i`` reads the coarse map
+    at ``i / r`` (bilinear, border values repeated): not ``F.interpolate(align_corners=False)``,
+    which assumes block centres and shifts by ``(r - 1) / 2`` cells.
+    """
+    hc, wc = y.shape[-2:]
+    h, w = size
+    xs = (2 * (torch.arange(w, device=y.device, dtype=y.dtype) / r) + 1) / wc - 1
+    ys = (2 * (torch.arange(h, device=y.device, dtype=y.dtype) / r) + 1) / hc - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None].expand(
+        y.shape[0], -1, -1, -1
+    )
+    return F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def swap_convs(module: nn.Module, rates: Sequence[int] = (1, 2, 4), **kwargs) -> list[str]:
@@ -354,8 +372,11 @@ class MSFeatureNet(nn.Module):
         cache = self.__dict__.setdefault("_sizes", {})
         if key not in cache:
             p = next(self.parameters())
+            was_training = self.training
+            self.eval()  # a probe must not update batch-norm statistics
             with torch.no_grad():
                 cache[key] = tuple(self(torch.zeros(1, 3, *key, device=p.device)).shape[-2:])
+            self.train(was_training)
         return cache[key]
 
 
@@ -378,23 +399,26 @@ def msconv_net(
             offline trunk, whose weights ship with corrlib; ``"resnet101"`` etc. at ``paper``).
         trunk_weights: the trunk's weights (``"offline"``, ``"imagenet"``, ``"auto"`` with its
             loud fallback, ``"none"``: random, as a file's weights are loaded over it).
-        stage: the stage to swap and train (None: the backbone's default tap, ``block3`` for the
-            offline trunk, ``layer3`` for ResNets).
+        stage: the stage to swap and train (None: the backbone's first default tap: ``block3`` for
+            the offline trunk, ``layer3`` for ResNets, ``conv4_3`` for VGG-16).
         rates: the rates of every :class:`MSConv2d` (``(1,)``: the trunk itself).
-        mode, shared_weights, mixing, base_weight: as :class:`MSConv2d` (``base_weight`` is
-            ignored for a single rate).
+        mode, shared_weights, mixing, base_weight: as :class:`MSConv2d` (with a single rate,
+            ``base_weight`` is ignored and the mixing is softmax, so the net is the trunk itself:
+            a sigmoid weight of 0.5 would halve every swapped convolution).
         variant: a label recorded with the model.
 
     Returns:
         The net in ``eval()`` mode; ``config`` holds these arguments, with the weights actually
         used in ``weights_source``.
     """
-    stage = stage or DEFAULT_TAPS[arch][-1]
+    stage = stage or DEFAULT_TAPS[arch][0]
     trunk = backbone(arch, taps=(stage,), weights=trunk_weights, trainable=False)
     if trunk.arch != arch:  # the loud ImageNet fallback happened: the offline trunk's last stage
         stage = trunk.taps[-1]
     rates = tuple(int(r) for r in rates)
     base = base_weight if len(rates) > 1 else None
+    if len(rates) == 1:  # one rate: softmax mixing makes the layer the convolution itself
+        mixing = "softmax"
     swapped = swap_convs(
         trunk.stages[stage],
         rates,
@@ -606,6 +630,15 @@ def sparse_flow_loss(
     n = check_shape(src_cells, (b, "N", 2), "src_cells")["N"]
     check_shape(trg_cells, (b, n, 2), "trg_cells")
     weight = torch.ones(b, n, device=flow.device) if weight is None else weight.to(flow.dtype)
+    if n and (
+        src_cells.min() < 0 or src_cells[..., 0].max() > w - 1 or src_cells[..., 1].max() > h - 1
+    ):
+        raise ValueError(
+            f"Argument src_cells must lie on the {w}x{h} grid (0 <= x <= {w - 1}, 0 <= y <= "
+            f"{h - 1}), got x in [{float(src_cells[..., 0].min())}, "
+            f"{float(src_cells[..., 0].max())}], y in [{float(src_cells[..., 1].min())}, "
+            f"{float(src_cells[..., 1].max())}]."
+        )
     idx = (src_cells[..., 1].long() * w + src_cells[..., 0].long()).clamp(0, h * w - 1)
     at = torch.gather(flow.flatten(2), 2, idx[:, None].expand(-1, 2, -1)).transpose(1, 2)
     err = (src_cells.to(flow.dtype) + at - trg_cells.to(flow.dtype)).norm(dim=-1)

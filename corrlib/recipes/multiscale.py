@@ -355,7 +355,8 @@ def cross_instance_pairs(
     images of it (seeded). ``distinct_backgrounds``: for composites, the two backgrounds come
     from different photographs (else two crops of one photograph give true, but not semantic,
     background correspondences that mining would rightly find); ignored for images without a
-    ``"background"`` entry (VOC).
+    ``"background"`` entry (VOC); a class whose images all share one background falls back to a
+    pair on it.
 
     Args:
         images: items of :func:`category_images`.
@@ -452,7 +453,8 @@ def true_cells(pool: PairPool, i: int, map_size: tuple[int, int]):
 
 def mine_pair(feat_src: torch.Tensor, feat_trg: torch.Tensor, cfg: Config, **override) -> Matches:
     """:func:`corrlib.mining.mine_correspondences` with the chapter's settings (``override``:
-    ``candidates``, ``verify``, ... of one call)."""
+    ``candidates``, ``verify``, ``stride`` (the feature map's, for the Hough bins; default 8),
+    ... of one call). Features on the CPU."""
     kw = dict(
         candidates=cfg.candidates,
         verify=cfg.verify,
@@ -557,7 +559,7 @@ def _build_training_data(cfg: Config, data_root, device: str) -> TrainingData:
     seed_net = build_net("single-scale", cfg).to(device)
     fa, fb = dense_features(seed_net, cross.src), dense_features(seed_net, cross.trg)
     map_size = tuple(fa.shape[-2:])
-    mined = [mine_pair(fa[i], fb[i], cfg) for i in range(len(cross))]
+    mined = [mine_pair(fa[i], fb[i], cfg, stride=seed_net.stride) for i in range(len(cross))]
     fg_src = torch.stack([pseudo_foreground(m, cfg.fg_dilation) for m in mined])
     fg_trg = torch.stack([pseudo_foreground(_swap(m), cfg.fg_dilation) for m in mined])
     cells = [true_cells(synth, i, map_size) for i in range(len(synth))]
@@ -654,7 +656,7 @@ def make_metric_batch_fn(data: TrainingData, cfg: Config) -> Callable:
             a, b = images("cross", i, rev)
             a_list.append(a)
             b_list.append(b)
-            picks.append(u if not rev else -u - 1)  # the sign carries the direction
+            picks.append(u)  # the draws of this row (current mining picks its matches with them)
             m = data.mined[i] if not rev else _swap(data.mined[i])
             if cfg.mine_with == "frozen":
                 k = _pick(len(m), u)
@@ -714,12 +716,12 @@ def metric_loss(
     if current_mining:
         counts = []
         for r in (~batch["synthetic"]).nonzero()[:, 0].tolist():
-            m = mine_pair(f_src[r].detach().cpu(), f_trg[r].detach().cpu(), cfg)
+            m = mine_pair(f_src[r].detach().cpu(), f_trg[r].detach().cpu(), cfg, stride=net.stride)
             counts.append(len(m))
             if not len(m):
                 keep[r] = False
                 continue
-            u = batch["pick"][r].abs().cpu()
+            u = batch["pick"][r].cpu()
             k = _pick(len(m), u)
             pos_src[r], pos_trg[r] = m.src[k].to(pos_src), m.trg[k].to(pos_trg)
         logs["mined"] = sum(counts) / max(len(counts), 1)
@@ -991,7 +993,8 @@ def mining_table(
             rb = torch.tensor(
                 [b.shape[-1] / s["trg_img"].shape[-1], b.shape[-2] / s["trg_img"].shape[-2]]
             )
-            fsa, fsb = net(a[None])[0], net(b[None])[0]
+            dev = next(net.parameters()).device
+            fsa, fsb = net(a[None].to(dev))[0].cpu(), net(b[None].to(dev))[0].cpu()
             kps_a = (s["src_kps"].float() + 0.5) * ra - 0.5
             kps_b = (s["trg_kps"].float() + 0.5) * rb - 0.5
             willow.append((fsa, fsb, kps_a, kps_b, tuple(a.shape[-2:]), tuple(b.shape[-2:])))
@@ -1000,10 +1003,10 @@ def mining_table(
 
     rows = []
     for cand, ver in rules:
-        row = {"rule": cand.upper() if ver == "none" else f"MNN + {ver}"}
+        row = {"rule": cand.upper() if ver == "none" else f"{cand.upper()} + {ver}"}
         n_syn, hits, scored = 0, 0.0, 0
         for i in range(len(synth_test)):
-            m = mine_pair(fa[i], fb[i], cfg, candidates=cand, verify=ver)
+            m = mine_pair(fa[i], fb[i], cfg, candidates=cand, verify=ver, stride=net.stride)
             n_syn += len(m)
             p, k = match_precision(m, truth[i][0], truth[i][1], tolerance)
             if k:
@@ -1013,7 +1016,7 @@ def mining_table(
         row["precision_synthetic"] = hits / scored if scored else float("nan")
         n_cross, fg_hits = 0, 0
         for i in range(len(cross_test)):
-            m = mine_pair(ca[i], cb[i], cfg, candidates=cand, verify=ver)
+            m = mine_pair(ca[i], cb[i], cfg, candidates=cand, verify=ver, stride=net.stride)
             n_cross += len(m)
             if len(m):
                 both = inside(cross_test.src_mask[i], m.src) & inside(cross_test.trg_mask[i], m.trg)
@@ -1022,7 +1025,7 @@ def mining_table(
         row["fg_rate"] = fg_hits / n_cross if n_cross else float("nan")
         n_w, w_hits, w_scored = 0, 0, 0
         for fsa, fsb, kps_a, kps_b, size_a, size_b in willow:
-            m = mine_pair(fsa, fsb, cfg, candidates=cand, verify=ver)
+            m = mine_pair(fsa, fsb, cfg, candidates=cand, verify=ver, stride=net.stride)
             n_w += len(m)
             if not len(m):
                 continue

@@ -194,3 +194,39 @@ def test_sparse_flow_loss():
     w = torch.tensor([[1.0, 0.0]])
     assert float(sparse_flow_loss(flow, src, src + torch.tensor([1.0, 0.0]), w)) == 0.0
     assert float(sparse_flow_loss(flow, src, src, torch.zeros(1, 2))) == 0.0
+
+
+def test_strided_mode_keeps_every_rate_aligned():
+    # a centre tap on a horizontal ramp: each rate must reproduce the ramp on the plain grid
+    conv = nn.Conv2d(1, 1, 3, 1, 1, bias=False).double()
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+    ramp = torch.arange(16, dtype=torch.float64).expand(1, 1, 8, 16).clone()
+    for r in (2, 4):
+        layer = MSConv2d.from_conv(conv, (r,), mode="strided")
+        out = layer(ramp)[0, 0]
+        # interior columns (the last coarse cell repeats at the border)
+        assert_close(out[:, : 16 - r], ramp[0, 0, :, : 16 - r])
+
+
+def test_sigmoid_mixing_with_one_rate_is_still_the_trunk():
+    x = torch.rand(1, 3, 32, 32)
+    soft = msconv_net("offline", trunk_weights="offline", rates=(1,))
+    sig = msconv_net("offline", trunk_weights="offline", rates=(1,), mixing="sigmoid")
+    assert sig.config["mixing"] == "softmax"
+    assert_close(sig(x), soft(x))
+
+
+def test_sparse_flow_loss_refuses_cells_off_the_grid():
+    flow = torch.zeros(1, 2, 4, 5)
+    with pytest.raises(ValueError, match="must lie on the 5x4 grid"):
+        sparse_flow_loss(flow, torch.tensor([[[5.0, 0.0]]]), torch.zeros(1, 1, 2))
+
+
+def test_feature_size_probe_leaves_batch_norm_statistics_alone():
+    net = msconv_net("resnet18", trunk_weights="none", stage="layer3", rates=(1, 2)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    assert net.feature_size((64, 64)) == (4, 4) and net.training
+    after = {k: v for k, v in net.state_dict().items() if "running" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -161,3 +161,39 @@ def test_exercise_checkers():
     assert "all nearest neighbours" in recipe.check_mutual_nn(
         lambda c: (torch.arange(5), c.argmax(1))
     )
+
+
+def test_uncached_trunk_path_trains_like_the_paper_preset(cfg):
+    online = cfg.replace(cache_prefix=False)
+    data = recipe.prepare_training_data(online)
+    assert not data.pre
+    batch = recipe.make_metric_batch_fn(data, online)(0, torch.Generator().manual_seed(0))
+    assert batch["src"].shape == (online.batch_size, 3, *online.size)
+    _, hist, _ = recipe.train_features("multi-scale", online, data, seed=0, device="cpu")
+    assert len(hist) == online.steps_for("multi-scale")
+
+
+def test_paper_preset_swaps_a_resnet_stage():
+    paper = recipe.config("paper")
+    assert (paper.arch, paper.stage, paper.source) == ("resnet101", "layer3", "voc")
+    from corrlib.models.msconv import msconv_net
+
+    net = msconv_net("resnet18", trunk_weights="none", stage="layer3", rates=(1, 2))
+    assert net.stride == 16 and len(net.swapped) == 4  # two basic blocks, two 3x3 each
+    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 256, 4, 4)
+
+
+def test_current_mining_draws_points_in_both_directions(cfg, data):
+    cur = cfg.replace(mine_with="current")
+    batch = recipe.make_metric_batch_fn(data, cur)(3, torch.Generator().manual_seed(1))
+    picks = batch["pick"][~batch["synthetic"]]
+    assert bool(((picks >= 0) & (picks < 1)).all())  # uniform draws, whatever the direction
+
+
+def test_flow_method_refuses_max_side(cfg, data, tmp_path):
+    net = recipe.build_net("single-scale", cfg)
+    hd = recipe.prepare_head_data(net, data)
+    head, _, _ = recipe.train_head("flow", cfg, hd, seed=0, device="cpu", steps=1)
+    path = export_msconv(tmp_path / "h.pt", net, head)
+    with pytest.raises(ValueError, match="does not apply to msconv-flow"):
+        get_method("msconv-flow", checkpoint=path, max_side=96)
