@@ -161,13 +161,23 @@ def _add_grade(sub):
     p.add_argument("--out", required=True, help="folder for grades.md, grades.json and the copy")
     p.add_argument("--preset", default="smoke", help="smoke (default), lab or paper")
     p.add_argument("--data-root", default=None, help="the notebook's data_root parameter")
+    p.add_argument(
+        "--solutions",
+        default=None,
+        help="instructors: a file of reference solutions (instructor/solutions.py); each stub "
+        "is replaced before grading and the solved copy is kept (the solution sheet)",
+    )
 
 
 def _run_grade(args) -> int:
     from corrlib.grading import grade_markdown, grade_notebook, write_grades
 
     grades, executed = grade_notebook(
-        args.notebook, preset=args.preset, data_root=args.data_root, out_dir=args.out
+        args.notebook,
+        preset=args.preset,
+        data_root=args.data_root,
+        out_dir=args.out,
+        solutions=args.solutions,
     )
     paths = write_grades(grades, args.out, Path(args.notebook).name)
     print(grade_markdown(grades, Path(args.notebook).name))

@@ -91,3 +91,17 @@ def test_read_grades_without_output_and_markdown_escaping():
 def test_missing_notebook_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["grade", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path)]) == 2
     assert "no such notebook" in capsys.readouterr().err
+
+
+def test_grade_with_solutions_writes_the_solution_sheet(tmp_path, capsys):
+    from pathlib import Path
+
+    solutions = Path(__file__).resolve().parents[1] / "instructor" / "solutions.py"
+    nb = _notebook(tmp_path / "student.ipynb", SOLVED_PCK, WRONG_ZNCC, UNTOUCHED_CENSUS)
+    out = tmp_path / "solved"
+    assert cli.main(["grade", str(nb), "--out", str(out), "--solutions", str(solutions)]) == 0
+    data = json.loads((out / "grades.json").read_text())
+    assert [e["status"] for e in data["exercises"]] == ["pass", "pass", "pass"]
+    sheet = json.loads((out / "student.solved.ipynb").read_text())
+    assert "raise NotImplementedError" not in json.dumps(sheet)
+    assert "3 of 3 exercises pass." in capsys.readouterr().out
