@@ -92,7 +92,7 @@ class CorrespondenceExplorer:
         self.last_latency_s: float | None = None
         self._item: dict | None = None
         self._fig = None
-        self._output = None
+        self._image = None  # the figure as a PNG image widget (non-interactive backends)
         self._slider = None
 
     # -------------------------------------------------------------------------------- state
@@ -261,12 +261,15 @@ class CorrespondenceExplorer:
             ax.set_yticks([])
         self._fig.tight_layout()
         self._fig.canvas.draw_idle()
-        if self._output is not None:
-            from IPython.display import display
+        if self._image is not None:
+            # the figure as PNG bytes in an Image widget: an Output widget cleared with
+            # clear_output(wait=True) and given a figure stalls headless runs (papermill/nbclient
+            # then waits for the cell until its timeout; measured with nbclient 0.11)
+            import io
 
-            self._output.clear_output(wait=True)
-            with self._output:
-                display(self._fig)
+            buf = io.BytesIO()
+            self._fig.savefig(buf, format="png", dpi=self._fig.dpi)
+            self._image.value = buf.getvalue()
 
     def widget(self):
         """The explorer as an ipywidgets box: pair and score-map dropdowns, a keypoint slider,
@@ -293,8 +296,8 @@ class CorrespondenceExplorer:
         if live:
             canvas = fig.canvas
         else:
-            self._output = w.Output()
-            canvas = self._output
+            self._image = w.Image(format="png")
+            canvas = self._image
             self.redraw()
         return w.VBox([w.HBox([pair, heat]), self._slider, canvas])
 

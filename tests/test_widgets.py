@@ -99,3 +99,45 @@ def test_the_figure_is_not_left_to_pyplot(shifted_pair):
     ex = CorrespondenceExplorer([shifted_pair], ["identity"])
     fig = ex.figure()
     assert fig.number not in plt.get_fignums()  # a later plt.show() does not show it again
+
+
+def test_without_a_live_backend_the_widget_shows_a_redrawn_png(shifted_pair):
+    ex = CorrespondenceExplorer([shifted_pair], ["identity"])
+    box = ex.widget()
+    image = box.children[-1]
+    first = bytes(image.value)
+    assert image.format == "png" and first.startswith(b"\x89PNG")
+    ex.select_keypoint(1)  # redraws: the image changes
+    assert bytes(image.value) != first
+
+
+def test_the_widget_does_not_stall_a_headless_run(tmp_path, shifted_pair):
+    # an Output widget cleared with wait=True and given a figure made papermill wait for the
+    # cell until its timeout; the explorer now draws into an Image widget
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import torch\n"
+            "from corrlib.widgets import CorrespondenceExplorer\n"
+            "img = torch.rand(3, 48, 48)\n"
+            "pair = {'src_img': img, 'trg_img': img, 'src_kps': torch.tensor([[10.0, 12.0]]),\n"
+            "        'trg_kps': torch.tensor([[10.0, 12.0]])}\n"
+            "explorer = CorrespondenceExplorer([pair], ['identity'])\n"
+            "explorer.widget()"
+        )
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path = tmp_path / "explorer.ipynb"
+    nbformat.write(nb, str(path))
+    pm.execute_notebook(
+        str(path), str(tmp_path / "out.ipynb"), progress_bar=False, execution_timeout=60
+    )
+    duration = nbformat.read(str(tmp_path / "out.ipynb"), 4).cells[0].metadata.papermill.duration
+    assert duration < 45  # a stall would sit at the 60 s timeout
