@@ -221,11 +221,10 @@ def verify_hough(matches: Matches, stride: float = 8.0, min_votes: int = 3) -> M
     )
     diag = torch.arange(n)
     bins, valid = bins[diag, diag][None], valid[diag, diag][None]
-    counts = hough_vote(torch.ones(1, n, dtype=torch.float64), bins, valid, n_bins,
-                        sim_thresh=0.0, eps=0.0)[0]  # fmt: skip
+    ones = torch.ones(1, n, dtype=torch.float64)
+    counts = hough_vote(ones, bins, valid, n_bins, sim_thresh=0.0, eps=0.0)[0]
     keep = valid[0] & (counts >= min_votes)
-    top = float(counts.max()) if n else 1.0
-    return matches.subset(keep, (counts / max(top, 1.0)).float())
+    return matches.subset(keep, (counts / max(float(counts.max()), 1.0)).float())
 
 
 _OFFSETS = ((-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1))

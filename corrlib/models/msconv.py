@@ -490,8 +490,12 @@ class FlowForegroundHead(nn.Module):
     def __init__(self, channels: int, width: int = 64, top_k: int = 8, beta: float = 0.05):
         super().__init__()
         self.top_k, self.beta = int(top_k), float(beta)
-        self.config = {"channels": int(channels), "width": int(width), "top_k": int(top_k),
-                       "beta": float(beta)}  # fmt: skip
+        self.config = {
+            "channels": int(channels),
+            "width": int(width),
+            "top_k": int(top_k),
+            "beta": float(beta),
+        }
         self.project = nn.Conv2d(channels, width // 2, 1)
         c_in = width // 2 + 2 + self.top_k
         self.enc1 = nn.Sequential(_conv_block(c_in, width), _conv_block(width, width))

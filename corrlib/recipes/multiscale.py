@@ -71,6 +71,7 @@ __all__ = [
     "VARIANTS",
     "Config",
     "CrossPairs",
+    "HeadData",
     "TrainingData",
     "build_net",
     "category_images",
@@ -524,6 +525,31 @@ def _swap(m: Matches) -> Matches:
     return Matches(m.trg, m.src, m.score, m.confidence, m.trg_size, m.src_size)
 
 
+#: The fields :func:`prepare_training_data` depends on (its cache key).
+_DATA_FIELDS = (
+    "source",
+    "images",
+    "size",
+    "cross_pairs",
+    "synthetic_pairs",
+    "kind",
+    "strength",
+    "arch",
+    "trunk_weights",
+    "stage",
+    "cache_prefix",
+    "candidates",
+    "verify",
+    "min_similarity",
+    "min_votes",
+    "ransac_threshold",
+    "ransac_iterations",
+    "min_inliers",
+    "min_fraction",
+    "fg_dilation",
+)
+
+
 @functools.lru_cache(maxsize=2)
 def _cached_training_data(key: tuple, data_root, device: str) -> TrainingData:
     cfg = Config(**dict(key))
@@ -544,11 +570,7 @@ def prepare_training_data(cfg: Config, *, data_root=None, device="cpu") -> Train
     Returns:
         A :class:`TrainingData` (shared between calls with equal settings: do not modify it).
     """
-    keys = ("source", "images", "size", "cross_pairs", "synthetic_pairs", "kind", "strength",
-            "arch", "trunk_weights", "stage", "cache_prefix", "candidates", "verify",
-            "min_similarity", "min_votes", "ransac_threshold", "ransac_iterations",
-            "min_inliers", "min_fraction", "fg_dilation")  # fmt: skip
-    key = tuple((k, getattr(cfg, k)) for k in keys)
+    key = tuple((k, getattr(cfg, k)) for k in _DATA_FIELDS)
     return _cached_training_data(key, None if data_root is None else str(data_root), str(device))
 
 
@@ -674,10 +696,10 @@ def make_metric_batch_fn(data: TrainingData, cfg: Config) -> Callable:
             ps.append(cells)
             pt.append(data.syn_cells[i][cells[:, 1].long(), cells[:, 0].long()])
             picks.append(torch.zeros(n_pts))
-        key = "pre" if data.pre else ""
+        prefix = "pre_" if data.pre else ""
         return {
-            f"{key}_src" if key else "src": torch.stack(a_list),
-            f"{key}_trg" if key else "trg": torch.stack(b_list),
+            f"{prefix}src": torch.stack(a_list),
+            f"{prefix}trg": torch.stack(b_list),
             "pos_src": torch.stack(ps),
             "pos_trg": torch.stack(pt),
             "pick": torch.stack(picks),
@@ -1089,8 +1111,14 @@ def evaluate_mask_transfer(method, pairs: CrossPairs) -> dict:
 
 
 @torch.no_grad()
-def evaluate_foreground(method: MSFlowMethod, pairs: CrossPairs | None = None, *, data_root=None,
-                        subsets=("FG3DCar", "JODS", "PASCAL"), limit=None) -> dict:  # fmt: skip
+def evaluate_foreground(
+    method: MSFlowMethod,
+    pairs: CrossPairs | None = None,
+    *,
+    data_root=None,
+    subsets=("FG3DCar", "JODS", "PASCAL"),
+    limit=None,
+) -> dict:
     """IoU of the flow head's predicted foreground (probability > 0.5) with the true object mask:
     on cross-instance test ``pairs`` (the source object), or on TSS (``pairs=None``: the source
     masks of both directions of each pair).
