@@ -6,6 +6,8 @@ was given; an unknown string option lists the valid values; a non-tensor raises 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Iterable, Sequence
 
@@ -18,6 +20,7 @@ __all__ = [
     "check_int",
     "check_shape",
     "check_tensor",
+    "full_precision",
 ]
 
 
@@ -186,3 +189,32 @@ def check_float(
         hi = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
         raise ValueError(f"Argument {name} must be a number in {lo}, {hi}, got {value!r}.")
     return value
+
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def _up(x):
+    return x.float() if isinstance(x, torch.Tensor) and x.dtype in _LOW else x
+
+
+def full_precision(fn):
+    """Run ``fn`` in float32 even inside ``torch.autocast``: half-precision tensor arguments are
+    cast to float32 and autocast is switched off for the call. Mixed precision speeds up the
+    trunks; correlations, soft argmaxes, Hough votes and losses stay in float32 (their softmaxes
+    and sums lose too much in bfloat16)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        args = tuple(_up(a) for a in args)
+        kwargs = {k: _up(v) for k, v in kwargs.items()}
+        devices = {a.device.type for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+        on = [d for d in sorted(devices) if d in ("cpu", "cuda") and torch.is_autocast_enabled(d)]
+        if not on:
+            return fn(*args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for d in on:
+                stack.enter_context(torch.autocast(d, enabled=False))
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -1,5 +1,5 @@
-"""Command line: ``corrlib eval``, ``corrlib series``, ``corrlib grade``, ``corrlib methods``
-(also ``python -m corrlib``)."""
+"""Command line: ``corrlib eval``, ``corrlib train``, ``corrlib series``, ``corrlib grade``,
+``corrlib methods`` (also ``python -m corrlib``)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_data_root(p) -> None:
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding PF-WILLOW/, TSS/, ... (default: $CORRLIB_DATA)",
+    )
+
+
 def _add_eval(sub):
     p = sub.add_parser(
         "eval",
@@ -60,11 +68,7 @@ def _add_eval(sub):
     )
     p.add_argument("--method", required=True, help="registered method name (see `corrlib methods`)")
     p.add_argument("--dataset", required=True, help="pf-willow, pf-pascal, spair-71k or tss")
-    p.add_argument(
-        "--data-root",
-        default=None,
-        help="folder holding PF-WILLOW/, TSS/, ... (default: $CORRLIB_DATA)",
-    )
+    _add_data_root(p)
     p.add_argument(
         "--out",
         required=True,
@@ -118,6 +122,118 @@ def _add_eval(sub):
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+_TRAIN_DESCRIPTION = """\
+Train one chapter's model at a preset, exactly as its notebook does, resumably.
+
+Checkpoints go where the notebook keeps them, <out>/checkpoints/<chapter>/<preset>/seed<seed>/,
+so the notebook run with out_dir=<out> (or `corrlib series --out <out>`) reuses them instead of
+training again. A killed or interrupted run resumes from its last checkpoint when the same
+command is given again, and ends with the same parameters as an uninterrupted one. A checkpoint
+written with other settings is refused (the error names the file and the fields). Two runs of the
+same model into the same --out are refused while one is running.
+
+Several processes (one per GPU, or CPU processes with gloo):
+
+    torchrun --standalone --nproc_per_node=2 -m corrlib \\
+        train --chapter 06_sfnet --preset paper --out runs
+
+Every process draws the same global batch of each step and trains on its slice, with
+DistributedDataParallel averaging the gradients: the run equals one process at the global batch
+(tests/test_distributed.py checks it). Rank 0 writes the checkpoints and the exported model. The
+global batch must split evenly between the processes; SCNet (one pair per step) runs on one
+process.
+
+The exported model (if the chapter's model is a correspondence method) is evaluated with the
+`corrlib eval` command printed at the end.
+"""
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train",
+        help="train one chapter's model at a preset (resumable; torchrun for several processes)",
+        description=_TRAIN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--chapter", required=True, help="01_patch, 02_stn, ..., 07_multiscale")
+    p.add_argument("--preset", required=True, help="smoke, lab or paper")
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="which model of the chapter (default: its main one; an unknown name lists them)",
+    )
+    p.add_argument("--out", required=True, help="run folder (checkpoints under <out>/checkpoints)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_data_root(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _run_train(args) -> int:
+    from corrlib import distributed
+    from corrlib.recipes import chapter_setup, chapters, recipe_for
+
+    trainable = [c for c in chapters() if hasattr(recipe_for(c), "train_main")]
+    if args.chapter not in trainable:
+        raise ValueError(
+            f"--chapter {args.chapter!r} has no model to train; choose one of {trainable}."
+        )
+    recipe = recipe_for(args.chapter)
+    variant = args.variant or recipe.TRAINABLE[0]
+    if variant not in recipe.TRAINABLE:
+        raise ValueError(
+            f"--variant {variant!r} is not a model of {args.chapter}; choose one of "
+            f"{list(recipe.TRAINABLE)}."
+        )
+    distributed.init_from_env(args.device)
+    main = distributed.is_main()
+    try:
+        run = chapter_setup(
+            args.chapter,
+            args.preset,
+            data_root=args.data_root,
+            device=args.device,
+            seed=args.seed,
+            out_dir=args.out,
+        )
+        run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        lock = (
+            _locked_out(run.ckpt_dir, f".corrlib-train-{variant}.lock", "corrlib train run")
+            if main
+            else contextlib.nullcontext()
+        )
+        with lock:
+            if main:
+                world = distributed.world_size()
+                procs = f"{world} processes" if world > 1 else "1 process"
+                print(
+                    f"[train] {args.chapter} {variant} at {args.preset}, seed {args.seed}, on "
+                    f"{run.device} ({procs}); checkpoints in {run.ckpt_dir}"
+                )
+            result = recipe.train_main(run, variant, progress=main and not args.no_progress)
+    finally:
+        if distributed.world_size() > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if main:
+        rows = [r for r in result.history if "loss" in r]
+        if rows:
+            first, last = rows[0], rows[-1]
+            print(
+                f"[train] step {last['step']}: loss {first['loss']:.4g} (step {first['step']}) -> "
+                f"{last['loss']:.4g}; {result.seconds:.1f} s in this call"
+            )
+        print(f"[train] checkpoint: {result.checkpoint}")
+        if result.exported is not None:
+            print(f"[train] exported: {result.exported}")
+            print(
+                f"[train] evaluate: corrlib eval --method {result.method} --checkpoint "
+                f"{result.exported} --dataset pf-willow --out <folder>"
+            )
+    return 0
+
+
 def _add_series(sub):
     p = sub.add_parser(
         "series",
@@ -129,11 +245,7 @@ def _add_series(sub):
     p.add_argument(
         "--out", required=True, help="output folder (executed notebooks, metrics, dashboard)"
     )
-    p.add_argument(
-        "--data-root",
-        default=None,
-        help="folder holding PF-WILLOW/, TSS/, ... (default: $CORRLIB_DATA)",
-    )
+    _add_data_root(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -219,13 +331,14 @@ _RESULT_NAMES = ("metrics.json", "metrics.md", "predictions.csv", "flows")
 
 
 @contextlib.contextmanager
-def _locked_out(out: Path):
-    """Hold an exclusive lock on ``<out>/.corrlib-eval.lock`` while one run writes ``out``.
+def _locked_out(out: Path, name: str = _LOCK_NAME, what: str = "corrlib eval run"):
+    """Hold an exclusive lock on ``<out>/<name>`` (default ``.corrlib-eval.lock``) while one run
+    writes ``out``.
 
     The lock is the operating system's (``flock``; ``msvcrt.locking`` on Windows), so it goes
     away with the process: a crashed run never leaves ``out`` locked.
     """
-    path = out / _LOCK_NAME
+    path = out / name
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
@@ -246,8 +359,8 @@ def _locked_out(out: Path):
             holder = "unknown"
         os.close(fd)
         raise ValueError(
-            f"--out {out} is in use by another corrlib eval run ({holder}); two runs cannot "
-            "share an output folder: wait for it to finish or pass another --out."
+            f"{out} is in use by another {what} ({holder}); two runs cannot share it: wait "
+            "for it to finish or pass another --out."
         ) from None
     try:
         os.ftruncate(fd, 0)
@@ -423,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="corrlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval(sub)
+    _add_train(sub)
     _add_series(sub)
     _add_grade(sub)
     sub.add_parser("methods", help="list the registered methods")
@@ -433,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "eval":
             return _run_eval(args)
+        if args.command == "train":
+            return _run_train(args)
         if args.command == "series":
             return _run_series(args)
         if args.command == "grade":

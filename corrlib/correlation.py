@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from corrlib._check import check_shape, check_tensor
+from corrlib._check import check_shape, check_tensor, full_precision
 
 __all__ = [
     "NN_TIE_RTOL",
@@ -41,6 +41,7 @@ def l2_normalize(feat: torch.Tensor, dim: int = 1, eps: float = 1e-6) -> torch.T
     return feat / feat.norm(dim=dim, keepdim=True).clamp_min(eps)
 
 
+@full_precision
 def dense_correlation(
     f_src: torch.Tensor, f_trg: torch.Tensor, normalize: bool = True
 ) -> torch.Tensor:
@@ -79,6 +80,7 @@ class DenseCorrelation(torch.nn.Module):
         return dense_correlation(f_src, f_trg, self.normalize)
 
 
+@full_precision
 def local_correlation(
     f1: torch.Tensor, f2: torch.Tensor, radius: int, normalize: bool = False
 ) -> torch.Tensor:

@@ -99,6 +99,9 @@ class KeypointResult:
     seconds: float
     markdown: str = field(repr=False, default="")
     split: str | None = None
+    #: one dict per pair: ``pair_index``, ``category``, ``n_points``, ``pck@<alpha>`` and, for
+    #: SPair-71k, ``difficulty`` (its flags: viewpoint/scale variation, truncation, occlusion)
+    pairs: list[dict] = field(repr=False, default_factory=list)
 
     @property
     def n_pairs(self) -> int:
@@ -119,6 +122,28 @@ class KeypointResult:
         """
         entry = self.summary["alphas"][_alpha_key(alpha)]
         return entry["all"] if category is None else entry["per_category"][category]
+
+    def pck_per_pair(self, alpha: float, where=None) -> float | None:
+        """The mean over pairs of each pair's PCK at ``alpha`` (SPair-71k's "per-pair" number,
+        beside its per-category headline); ``where(pair dict) -> bool`` selects pairs. None when
+        no pair with keypoints is selected."""
+        key = f"pck@{_alpha_key(alpha)}"
+        vals = [p[key] for p in self.pairs if p["n_points"] > 0 and (where is None or where(p))]
+        return sum(vals) / len(vals) if vals else None
+
+    def difficulty_breakdown(self, alpha: float) -> dict:
+        """Per-pair mean PCK at ``alpha`` for each value of each difficulty flag (SPair-71k):
+        ``{flag: {value: {"pck": float | None, "pairs": int}}}``; ``{}`` without flags."""
+        out: dict = {}
+        for p in self.pairs:
+            for flag, value in p.get("difficulty", {}).items():
+                out.setdefault(flag, {}).setdefault(int(value), None)
+        for flag, values in out.items():
+            for value in values:
+                sel = lambda p, f=flag, v=value: p.get("difficulty", {}).get(f) == v  # noqa: E731
+                n = sum(1 for p in self.pairs if sel(p) and p["n_points"] > 0)
+                values[value] = {"pck": self.pck_per_pair(alpha, sel), "pairs": n}
+        return {f: dict(sorted(v.items())) for f, v in sorted(out.items())}
 
 
 def _alpha_key(alpha: float) -> str:
@@ -179,7 +204,7 @@ def evaluate_keypoints(
             f"{type(dataset).__name__}: no pair to evaluate (the dataset has {len(dataset)} "
             "pairs); check its pair list or split."
         )
-    rows = []
+    rows, pairs = [], []
     t0 = time.perf_counter()
     for i in tqdm(
         range(n),
@@ -199,9 +224,13 @@ def evaluate_keypoints(
         pred = method.match(
             s[f"{a}_img"], s[f"{b}_img"], query, src_key=s[f"{a}_name"], trg_key=s[f"{b}_name"]
         )
-        evaluator.add(
+        pair = evaluator.add(
             pred, gt, category=s["category"], image_size=s[f"{b}_size"], bbox=s.get(f"{b}_bbox")
         )
+        pair["pair_index"] = s["pair_index"]
+        if "difficulty" in s:
+            pair["difficulty"] = dict(s["difficulty"])
+        pairs.append(pair)
         for k in range(pred.shape[0]):
             rows.append(
                 {
@@ -226,6 +255,7 @@ def evaluate_keypoints(
         seconds,
         evaluator.to_markdown(),
         getattr(dataset, "split", None),
+        pairs,
     )
 
 
@@ -372,6 +402,10 @@ def write_keypoint_result(
         "summary": result.summary,
         "coordinates": "pixels, 0-based, (x, y), in the original target image",
     }
+    if any("difficulty" in p for p in result.pairs):  # SPair-71k: both means and the flags
+        alphas = [float(a) for a in result.summary["alphas"]]
+        meta["per_pair_mean"] = {f"{a:g}": result.pck_per_pair(a) for a in alphas}
+        meta["difficulty"] = {f"{a:g}": result.difficulty_breakdown(a) for a in alphas}
     atomic_write_text(paths["metrics"], strict_json(meta) + "\n")
     return paths
 

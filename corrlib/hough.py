@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from corrlib._check import check_shape
+from corrlib._check import check_shape, full_precision
 
 __all__ = ["SIM_THRESH", "VOTE_EPS", "hough_bins", "hough_kernel", "hough_vote"]
 
@@ -97,6 +97,7 @@ def hough_bins(
     return torch.where(valid, bins, torch.zeros_like(bins)), valid, nx * ny * scale_bins
 
 
+@full_precision
 def hough_vote(
     scores: torch.Tensor,
     bins: torch.Tensor,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from corrlib._check import check_choice, check_shape
+from corrlib._check import check_choice, check_shape, full_precision
 from corrlib.correlation import l2_normalize, nearest_neighbour_vectors
 
 __all__ = [
@@ -120,6 +120,7 @@ def hard_argmax(corr: torch.Tensor) -> torch.Tensor:
     return torch.stack((idx % w, idx // w), dim=-1).to(corr.dtype)
 
 
+@full_precision
 def soft_argmax(corr: torch.Tensor, beta: float = 0.02) -> torch.Tensor:
     """Expected cell under ``softmax(corr / beta)``: ``(B, S, Ht, Wt)`` -> ``(B, S, 2)`` (x, y).
 
@@ -146,6 +147,7 @@ def _expected_cell(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack(((p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)), dim=-1)
 
 
+@full_precision
 def kernel_soft_argmax(corr: torch.Tensor, sigma: float = 5.0, beta: float = 0.02) -> torch.Tensor:
     """Kernel soft argmax (SFNet, Lee et al. CVPR 2019, Eq. 3-4).
 

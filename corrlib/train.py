@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from corrlib import distributed
 from corrlib._check import check_choice, check_float, check_int
 from corrlib.checkpoint import atomic_open, load_checkpoint, save_checkpoint
 
@@ -71,6 +72,11 @@ SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Keys every training row of the history has (plus the ``logs`` of ``loss_fn``).
 ROW_KEYS = ("step", "loss", "lr", "seconds")
+#: A ``loss_fn`` log under this key (not logged) is the number of elements its loss averages. With
+#: several processes each rank's loss is weighted by its share of the global count, so the
+#: gradient is that of the global batch's mean even when the ranks' slices hold different numbers
+#: of valid cells; one process ignores it.
+LOSS_WEIGHT = "loss_weight"
 #: Marks a checkpoint written by :class:`Trainer`.
 CKPT_FORMAT = "corrlib.train/1"
 
@@ -525,7 +531,10 @@ class Trainer:
                 f"Argument model must be a torch.nn.Module, got {type(model).__name__}."
             )
         self.config = config
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         self.device = pick_device(config.device)
+        if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", distributed.local_rank())
         self.model = model.to(self.device)
         self.loss_fn, self.batch_fn, self.val_fn, self.on_log = loss_fn, batch_fn, val_fn, on_log
         self.ckpt_path = None if ckpt_path is None else Path(ckpt_path)
@@ -546,6 +555,20 @@ class Trainer:
                 stacklevel=2,
             )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # several processes (torchrun): the loss computation runs inside DistributedDataParallel,
+        # which averages the gradients over the ranks during backward. The wrapper's forward is
+        # loss_fn itself, so loss functions that call model methods other than forward (most
+        # chapters' do) are synchronised too.
+        self._ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            _sync_batch_norm(self.model, self.device)
+            self._ddp = DistributedDataParallel(
+                _LossModule(self.model, loss_fn),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         self.step = 0
         self.history: list[dict] = []
         self._pending = {"sums": {}, "counts": {}}  # logs since the last history row
@@ -604,13 +627,16 @@ class Trainer:
         _set_rng_state(state["rng"])
 
     def save(self) -> None:
-        """Save :meth:`state_dict` to ``ckpt_path`` (atomically)."""
+        """Save :meth:`state_dict` to ``ckpt_path`` (atomically). With several processes only
+        rank 0 writes, and every rank waits until the file is complete."""
         if self.ckpt_path is None:
             raise ValueError(
                 "This Trainer has no ckpt_path; pass ckpt_path=... to save checkpoints."
             )
-        remove_stale_temps(self.ckpt_path)
-        save_checkpoint(self.ckpt_path, self.state_dict())
+        if self.rank == 0:
+            remove_stale_temps(self.ckpt_path)
+            save_checkpoint(self.ckpt_path, self.state_dict())
+        distributed.barrier()
 
     # ---------------------------------------------------------------------------- loop
 
@@ -643,7 +669,11 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress
+            total=cfg.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not self.progress or self.rank != 0,
         )
         self.model.train()
         last = time.perf_counter()
@@ -674,7 +704,11 @@ class Trainer:
 
     def _train_step(self) -> None:
         cfg, k = self.config, self.step
-        batch = _to_device(self.batch_fn(k, _generator("batch", cfg.seed, k)), self.device)
+        batch = self.batch_fn(k, _generator("batch", cfg.seed, k))
+        if self.world > 1:  # every rank drew the same global batch: keep this rank's slice
+            shard = getattr(self.batch_fn, "shard", distributed.shard_batch)
+            batch = shard(batch, self.rank, self.world)
+        batch = _to_device(batch, self.device)
         lr = lr_at(cfg, k)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -685,7 +719,7 @@ class Trainer:
             else contextlib.nullcontext()
         )
         with autocast:
-            out = self.loss_fn(self.model, batch)
+            out = self._ddp(batch) if self._ddp is not None else self.loss_fn(self.model, batch)
         loss, logs = (out, {}) if isinstance(out, torch.Tensor) else out
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not isinstance(logs, dict):
             raise ValueError(
@@ -698,7 +732,20 @@ class Trainer:
             raise ValueError(
                 f"loss_fn logs may not use the keys {reserved}: {ROW_KEYS} are reserved."
             )
+        logs = dict(logs)
+        weight = float(logs.pop(LOSS_WEIGHT, 1.0))
         value = loss.item()
+        if self.world > 1:  # the history holds global-batch means, as one process would log
+            keys = list(logs)
+            local = [weight, value * weight] + [float(logs[key]) * weight for key in keys]
+            sums = torch.tensor(local, dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(sums)
+            total, sums = float(sums[0]), sums.tolist()
+            if total > 0:
+                value, logs = sums[1] / total, {k: v / total for k, v in zip(keys, sums[2:])}
+                # DDP averages gradients over ranks: scale so the average weighs each rank by
+                # its share of the global count (1 when every rank averages as many elements)
+                loss = loss * (weight * self.world / total)
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"The loss is {value} at step {k}; lower config.lr or set config.grad_clip."
@@ -730,6 +777,8 @@ class Trainer:
             self.on_log(self.history)
 
     def _validate(self) -> None:
+        if self.rank != 0:  # rank 0 validates and writes the history that is saved
+            return
         self.model.eval()
         try:
             with torch.no_grad():
@@ -743,6 +792,45 @@ class Trainer:
             self.history.append({"step": self.step, "seconds": round(self._seconds, 3), **vals})
         if self.on_log is not None:
             self.on_log(self.history)
+
+
+def _sync_batch_norm(model: nn.Module, device: torch.device) -> None:
+    """Trainable BatchNorm layers under several processes: on GPUs they become SyncBatchNorm
+    (statistics over the global batch, as one process computes them); on the CPU PyTorch has no
+    SyncBatchNorm, so each process normalises its own slice and the run is *not* equal to one
+    process at the global batch: say so."""
+    bn = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and not isinstance(m, nn.SyncBatchNorm)
+        and any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+    if not bn:
+        return
+    if device.type == "cuda":
+        for name, child in list(model.named_children()):
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        return
+    shown = ", ".join(bn[:3]) + (", ..." if len(bn) > 3 else "")
+    warnings.warn(
+        f"{len(bn)} trainable BatchNorm layer(s) ({shown}) "
+        f"train on {device} with several processes: PyTorch's SyncBatchNorm needs GPUs, so each "
+        "process normalises its own slice of the batch and the run differs from one process at "
+        "the global batch. Train on GPUs, or on one process, for that equality.",
+        stacklevel=3,
+    )
+
+
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module's forward, for DistributedDataParallel."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.model, batch)
 
 
 # ------------------------------------------------------------------------------------- data

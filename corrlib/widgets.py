@@ -94,6 +94,7 @@ class CorrespondenceExplorer:
         self._fig = None
         self._image = None  # the figure as a PNG image widget (non-interactive backends)
         self._slider = None
+        self._readout = None  # the query and every match as text (ipywidgets HTML)
 
     # -------------------------------------------------------------------------------- state
 
@@ -184,8 +185,15 @@ class CorrespondenceExplorer:
         if self._fig is None:
             import matplotlib.pyplot as plt
 
+            # fixed places (no tight_layout): the source must not move when the first click adds
+            # the colour bar and the legend, or a second click would land elsewhere
             with plt.ioff():
-                self._fig, self._axes = plt.subplots(1, 2, figsize=self.figsize)
+                self._fig = plt.figure(figsize=self.figsize)
+                self._axes = (
+                    self._fig.add_axes((0.01, 0.17, 0.44, 0.74)),
+                    self._fig.add_axes((0.48, 0.17, 0.40, 0.74)),
+                )
+                self._cax = self._fig.add_axes((0.90, 0.17, 0.015, 0.74))
             if not _live_backend():
                 # not kept by pyplot: a later plt.show() in the notebook must not show it again
                 plt.close(self._fig)
@@ -204,9 +212,9 @@ class CorrespondenceExplorer:
             return
         it = self.item
         ax_s, ax_t = self._axes
-        if self._colorbar is not None:
-            self._colorbar.remove()
-            self._colorbar = None
+        self._cax.clear()
+        self._cax.set_visible(False)
+        self._colorbar = None
         ax_s.clear()
         ax_t.clear()
         ax_s.imshow(to_numpy_image(it["src_img"]))
@@ -236,7 +244,8 @@ class CorrespondenceExplorer:
                 )
                 ax_t.set_xlim(-0.5, it["trg_img"].shape[-1] - 0.5)
                 ax_t.set_ylim(it["trg_img"].shape[-2] - 0.5, -0.5)
-                self._colorbar = self._fig.colorbar(im, ax=ax_t, fraction=0.04, pad=0.02)
+                self._cax.set_visible(True)
+                self._colorbar = self._fig.colorbar(im, cax=self._cax)
                 self._colorbar.set_label(f"cosine similarity ({self.heat})", fontsize=9)
                 title = f"target: score map of {self.heat} and every method's match"
             gt = None
@@ -259,7 +268,6 @@ class CorrespondenceExplorer:
         for ax in (ax_s, ax_t):
             ax.set_xticks([])
             ax.set_yticks([])
-        self._fig.tight_layout()
         self._fig.canvas.draw_idle()
         if self._image is not None:
             # the figure as PNG bytes in an Image widget: an Output widget cleared with
@@ -270,6 +278,18 @@ class CorrespondenceExplorer:
             buf = io.BytesIO()
             self._fig.savefig(buf, format="png", dpi=self._fig.dpi)
             self._image.value = buf.getvalue()
+        if self._readout is not None:
+            self._readout.value = self.readout()
+
+    def readout(self) -> str:
+        """The query point and every method's match as one line of text (pixels, ``(x, y)``),
+        shown under the figure: the numbers behind the markers, for reading them off (and
+        for the browser test, which checks them after a click)."""
+        if self.point is None:
+            return "query: none yet (click a point on the source image)"
+        parts = [f"query ({float(self.point[0]):.1f}, {float(self.point[1]):.1f})"]
+        parts += [f"{n} ({float(p[0]):.1f}, {float(p[1]):.1f})" for n, p in self.matches.items()]
+        return " &rarr; ".join(parts[:1]) + " &rarr; " + " &middot; ".join(parts[1:])
 
     def widget(self):
         """The explorer as an ipywidgets box: pair and score-map dropdowns, a keypoint slider,
@@ -299,7 +319,9 @@ class CorrespondenceExplorer:
             self._image = w.Image(format="png")
             canvas = self._image
             self.redraw()
-        return w.VBox([w.HBox([pair, heat]), self._slider, canvas])
+        self._readout = w.HTML(value=self.readout())
+        self._readout.add_class("corrlib-explorer-readout")
+        return w.VBox([w.HBox([pair, heat]), self._slider, canvas, self._readout])
 
     def _set_heat(self, name: str) -> None:
         self.heat = name

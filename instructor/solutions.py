@@ -136,3 +136,10 @@ def my_mutual_nn(corr):
     sources = torch.arange(corr.shape[0])
     keep = backward[forward] == sources
     return sources[keep], forward[keep]
+
+
+# ----------------------------------------------------------------------------- 08_full_training
+
+
+def my_rank_loss_scale(count, counts):
+    return count * len(counts) / sum(counts)

@@ -27,3 +27,16 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ ! -d "${CORRLIB_DATA:-/nonexi
          "python -c \"import torchvision; torchvision.datasets.FashionMNIST('\$CORRLIB_DATA', download=True)\"."
   fi
 fi
+# The browser test (tests/test_browser.py) drives JupyterLab in Chromium with Playwright. Debian's
+# chromium is used (Playwright's own download needs its CDN); install it when we may, else the test
+# skips and says how.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && [ -z "${CORRLIB_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }) \
+      && echo "installed Debian's chromium (the browser test)" \
+      || echo "WARNING: could not install chromium; tests/test_browser.py will be skipped."
+  else
+    echo "NOTE: the browser test needs Chromium: 'sudo apt-get install chromium', or set CORRLIB_CHROMIUM," \
+         "or '.venv/bin/playwright install chromium'; without it tests/test_browser.py is skipped."
+  fi
+fi

@@ -9,6 +9,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The lab presets must not depend on what this machine's torch hub cache holds (a chapter's `lab`
+# takes ImageNet features when their file is cached): tests see the offline lab unless they set
+# CORRLIB_LAB_TRUNK themselves (tests/test_lab_imagenet.py).
+os.environ["CORRLIB_LAB_TRUNK"] = "offline"
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:

@@ -440,3 +440,26 @@ def sum_in_order(values):
     for x in values:
         acc = acc + x * 1.0
     return acc
+
+
+def test_correlation_soft_argmax_votes_and_losses_stay_float32_under_autocast():
+    # mixed precision speeds up the trunks; these must not run in bfloat16
+    from corrlib.hough import hough_vote
+    from corrlib.matching import kernel_soft_argmax, soft_argmax
+    from corrlib.models.sfnet import sfnet_loss
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 8, 5, 5, generator=g), torch.randn(2, 8, 5, 5, generator=g)
+    plain = dense_correlation(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.einsum("bcs,bct->bst", a.flatten(2), b.flatten(2)).dtype == torch.bfloat16
+        corr = dense_correlation(a.bfloat16(), b.bfloat16())
+        assert corr.dtype == torch.float32 and dense_correlation(a, b).dtype == torch.float32
+        torch.testing.assert_close(dense_correlation(a, b), plain)
+        assert local_correlation(a, b, 1).dtype == torch.float32
+        assert soft_argmax(corr).dtype == torch.float32
+        assert kernel_soft_argmax(corr).dtype == torch.float32
+        f = torch.rand(3, 4, generator=g, dtype=torch.float32).bfloat16()
+        bins = torch.randint(0, 5, (3, 4), generator=g)
+        assert hough_vote(f, bins, torch.ones(3, 4, dtype=torch.bool), 5).dtype == torch.float32
+    assert callable(sfnet_loss) and sfnet_loss.__wrapped__ is not None

@@ -27,8 +27,9 @@ CHAPTERS = (
     "05_rtn",
     "06_sfnet",
     "07_multiscale",
+    "08_full_training",
 )
-TRAINING_CHAPTERS = CHAPTERS[1:]
+TRAINING_CHAPTERS = CHAPTERS[1:-1]
 
 INVALID_FAST = (
     r"Unknown value 'fast' for argument preset\. Valid values are \{smoke, lab, paper\}\."
@@ -215,6 +216,7 @@ LAB_CHANGES = {
         "log_every", "ckpt_every", "test_images", "test_pairs", "cross_test_pairs", "test_points",
         "mining_willow_pairs", "max_side",
     },
+    "08_full_training": {"max_side", "patch_max_side"},
 }  # fmt: skip
 
 
@@ -233,6 +235,7 @@ def test_lab_differs_from_paper_only_where_intended(chapter):
 
 def test_only_training_chapters_carry_training_settings():
     assert not hasattr(get_config("00_basics", "lab"), "steps")  # chapter 00 trains nothing
+    assert not hasattr(get_config("08_full_training", "lab"), "steps")  # nor does chapter 08
     for chapter in TRAINING_CHAPTERS:
         assert isinstance(get_config(chapter, "lab"), TrainingConfig)
 

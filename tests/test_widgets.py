@@ -80,9 +80,12 @@ def test_score_map_peaks_at_the_match(shifted_pair, one_thread):
 def test_widget_and_errors(shifted_pair):
     ex = CorrespondenceExplorer([shifted_pair, shifted_pair], {"id": ev.get_method("identity")})
     box = ex.widget()
-    assert len(box.children) == 3 and ex.heat is None  # identity has no score map
+    assert len(box.children) == 4 and ex.heat is None  # identity has no score map
+    readout = box.children[-1]
+    assert readout.value.startswith("query: none yet")
     ex.select_keypoint(2)
     assert ex.matches["id"].tolist() == [60.0, 60.0]
+    assert readout.value == ex.readout() and "id (60.0, 60.0)" in readout.value
     ex.select_pair(1)
     assert ex.point is None and ex.pair_index == 1
     with pytest.raises(ValueError, match="outside the 96x96"):
@@ -91,6 +94,17 @@ def test_widget_and_errors(shifted_pair):
         CorrespondenceExplorer([shifted_pair], ["identity"], pair=3)
     with pytest.raises(TypeError, match="CorrespondenceMethod"):
         CorrespondenceExplorer([shifted_pair], [3])
+
+
+def test_the_source_does_not_move_when_the_first_click_adds_the_colour_bar(shifted_pair):
+    ex = CorrespondenceExplorer([shifted_pair], ["identity", ev.get_method("daisy", max_side=96)])
+    fig = ex.figure()
+    fig.canvas.draw()
+    before = ex._axes[0].get_window_extent().bounds
+    ex.click(41.0, 52.0)
+    fig.canvas.draw()
+    assert ex._colorbar is not None
+    assert ex._axes[0].get_window_extent().bounds == pytest.approx(before)
 
 
 def test_the_figure_is_not_left_to_pyplot(shifted_pair):
@@ -104,7 +118,7 @@ def test_the_figure_is_not_left_to_pyplot(shifted_pair):
 def test_without_a_live_backend_the_widget_shows_a_redrawn_png(shifted_pair):
     ex = CorrespondenceExplorer([shifted_pair], ["identity"])
     box = ex.widget()
-    image = box.children[-1]
+    image = box.children[2]
     first = bytes(image.value)
     assert image.format == "png" and first.startswith(b"\x89PNG")
     ex.select_keypoint(1)  # redraws: the image changes

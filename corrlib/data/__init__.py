@@ -75,6 +75,7 @@ from corrlib.data.pfpascal import (
     PFPASCAL_CATEGORIES,
     PFPascal,
     pair_overlap,
+    pfpascal_voc_ids,
     read_pfpascal_annotation,
 )
 from corrlib.data.pfwillow import PFWillow, read_pfwillow_kps
@@ -148,6 +149,7 @@ __all__ = [
     "masked_pairs",
     "matlab_to_zero_based",
     "pair_overlap",
+    "pfpascal_voc_ids",
     "photometric_jitter",
     "read_flo",
     "read_idx",

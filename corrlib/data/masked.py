@@ -131,6 +131,9 @@ class VOCMasks(Dataset):
             :data:`VOC_MD5`) into ``root`` first, unless the folder is already there. The tar is
             kept next to what it extracted.
         void_as: ``"foreground"`` (default) or ``"background"``: where the void value 255 goes.
+        exclude: image ids to leave out (e.g. the PF-PASCAL evaluation images, which are VOC
+            images: :func:`corrlib.data.pfpascal_voc_ids`); :attr:`excluded` counts those
+            dropped.
 
     Foreground = class index 1..20, plus void (255) when ``void_as="foreground"``. VOC draws
     void as a band about 5 px wide over every object outline (and over whole objects that are
@@ -160,6 +163,7 @@ class VOCMasks(Dataset):
         download: bool = False,
         *,
         void_as: str = "foreground",
+        exclude=None,
     ) -> None:
         self.root = resolve_data_root(root)
         self.split = check_choice(split, "split", self.SPLITS)
@@ -170,7 +174,10 @@ class VOCMasks(Dataset):
         self.folder = self._find_folder(self.root)
         split_file = self.folder / "ImageSets" / "Segmentation" / f"{split}.txt"
         require_file(split_file, self.NAME, self._how_to_get(self.root), tree=self.TREE)
-        self.ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        drop = set(exclude or ())
+        self.ids = [i for i in ids if i not in drop]
+        self.excluded = len(ids) - len(self.ids)
 
     @staticmethod
     def _candidates(root: Path) -> list[Path]:

@@ -37,6 +37,7 @@ __all__ = [
     "PFPASCAL_PAIRS_URL",
     "PFPascal",
     "pair_overlap",
+    "pfpascal_voc_ids",
     "read_pfpascal_annotation",
 ]
 
@@ -177,7 +178,10 @@ class PFPascal(PairDataset):
 
     Args:
         root: data root (``None``: ``$CORRLIB_DATA``).
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"test-leakfree"``: the test rows whose
+            unordered image pair does not occur in ``train_pairs.csv`` (204 of the 299; 95 test
+            rows are training pairs). Report both: ``test`` for comparison with published
+            numbers, ``test-leakfree`` for what a model does on pairs it never trained on.
         transform: callable applied to each item dict.
         download: fetch the official files when missing (needs internet).
         flip_mode: ``"both"`` or ``"source"`` (see Flip).
@@ -187,7 +191,7 @@ class PFPascal(PairDataset):
 
     NAME = "PF-PASCAL"
     FOLDER = "PF-PASCAL"
-    SPLITS = ("train", "val", "test")
+    SPLITS = ("train", "val", "test", "test-leakfree")
     TREE = """\
 <root>/PF-PASCAL/
 ├── image_pairs/{train,val,test}_pairs.csv
@@ -229,7 +233,8 @@ class PFPascal(PairDataset):
 
     def _check_exists(self) -> None:
         self._require_folder(self.folder, self.folder)
-        self._require_file(self.folder / "image_pairs" / f"{self.split}_pairs.csv", self.folder)
+        for split in _LIST_SPLITS[self.split]:
+            self._require_file(self.folder / "image_pairs" / f"{split}_pairs.csv", self.folder)
         self._require_folder(self.folder / _IMAGES / "JPEGImages", self.folder)
         self._require_folder(self.folder / _IMAGES / "Annotations", self.folder)
 
@@ -248,6 +253,10 @@ class PFPascal(PairDataset):
         loaded (1 px tolerance).
         """
         split = cls._check_split(split)
+        if split == "test-leakfree":
+            train = {frozenset((p.src_name, p.trg_name)) for p in cls.read_pairs(root, "train")}
+            test = cls.read_pairs(root, "test")
+            return [p for p in test if frozenset((p.src_name, p.trg_name)) not in train]
         folder = resolve_data_root(root) / cls.FOLDER
         path = cls._require_file(folder / "image_pairs" / f"{split}_pairs.csv", folder)
         try:
@@ -348,7 +357,8 @@ class PFPascal(PairDataset):
         if i is None:
             return
         if p.src_kps is not None:  # test: from the pair list
-            where = f"image_pairs/{self.split}_pairs.csv, line {p.info.get('line')}"
+            listed = _LIST_SPLITS[self.split][0]
+            where = f"image_pairs/{listed}_pairs.csv, line {p.info.get('line')}"
         else:
             where = shown_path(
                 Path(_IMAGES) / "Annotations" / p.category / (Path(name).stem + ".mat")
@@ -401,6 +411,26 @@ class PFPascal(PairDataset):
         )
 
 
+#: The list files each split reads.
+_LIST_SPLITS = {
+    "train": ("train",),
+    "val": ("val",),
+    "test": ("test",),
+    "test-leakfree": ("test", "train"),
+}
+
+
+def pfpascal_voc_ids(root: str | os.PathLike | None = None, splits=("val", "test")) -> set[str]:
+    """The VOC image ids (``"2009_000004"``) of PF-PASCAL's ``splits`` lists: the images a model
+    trained on VOC must not see when it is evaluated on PF-PASCAL (SFNet's code removes them from
+    its VOC training masks). Reads the lists only."""
+    ids = set()
+    for split in splits:
+        for p in PFPascal.read_pairs(root, split):
+            ids.update(Path(n).stem for n in (p.src_name, p.trg_name))
+    return ids
+
+
 def pair_overlap(
     root: str | os.PathLike | None = None, split: str = "test", against: str = "train"
 ) -> dict[str, int]:
@@ -412,7 +442,7 @@ def pair_overlap(
     unordered image pair also appears in ``against``). Works without images.
     """
     check_choice(split, "split", PFPascal.SPLITS)
-    check_choice(against, "against", PFPascal.SPLITS)
+    check_choice(against, "against", PFPascal.SPLITS[:3])
     a = PFPascal.read_pairs(root, split)
     b = PFPascal.read_pairs(root, against)
     a_images = {n for p in a for n in (p.src_name, p.trg_name)}

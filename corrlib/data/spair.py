@@ -260,7 +260,7 @@ class SPair71k(PairDataset):
                     f"{point_outside_text(kps, i, size, name)}. The annotation does not match "
                     "the image or is corrupt: re-extract the dataset."
                 )
-        return make_pair_item(
+        item = make_pair_item(
             src_img=src_img,
             trg_img=trg_img,
             src_kps=p.src_kps.clone(),
@@ -273,3 +273,6 @@ class SPair71k(PairDataset):
             pair_index=index,
             flip=False,
         )
+        # the pair's difficulty flags, for the per-flag breakdown of corrlib.eval
+        item["difficulty"] = {f: int(p.info[f]) for f in SPAIR_DIFFICULTY_FLAGS if f in p.info}
+        return item

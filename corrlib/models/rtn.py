@@ -433,8 +433,13 @@ def weak_classification_loss(
 
 
 def translation_l1_loss(
-    field: torch.Tensor, stride: int, gt_flow: torch.Tensor, gt_valid: torch.Tensor
-) -> torch.Tensor:
+    field: torch.Tensor,
+    stride: int,
+    gt_flow: torch.Tensor,
+    gt_valid: torch.Tensor,
+    *,
+    return_count: bool = False,
+):
     """The synthetic stage's supervised loss: mean ``|f * stride - flow_gt|`` (both components,
     pixels) over the cells whose ground truth is valid, the ground truth sampled at the cell
     centres (the code sums instead; a mean keeps the scale independent of the grid).
@@ -444,9 +449,11 @@ def translation_l1_loss(
         stride: pixels per cell.
         gt_flow: ``(B, 2, H, W)`` exact flow in pixels on the source image.
         gt_valid: ``(B, H, W)`` bool.
+        return_count: also return the number of cells averaged (for a mean over several
+            processes' batches: :class:`corrlib.train.Trainer`'s ``loss_weight``).
 
     Returns:
-        The scalar loss (pixels).
+        The scalar loss (pixels), or ``(loss, cells)`` with ``return_count``.
     """
     _, _, h, w = field.shape
     pred = field[:, [2, 5]] * stride
@@ -456,9 +463,9 @@ def translation_l1_loss(
     cx = cx.clamp(max=gt_flow.shape[-1] - 1)
     gt = gt_flow[:, :, cy][:, :, :, cx]
     valid = gt_valid[:, cy][:, :, cx]
-    if not valid.any():
-        return pred.sum() * 0.0
-    return (pred - gt).abs().sum(1)[valid].mean() / 2
+    count = int(valid.sum())
+    loss = pred.sum() * 0.0 if count == 0 else (pred - gt).abs().sum(1)[valid].mean() / 2
+    return (loss, count) if return_count else loss
 
 
 # --------------------------------------------------------------------------------- save, load

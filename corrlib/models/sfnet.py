@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corrlib._check import check_choice, check_shape
+from corrlib._check import check_choice, check_shape, full_precision
 from corrlib.checkpoint import finite_metrics, load_state_strict, read_model_file, save_checkpoint
 from corrlib.correlation import dense_correlation, l2_normalize
 from corrlib.losses import flow_consistency_loss, flow_smoothness_loss, mask_consistency_loss
@@ -358,6 +358,7 @@ class SFNet(nn.Module):
         return self.forward_features(fa, fb, size, argmax)
 
 
+@full_precision
 def sfnet_loss(
     out: SFNetOutput,
     mask_src: torch.Tensor,

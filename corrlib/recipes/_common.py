@@ -26,6 +26,7 @@ from corrlib.viz import use_style
 __all__ = [
     "ChapterConfig",
     "ChapterRun",
+    "TrainedModel",
     "TrainingConfig",
     "chapter_setup",
     "config_getter",
@@ -177,13 +178,88 @@ def make_presets(paper: ChapterConfig, *, lab: dict, smoke: dict) -> dict[str, C
     return {"paper": paper, "lab": paper.replace(**lab), "smoke": paper.replace(**smoke)}
 
 
-def config_getter(presets: dict):
-    """A chapter's ``config(preset)`` function over its ``PRESETS`` (see :func:`pick`)."""
+#: ``CORRLIB_LAB_TRUNK``: which trunk a ``lab`` run uses in the chapters that have an ImageNet
+#: setting (:class:`LabImageNet`): ``auto`` (default: ImageNet when its file is in the torch hub
+#: cache), ``offline`` (always the offline trunk: a room where some machines have the file and
+#: others not), or ``imagenet`` (require the file; an error names it when it is missing).
+LAB_TRUNK_ENV = "CORRLIB_LAB_TRUNK"
+LAB_TRUNK_CHOICES = ("auto", "offline", "imagenet")
+
+
+@dataclass(frozen=True)
+class LabImageNet:
+    """A chapter's ``lab`` setting with ImageNet features, used when they are there.
+
+    ``arch``: the torchvision architecture whose ImageNet file is looked for in the torch hub
+    cache (the paper's backbone); ``overrides``: the lab config's changes then (a CPU-sized
+    setting that keeps the lab within 10 minutes); ``note``: what that setting is, printed.
+    """
+
+    arch: str
+    overrides: dict
+    note: str
+
+    def file(self) -> Path:
+        """Where torch hub keeps the ImageNet file of :attr:`arch`."""
+        from corrlib.models.backbones import imagenet_weights_path
+
+        return imagenet_weights_path(self.arch)
+
+    def fetch_command(self) -> str:
+        """The one line that downloads the file into the torch hub cache (needs internet)."""
+        call = f"torchvision.models.{self.arch}(weights='IMAGENET1K_V1')"
+        return f'python -c "import torchvision; {call}"'
+
+    def chosen(self) -> bool:
+        """True when the ``lab`` preset uses ImageNet features (see :data:`LAB_TRUNK_ENV`)."""
+        mode = os.environ.get(LAB_TRUNK_ENV, "auto").strip().lower() or "auto"
+        check_choice(mode, LAB_TRUNK_ENV, LAB_TRUNK_CHOICES)
+        if mode == "offline":
+            return False
+        if mode == "imagenet" and not self.file().is_file():
+            raise FileNotFoundError(
+                f"{LAB_TRUNK_ENV}=imagenet, but the ImageNet file of {self.arch} is not in the "
+                f"torch hub cache ({self.file().name}). Fetch it once with: "
+                f"{self.fetch_command()}; or set {LAB_TRUNK_ENV}=auto."
+            )
+        return self.file().is_file()
+
+    def describe(self, used: bool) -> str:
+        """One line for the set-up cell: which trunk this ``lab`` run uses, and how to change it
+        (no machine paths)."""
+        if used:
+            return (
+                f"trunk: ImageNet {self.arch} (torchvision IMAGENET1K_V1, found in the torch hub "
+                f"cache): {self.note}; {LAB_TRUNK_ENV}=offline uses the offline trunk instead"
+            )
+        why = (
+            f"{LAB_TRUNK_ENV}=offline"
+            if os.environ.get(LAB_TRUNK_ENV, "auto").strip().lower() == "offline"
+            else f"no ImageNet {self.arch} file ({self.file().name}) in the torch hub cache"
+        )
+        return (
+            f"trunk: the offline fallback ({why}). With internet, fetch it once with "
+            f"{self.fetch_command()} and run again: the lab then uses ImageNet features "
+            f"({self.note})"
+        )
+
+
+def config_getter(presets: dict, lab_imagenet: LabImageNet | None = None):
+    """A chapter's ``config(preset)`` function over its ``PRESETS`` (see :func:`pick`).
+
+    With ``lab_imagenet``, the ``lab`` config takes its overrides when the ImageNet file is in
+    the torch hub cache (:meth:`LabImageNet.chosen`); the function's ``lab_imagenet`` attribute
+    holds it.
+    """
 
     def config(preset: str) -> ChapterConfig:
         """The chapter's config at ``preset`` (a deep copy; frozen: use ``cfg.replace(...)``)."""
-        return pick(presets, preset)
+        cfg = pick(presets, preset)
+        if preset == "lab" and lab_imagenet is not None and lab_imagenet.chosen():
+            cfg = cfg.replace(**copy.deepcopy(lab_imagenet.overrides))
+        return cfg
 
+    config.lab_imagenet = lab_imagenet
     return config
 
 
@@ -203,6 +279,35 @@ def pick(presets: dict, preset: str) -> ChapterConfig:
     return copy.deepcopy(presets[preset])
 
 
+def export_on_main(export, path, *args, **kwargs) -> Path:
+    """``export(path, *args, **kwargs)`` on rank 0 only (one writer under ``torchrun``); every
+    rank waits for the file and gets its path."""
+    from corrlib import distributed
+
+    if distributed.is_main():
+        path = export(path, *args, **kwargs)
+    distributed.barrier()
+    return Path(path)
+
+
+@dataclass
+class TrainedModel:
+    """What a chapter's :func:`train_main` (``corrlib train``) returns.
+
+    ``model`` in eval mode; ``history`` the Trainer's rows; ``seconds`` the call's wall time;
+    ``checkpoint`` the resumable training checkpoint (the notebook's own file, so the notebook
+    reuses it); ``exported`` the file ``corrlib eval --checkpoint`` takes (None when the model is
+    not a correspondence method); ``method`` the registered method that evaluates it.
+    """
+
+    model: object
+    history: list
+    seconds: float
+    checkpoint: Path
+    exported: Path | None = None
+    method: str | None = None
+
+
 @dataclass(frozen=True)
 class ChapterRun:
     """What a notebook's set-up cell resolves once: config, data root, device, output folders.
@@ -219,6 +324,8 @@ class ChapterRun:
     device: torch.device
     out_dir: Path
     ckpt_dir: Path
+    #: the lab's trunk line (chapters with a :class:`LabImageNet` setting at ``lab``), else ""
+    trunk: str = ""
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -237,10 +344,11 @@ class ChapterRun:
             E.g. ``"corrlib 0.1.0 · 06_sfnet · preset: lab · seed: 0 · device: cpu · torch
             threads: 2"``.
         """
-        return (
+        line = (
             f"corrlib {__version__} · {self.chapter} · preset: {self.preset} · seed: {self.seed} · "
             f"device: {self.device} · torch threads: {torch.get_num_threads()}"
         )
+        return line + (f"\n{self.trunk}" if self.trunk else "")
 
 
 #: Where a notebook finds the shared data when neither ``data_root`` nor ``$CORRLIB_DATA`` is set.
@@ -265,15 +373,24 @@ def chapter_setup(
     Returns:
         A :class:`ChapterRun` (``cfg``, ``root``, ``device``, ``out_dir`` and ``ckpt_dir``
         resolved). The figure style of the series is set too (:func:`corrlib.viz.use_style`).
+        A ``lab`` run of a chapter with an ImageNet setting (:class:`LabImageNet`) says which
+        trunk it uses (``trunk``, printed by :meth:`ChapterRun.describe`) and keeps its
+        checkpoints apart: ``<preset>`` is ``lab-imagenet`` in ``ckpt_dir`` then.
     """
-    from corrlib.recipes import get_config  # the package imports this module
+    from corrlib.recipes import get_config, recipe_for  # the package imports this module
 
     cfg = get_config(chapter, check_preset(preset))
+    lab_imagenet = getattr(getattr(recipe_for(chapter), "config", None), "lab_imagenet", None)
+    trunk, preset_dir = "", preset
+    if preset == "lab" and lab_imagenet is not None:
+        used = lab_imagenet.chosen()
+        trunk = lab_imagenet.describe(used)
+        preset_dir = "lab-imagenet" if used else preset
     seed_everything(seed)
     if data_root is None and not os.environ.get(DATA_ENV) and NOTEBOOK_DATA_FALLBACK.is_dir():
         data_root = NOTEBOOK_DATA_FALLBACK
     root = resolve_data_root(data_root)
     out = Path(out_dir) if out_dir is not None else Path("../runs")
-    ckpt_dir = out / "checkpoints" / chapter / preset / f"seed{seed}"
+    ckpt_dir = out / "checkpoints" / chapter / preset_dir / f"seed{seed}"
     use_style()
-    return ChapterRun(chapter, preset, seed, cfg, root, pick_device(device), out, ckpt_dir)
+    return ChapterRun(chapter, preset, seed, cfg, root, pick_device(device), out, ckpt_dir, trunk)

@@ -68,6 +68,7 @@ __all__ = [
     "PRESETS",
     "RATES",
     "SOURCES",
+    "TRAINABLE",
     "VARIANTS",
     "Config",
     "CrossPairs",
@@ -96,6 +97,7 @@ __all__ = [
     "synthetic_pairs",
     "train_features",
     "train_head",
+    "train_main",
     "true_cells",
 ]
 
@@ -1221,3 +1223,28 @@ def check_mutual_nn(fn: Callable) -> str:
     if (src, trg) != want:
         return f"wrong: expected sources {want[0]} -> targets {want[1]}, got {src} -> {trg}."
     return "pass: source 1 and source 4 lose their targets to better sources; three survive."
+
+
+# ------------------------------------------------------------------------------ corrlib train
+
+#: What ``corrlib train --chapter 07_multiscale --variant ...`` trains (the first is the
+#: default): one feature trunk.
+TRAINABLE = VARIANTS
+
+
+def train_main(run, variant: str | None = None, *, progress: bool = True):
+    """Train one trunk variant as the notebook does (same mined data and checkpoint file, so the
+    notebook reuses it) and export it for ``corrlib eval --method msconv``. Returns a
+    :class:`~corrlib.recipes._common.TrainedModel`."""
+    from corrlib.models.msconv import export_msconv
+    from corrlib.recipes._common import TrainedModel, export_on_main
+
+    name = variant or TRAINABLE[0]
+    check_choice(name, "variant", TRAINABLE)
+    data = prepare_training_data(run.cfg, data_root=run.root, device=str(run.device))
+    ckpt = run.ckpt_dir / f"{name}.ckpt"
+    net, history, seconds = train_features(
+        name, run.cfg, data, ckpt, seed=run.seed, device=run.device, progress=progress
+    )
+    exported = export_on_main(export_msconv, run.ckpt_dir / f"{name}.msconv.pt", net)
+    return TrainedModel(net, history, seconds, ckpt, exported, "msconv")

@@ -48,6 +48,7 @@ __all__ = [
     "CHAPTER",
     "HANDCRAFTED_PATCH_SCORES",
     "PRESETS",
+    "TRAINABLE",
     "Config",
     "PatchData",
     "PatchPool",
@@ -60,6 +61,7 @@ __all__ = [
     "patch_loss",
     "patch_size_for",
     "stereo_disparity",
+    "train_main",
     "train_patch_model",
     "verification_metrics",
     "verification_scores",
@@ -267,6 +269,24 @@ class PatchPool:
             rows = torch.cat((self.pos[j], self.neg[j]))
             return {"a": self.a[rows], "b": self.b[rows], "label": self.label[rows]}
 
+        def shard(batch: dict, rank: int, world: int) -> dict:
+            # several processes (corrlib.distributed): each keeps its references' positives and
+            # negatives, so a rank's batch has the same "positives, then negatives" layout
+            if half % world:
+                raise ValueError(
+                    f"a patch batch of {half} references does not split into {world} equal "
+                    f"slices; use a batch size that is a multiple of {2 * world}."
+                )
+            per = half // world
+            keep = torch.cat(
+                (
+                    torch.arange(rank * per, (rank + 1) * per),
+                    half + torch.arange(rank * per, (rank + 1) * per),
+                )
+            )
+            return {k: v[keep] for k, v in batch.items()}
+
+        fn.shard = shard
         return fn
 
 
@@ -709,3 +729,43 @@ def check_hardest_negative_hinge(
             "not Python floats."
         )
     return "pass: only the hardest negative of each reference is pushed below the positive."
+
+
+# ------------------------------------------------------------------------------ corrlib train
+
+#: What ``corrlib train --chapter 01_patch --variant ...`` trains (the first is the default).
+TRAINABLE = (
+    "mccnn-fast",
+    "deepdesc",
+    *(a for a in PATCH_MODELS if a not in ("mccnn-fast", "deepdesc")),
+)
+
+
+def train_main(run, variant: str | None = None, *, progress: bool = True):
+    """Train one architecture as the notebook does (same data, settings and checkpoint file, so
+    the notebook reuses it) and export the descriptor networks for ``corrlib eval``.
+
+    Returns a :class:`~corrlib.recipes._common.TrainedModel`."""
+    from corrlib.models.patch import export_patch_model
+    from corrlib.recipes._common import TrainedModel, export_on_main
+
+    arch = variant or TRAINABLE[0]
+    check_choice(arch, "variant", TRAINABLE)
+    cfg = run.cfg
+    data = build_patch_data(cfg, run.root, run.seed)
+    pool = PatchPool.from_pairs(data.train, patch_size_for(arch, cfg))
+    ckpt = run.ckpt_dir / f"{arch}.ckpt"
+    model, history, seconds = train_patch_model(
+        arch,
+        cfg,
+        pool,
+        ckpt_path=ckpt,
+        seed=run.seed,
+        device=run.device,
+        mining=cfg.mining if arch == "deepdesc" else 1.0,
+        progress=progress,
+    )
+    exported = None
+    if arch in ("mccnn-fast", "deepdesc"):  # descriptor networks: usable on any image pair
+        exported = export_on_main(export_patch_model, run.ckpt_dir / f"{arch}.pt", model, {})
+    return TrainedModel(model, history, seconds, ckpt, exported, arch if exported else None)

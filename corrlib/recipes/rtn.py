@@ -54,6 +54,7 @@ __all__ = [
     "CHAPTER",
     "PRESETS",
     "STAGES",
+    "TRAINABLE",
     "TRAIN_PHOTOS",
     "VARIANTS",
     "Config",
@@ -69,6 +70,7 @@ __all__ = [
     "heldout_pool",
     "pascal_weak_pairs",
     "synthetic_pool",
+    "train_main",
     "train_rtn",
     "warp_mask",
     "weak_pairs",
@@ -466,8 +468,11 @@ def synthetic_loss(model: RTN, pool: PairPool, batch: dict):
     out = model(
         {t: v.to(dev).float() for t, v in fs.items()}, {t: v.to(dev).float() for t, v in ft.items()}
     )
-    loss = translation_l1_loss(out["field"], out["stride"], flow.to(dev), valid.to(dev))
-    return loss, {"epe_cells": float(loss.detach()) / out["stride"]}
+    loss, cells = translation_l1_loss(
+        out["field"], out["stride"], flow.to(dev), valid.to(dev), return_count=True
+    )
+    # loss_weight: the loss is a mean over cells, so several processes weigh theirs by it
+    return loss, {"epe_cells": float(loss.detach()) / out["stride"], "loss_weight": cells}
 
 
 def weak_batch_fn(pairs: WeakPairs, cfg: Config) -> Callable:
@@ -501,7 +506,7 @@ def weak_loss(
     loss = weak_classification_loss(corr, labels, cfg.weak_temperature)
     with torch.no_grad():
         centre_wins = (corr.argmax(1) == corr.shape[1] // 2)[labels].float().mean()
-    return loss, {"centre_wins": float(centre_wins)}
+    return loss, {"centre_wins": float(centre_wins), "loss_weight": int(labels.sum())}
 
 
 def train_rtn(
@@ -704,3 +709,36 @@ def check_window_softmax_loss(fn: Callable) -> str:
         "pass: the centre's negative log-probability; note 9 equal scores cost log 9: the loss "
         "never reaches 0 with raw cosines."
     )
+
+
+# ------------------------------------------------------------------------------ corrlib train
+
+#: What ``corrlib train --chapter 05_rtn --variant ...`` trains (the first is the default).
+TRAINABLE = VARIANTS
+
+
+def train_main(run, variant: str | None = None, *, progress: bool = True):
+    """Train one variant (synthetic stage, then the weak stage) as the notebook does (same data,
+    cached trunk features and checkpoint files, so the notebook reuses them) and export the
+    final model for ``corrlib eval --method rtn``. Returns a
+    :class:`~corrlib.recipes._common.TrainedModel` (the history: both stages' rows)."""
+    from corrlib.models.rtn import export_rtn
+    from corrlib.recipes._common import TrainedModel, export_on_main
+
+    name = variant or TRAINABLE[0]
+    check_choice(name, "variant", TRAINABLE)
+    cfg = run.cfg
+    pool = synthetic_pool(cfg, run.seed, run.root)
+    weak = weak_pairs(cfg, run.seed, run.root)
+    features = build_rtn("full", cfg).features  # the frozen trunk every variant shares
+    for p in (pool, weak):
+        p.cache_features(features)
+    models, histories, seconds = train_rtn(
+        name, cfg, pool, weak, run.ckpt_dir, seed=run.seed, device=run.device, progress=progress
+    )
+    final = models["weak"]
+    final.eval_settings = {"iterations": sum(final.steps)}
+    exported = export_on_main(export_rtn, run.ckpt_dir / f"{name}.rtn.pt", final)
+    history = [dict(r, stage=stage) for stage in STAGES for r in histories.get(stage, [])]
+    ckpt = run.ckpt_dir / f"{name}-weak.pt"
+    return TrainedModel(final, history, seconds, ckpt, exported, "rtn")

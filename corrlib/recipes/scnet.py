@@ -43,13 +43,20 @@ from corrlib.models.scnet import (
     scnet_hinge_loss,
 )
 from corrlib.proposals import PROPOSAL_METHODS, flip_boxes, scale_boxes
-from corrlib.recipes._common import TrainingConfig, config_getter, make_presets, optim
+from corrlib.recipes._common import (
+    LabImageNet,
+    TrainingConfig,
+    config_getter,
+    make_presets,
+    optim,
+)
 from corrlib.train import Trainer, seed_everything
 
 __all__ = [
     "CHAPTER",
     "PRESETS",
     "PUBLISHED_PF_PASCAL",
+    "TRAINABLE",
     "ChapterData",
     "Config",
     "FoldSplit",
@@ -69,6 +76,7 @@ __all__ = [
     "prepare_pairs",
     "scnet_loss",
     "scnet_method",
+    "train_main",
     "train_scnet",
     "trained_method",
     "willow_folds",
@@ -194,8 +202,18 @@ PRESETS = make_presets(
     ),
 )
 
-#: ``config(preset)``: the chapter's :class:`Config` at a preset (a deep copy; frozen).
-config = config_getter(PRESETS)
+#: The ``lab`` setting when torchvision's ImageNet VGG-16 is in the torch hub cache: the paper's
+#: frozen trunk (VGG-16 ``conv4_3``, which the paper's ``pool4`` pools) in place of HOG; the rest of
+#: the lab (folds, 500 proposals, the small embedding, 150 Adam steps) unchanged.
+LAB_IMAGENET = LabImageNet(
+    "vgg16",
+    {"trunk": "vgg16", "tap": "conv4_3", "trunk_weights": "imagenet"},
+    "VGG-16 conv4_3 at 224 x 224, the paper's frozen trunk, in place of HOG",
+)
+
+#: ``config(preset)``: the chapter's :class:`Config` at a preset (a deep copy; frozen). At
+#: ``lab``, :data:`LAB_IMAGENET` applies when the ImageNet file is in the torch hub cache.
+config = config_getter(PRESETS, LAB_IMAGENET)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -229,6 +247,13 @@ class PairSubset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.dataset[self.indices[i]]
+
+    @property
+    def pairs(self) -> list:
+        """The dataset's pair records of these pairs (names for a pair chooser); [] if it has
+        none."""
+        records = getattr(self.dataset, "pairs", None)
+        return [] if records is None else [records[i] for i in self.indices]
 
 
 @dataclass(frozen=True)
@@ -657,3 +682,45 @@ def check_box_transfer(fn: Callable) -> str:
                 f"{bb}, got {g}: keep the point's relative position (x - x0) / (x1 - x0)."
             )
     return "pass: a point keeps its relative position in the matched box (box-to-box transfer)."
+
+
+# ------------------------------------------------------------------------------ corrlib train
+
+#: What ``corrlib train --chapter 04_scnet --variant ...`` trains (the first is the default).
+TRAINABLE = ("AG", "A", "AG+")
+
+
+def train_main(run, variant: str | None = None, *, progress: bool = True):
+    """Train one variant as the notebook does: at ``smoke``/``lab`` one model per PF-WILLOW fold
+    (the model returned and exported is fold 0's), at ``paper`` one model on PF-PASCAL; same
+    checkpoint files, so the notebook reuses them. SCNet trains one pair per step: run it on one
+    process (several processes are refused with that reason). Returns a
+    :class:`~corrlib.recipes._common.TrainedModel`."""
+    from corrlib.data import PFWillow
+    from corrlib.models.scnet import export_scnet
+    from corrlib.recipes._common import TrainedModel, export_on_main
+
+    name = variant or TRAINABLE[0]
+    check_choice(name, "variant", TRAINABLE)
+    cfg = run.cfg
+    data = chapter_data(cfg, PFWillow(run.root), run.root)
+    total, first = 0.0, None
+    for fold in data.folds:
+        ckpt = run.ckpt_dir / f"{checkpoint_name(name, fold)}.pt"
+        model, history, seconds = train_scnet(
+            name,
+            cfg,
+            data.train[fold],
+            ckpt,
+            seed=run.seed,
+            device=run.device,
+            fold=fold,
+            progress=progress,
+        )
+        total += seconds
+        first = first or (model, history, ckpt, fold)
+    model, history, ckpt, fold = first
+    exported = export_on_main(
+        export_scnet, run.ckpt_dir / f"{checkpoint_name(name, fold)}.scnet.pt", model
+    )
+    return TrainedModel(model, history, total, ckpt, exported, f"scnet-{name.lower()}")

@@ -29,11 +29,13 @@ import torch.nn.functional as F
 from corrlib._check import check_choice
 from corrlib.data import (
     TSS,
+    DatasetNotFoundError,
     FashionComposites,
     PairPool,
     VOCMasks,
     iter_tss,
     masked_pairs,
+    pfpascal_voc_ids,
     photometric_jitter,
     resolve_data_root,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "MASK_SOURCES",
     "ONLINE_PAIRS",
     "PRESETS",
+    "TRAINABLE",
     "VARIANTS",
     "Config",
     "build_model",
@@ -63,6 +66,7 @@ __all__ = [
     "evaluate_synthetic",
     "foreground_epe",
     "make_batch_fn",
+    "train_main",
     "train_sfnet",
     "transfer_mask",
     "variant_settings",
@@ -97,7 +101,9 @@ class Config(TrainingConfig):
     pooled pairs (``test_*``: held out); ``cache_features``: compute the frozen trunk's features
     of the pool once (else online pairs with fresh warps, flips and ``jitter``); ``train_trunk``:
     also fine-tune the trunk (an experiment). ``interrupt_at``: the notebook stops the main run
-    there and resumes it. ``eval_size``: the image size at evaluation.
+    there and resumes it. ``eval_size``: the image size at evaluation. ``exclude_pfpascal``: VOC
+    training images leave out PF-PASCAL's val and test images (the authors' code; needs the
+    PF-PASCAL pair lists).
     """
 
     EVAL_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -126,6 +132,8 @@ class Config(TrainingConfig):
     strength: float = 0.5
     arch: str = "resnet101"
     trunk_weights: str = "imagenet"
+    #: leave PF-PASCAL's val and test images out of the VOC training masks (the authors' code)
+    exclude_pfpascal: bool = True
     kernels: tuple = (5, 3)
     blocks: int = 2
     sigma: float = 5.0
@@ -207,7 +215,10 @@ PRESETS = make_presets(
 )
 
 
-#: ``config(preset)``: the chapter's :class:`Config` at a preset (a deep copy; frozen).
+#: ``config(preset)``: the chapter's :class:`Config` at a preset (a deep copy; frozen). No ImageNet
+#: ``lab`` setting yet: ResNet-101's layer3 + layer4 give 1024- and 2048-channel adaptation layers
+#: (128 M trainable parameters, 1.3 GB per checkpoint with Adam's state, measured), which 15 runs
+#: on a laptop CPU cannot afford; the lab keeps the offline trunk.
 config = config_getter(PRESETS)
 
 
@@ -257,6 +268,28 @@ def cache_trunk_features(pool: PairPool, model: SFNet, batch_size: int = 32) -> 
     )
 
 
+def _voc_images(cfg: Config, data_root, split: str) -> VOCMasks:
+    """VOC 2012's masked images of ``split`` (``train``; ``test`` reads VOC's ``val``). With
+    ``cfg.exclude_pfpascal`` the training images leave out every image of PF-PASCAL's val and
+    test lists (as SFNet's code does), which needs those lists: without them it is an error that
+    says how to get them or how to turn the exclusion off."""
+    if split != "train":
+        return VOCMasks(data_root, split="val")
+    exclude = None
+    if cfg.exclude_pfpascal:
+        try:
+            exclude = pfpascal_voc_ids(data_root)
+        except DatasetNotFoundError as e:
+            raise DatasetNotFoundError(
+                "SFNet's VOC training images must leave out PF-PASCAL's val and test images "
+                "(cfg.exclude_pfpascal=True, as the authors' code does), but the PF-PASCAL pair "
+                f"lists are missing: {str(e).splitlines()[0]} Fetch them with "
+                "PFPascal(root, download=True), or set cfg.replace(exclude_pfpascal=False) for "
+                "a run that is not evaluated on PF-PASCAL."
+            ) from e
+    return VOCMasks(data_root, split="train", exclude=exclude)
+
+
 def build_pool(
     cfg: Config, split: str = "train", *, source: str | None = None, data_root=None, seed: int = 0
 ) -> PairPool:
@@ -293,7 +326,7 @@ def build_pool(
             data_root, split=split, n_images=n_images, size=size, seed=seed + offset
         )
     else:
-        images = VOCMasks(data_root, split="train" if split == "train" else "val")
+        images = _voc_images(cfg, data_root, split)
     ds = masked_pairs(
         images,
         n_pairs,
@@ -349,7 +382,7 @@ def build_online(
             data_root, split=split, n_images=cfg.images, size=size, seed=seed
         )
     else:
-        images = VOCMasks(data_root, split="train" if split == "train" else "val")
+        images = _voc_images(cfg, data_root, split)
     return masked_pairs(
         images,
         ONLINE_PAIRS,
@@ -834,3 +867,32 @@ def check_central_smoothness(fn: Callable[[torch.Tensor, torch.Tensor], torch.Te
         "pass: central differences, as in the authors' code; try them on a flow that alternates "
         "from cell to cell."
     )
+
+
+# ------------------------------------------------------------------------------ corrlib train
+
+#: What ``corrlib train --chapter 06_sfnet --variant ...`` trains (the first is the default).
+TRAINABLE = VARIANTS
+
+
+def train_main(run, variant: str | None = None, *, progress: bool = True):
+    """Train one variant as the notebook does (cached trunk features when the preset caches
+    them, else online pairs; same checkpoint file, so the notebook reuses it) and export it for
+    ``corrlib eval --method sfnet``. Returns a :class:`~corrlib.recipes._common.TrainedModel`."""
+    from corrlib.models.sfnet import export_sfnet
+    from corrlib.recipes._common import TrainedModel, export_on_main
+
+    name = variant or TRAINABLE[0]
+    check_choice(name, "variant", TRAINABLE)
+    cfg = run.cfg
+    if cfg.cache_features:
+        pool = build_pool(cfg, "train", data_root=run.root, seed=run.seed)
+        data = cache_trunk_features(pool, build_model(cfg).to(run.device))
+    else:
+        data = build_online(cfg, "train", data_root=run.root, seed=run.seed)
+    ckpt = run.ckpt_dir / f"{name}.ckpt"
+    model, history, seconds = train_sfnet(
+        name, cfg, data, ckpt, run.seed, run.device, progress=progress
+    )
+    exported = export_on_main(export_sfnet, run.ckpt_dir / f"{name}.pt", model)
+    return TrainedModel(model, history, seconds, ckpt, exported, "sfnet")

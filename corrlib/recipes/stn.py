@@ -37,6 +37,7 @@ __all__ = [
     "CHAPTER",
     "DIGIT_MODELS",
     "PRESETS",
+    "TRAINABLE",
     "Config",
     "DigitData",
     "aligner_errors",
@@ -48,6 +49,7 @@ __all__ = [
     "synthetic_pair_batch_fn",
     "test_error",
     "train_digit_classifier",
+    "train_main",
     "train_pair_aligner",
     "transformed_examples",
 ]
@@ -575,3 +577,33 @@ def check_projective_grid(fn: Callable[[torch.Tensor, tuple[int, int]], torch.Te
         "wrong: values differ; build (x, y, 1) at the pixel centres (2x + 1) / W - 1, multiply by "
         "h, divide by the third row."
     )
+
+
+# ------------------------------------------------------------------------------ corrlib train
+
+#: What ``corrlib train --chapter 02_stn --variant ...`` trains (the first is the default):
+#: the unsupervised pair aligner, or one digit classifier ``<model>-<distortion>``.
+TRAINABLE = ("aligner", *(f"{m}-{k}" for m in DIGIT_MODELS for k in DISTORTIONS))
+
+
+def train_main(run, variant: str | None = None, *, progress: bool = True):
+    """Train the pair aligner or one digit classifier as the notebook does (same checkpoint
+    file, so the notebook reuses it). Returns a :class:`~corrlib.recipes._common.TrainedModel`
+    (nothing exported: MNIST models are not correspondence methods)."""
+    from corrlib.recipes._common import TrainedModel
+
+    name = variant or TRAINABLE[0]
+    check_choice(name, "variant", TRAINABLE)
+    cfg = run.cfg
+    data = build_digit_data(cfg, run.root, run.seed)
+    ckpt = run.ckpt_dir / f"{name}.ckpt"
+    if name == "aligner":
+        model, history, seconds = train_pair_aligner(
+            cfg, data, seed=run.seed, device=run.device, ckpt_path=ckpt, progress=progress
+        )
+    else:
+        model_name, kind = name.rsplit("-", 1)
+        model, history, seconds = train_digit_classifier(
+            model_name, kind, cfg, data, ckpt, run.seed, run.device, progress=progress
+        )
+    return TrainedModel(model, history, seconds, ckpt)

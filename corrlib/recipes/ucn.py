@@ -55,6 +55,7 @@ __all__ = [
     "CHAPTER",
     "HELDOUT_PHOTOS",
     "PRESETS",
+    "TRAINABLE",
     "TRAIN_PHOTOS",
     "VARIANTS",
     "Config",
@@ -69,6 +70,7 @@ __all__ = [
     "heldout_pool",
     "make_batch_fn",
     "random_crops",
+    "train_main",
     "train_pool",
     "train_ucn",
     "ucn_loss",
@@ -741,3 +743,32 @@ def check_double_margin_loss(fn: Callable[..., torch.Tensor]) -> str:
         "pass: positives inside their margin are free, so features are no longer pulled to a "
         "single point."
     )
+
+
+# ------------------------------------------------------------------------------ corrlib train
+
+#: What ``corrlib train --chapter 03_ucn --variant ...`` trains (the first is the default).
+TRAINABLE = ("hard-negatives+st", *(v for v in VARIANTS if v != "hard-negatives+st"))
+
+
+def train_main(run, variant: str | None = None, *, progress: bool = True):
+    """Train one variant as the notebook does (same pool, settings and checkpoint file, so the
+    notebook reuses it) and export it for ``corrlib eval --method ucn``. Returns a
+    :class:`~corrlib.recipes._common.TrainedModel`."""
+    from corrlib.models.ucn import export_ucn
+    from corrlib.recipes._common import TrainedModel, export_on_main
+
+    name = variant or TRAINABLE[0]
+    check_choice(name, "variant", TRAINABLE)
+    ckpt = run.ckpt_dir / f"{name}.ckpt"
+    model, history, seconds = train_ucn(
+        name,
+        run.cfg,
+        ckpt,
+        run.seed,
+        run.device,
+        pool=train_pool(run.cfg, run.seed),
+        progress=progress,
+    )
+    exported = export_on_main(export_ucn, run.ckpt_dir / f"{name}.pt", model)
+    return TrainedModel(model, history, seconds, ckpt, exported, "ucn")

@@ -173,6 +173,26 @@ def test_pair_overlap_unordered(fake_root):
     assert out["pairs_in_against"] == 1  # (b, a) in val matches (a, b) in train
 
 
+def test_leak_free_test_split_drops_the_pairs_trained_on(fake_root):
+    # both fake test pairs are training pairs: none is leak-free
+    assert PFPascal.read_pairs(fake_root, "test-leakfree") == []
+    train = fake_root / "PF-PASCAL/image_pairs/train_pairs.csv"
+    first_test = PFPascal.read_pairs(fake_root, "test")[0]
+    lines = train.read_text().splitlines()
+    kept = [
+        line
+        for line in lines
+        if not {first_test.src_name, first_test.trg_name} <= set(line.split(","))
+    ]
+    train.write_text("\n".join(kept) + "\n")
+    free = PFPascal(fake_root, "test-leakfree")
+    assert len(free) == 1 and free.pairs[0].src_name == first_test.src_name
+    assert free[0]["src_kps"].shape == first_test.src_kps.shape
+    train.unlink()  # the leak-free list needs the training list
+    with pytest.raises(DatasetNotFoundError, match=r"train_pairs\.csv"):
+        PFPascal(fake_root, "test-leakfree")
+
+
 def test_missing_image_file_named(fake_root):
     (fake_root / "PF-PASCAL" / IMG.format("2008_000002")).unlink()
     with pytest.raises(DatasetNotFoundError, match=r"2008_000002\.jpg"):
@@ -315,6 +335,10 @@ def test_real_pfpascal_pairs(data_root):
     overlap = pair_overlap(data_root)
     assert overlap["pairs"] == 299 and overlap["against_pairs"] == 2940
     assert 0 <= overlap["pairs_in_against"] <= overlap["pairs_sharing_an_image"] <= 299
+    # 95 test rows are training pairs (unordered); the leak-free list keeps the other 204
+    assert overlap["pairs_in_against"] == 95
+    free = PFPascal.read_pairs(data_root, "test-leakfree")
+    assert len(free) == 204 and pair_overlap(data_root, "test-leakfree")["pairs_in_against"] == 0
 
 
 @pytest.mark.realdata

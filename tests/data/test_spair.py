@@ -187,3 +187,25 @@ def test_keypoint_outside_its_image(fake_root):
         "keypoint 3 (0-based) at (x=5, y=5.5) lies outside the 5x5 (W x H) image "
         "JPEGImages/cat/2009_000100.jpg"
     )
+
+
+def test_per_pair_mean_and_difficulty_breakdown(fake_root, tmp_path):
+    # the identity on the two trn pairs: the aeroplane pair has keypoints, the cat pair none
+    from corrlib.eval import evaluate_keypoints, write_keypoint_result
+
+    ds = SPair71k(fake_root, "trn")
+    assert ds[0]["difficulty"] == {
+        "viewpoint_variation": 1, "scale_variation": 0, "truncation": 0, "occlusion": 2,
+        "mirror": 1,
+    }  # fmt: skip
+    res = evaluate_keypoints("identity", ds, "spair-71k", progress=False)
+    assert [p["pair_index"] for p in res.pairs] == [0, 1]
+    # identity: (i, i + 1) -> gt (i + 2, i), 2.24 px off; L = max side of the target box = 5
+    assert res.pck_per_pair(0.05) == 0.0 and res.pck_per_pair(0.15) == 0.0
+    breakdown = res.difficulty_breakdown(0.15)
+    assert breakdown["occlusion"] == {2: {"pck": 0.0, "pairs": 1}}
+    assert set(breakdown) == {"viewpoint_variation", "scale_variation", "truncation",
+                              "occlusion", "mirror"}  # fmt: skip
+    meta = json.loads(write_keypoint_result(res, tmp_path / "out")["metrics"].read_text())
+    assert meta["per_pair_mean"]["0.1"] == 0.0
+    assert meta["difficulty"]["0.1"]["viewpoint_variation"] == {"1": {"pck": 0.0, "pairs": 1}}

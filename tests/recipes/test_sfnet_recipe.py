@@ -194,7 +194,9 @@ def test_voc_source_builds_pools_and_online_pairs(tmp_path):
     from tests.data.test_masked import _fake_voc
 
     _fake_voc(tmp_path)
-    c = get_config("06_sfnet", "smoke").replace(source="voc", images=1, pairs=3, size=(32, 32))
+    c = get_config("06_sfnet", "smoke").replace(
+        source="voc", images=1, pairs=3, size=(32, 32), exclude_pfpascal=False
+    )
     pool = recipe.build_pool(c, "train", data_root=tmp_path)
     assert len(pool) == 3 and pool.src.shape == (3, 3, 32, 32)
     online = recipe.build_online(c, "train", data_root=tmp_path)
@@ -203,6 +205,38 @@ def test_voc_source_builds_pools_and_online_pairs(tmp_path):
     assert (
         batch["src"].shape == (c.batch_size, 3, 32, 32) and batch["mask_src"].dtype == torch.float32
     )
+
+
+def _fake_pfpascal_lists(root, test_image: str) -> None:
+    folder = root / "PF-PASCAL" / "image_pairs"
+    folder.mkdir(parents=True)
+    jpg = "PF-dataset-PASCAL/JPEGImages/{}.jpg"
+    (folder / "val_pairs.csv").write_text(
+        "source_image,target_image,class,flip\n"
+        f"{jpg.format('2008_000001')},{jpg.format('2008_000002')},7,0\n"
+    )
+    (folder / "test_pairs.csv").write_text(
+        "source_image,target_image,class,XA,YA,XB,YB\n"
+        f"{jpg.format(test_image)},{jpg.format('2008_000003')},7,1;2,1;2,1;2,1;2\n"
+    )
+
+
+def test_voc_training_images_leave_out_pfpascal_evaluation_images(tmp_path):
+    from tests.data.test_masked import IDS, _fake_voc
+
+    _fake_voc(tmp_path)
+    c = get_config("06_sfnet", "smoke").replace(source="voc", images=1, pairs=3, size=(32, 32))
+    with pytest.raises(DatasetNotFoundError, match="exclude_pfpascal=False"):
+        recipe.build_pool(c, "train", data_root=tmp_path)  # the lists are needed
+    _fake_pfpascal_lists(tmp_path, "2008_000009")  # no VOC training image is a PF-PASCAL one
+    images = recipe._voc_images(c, tmp_path, "train")
+    assert images.excluded == 0 and images.ids == [IDS[0]]
+    assert recipe._voc_images(c, tmp_path, "test").ids == [IDS[1]]  # held-out: VOC's val
+    other = tmp_path / "other"
+    _fake_voc(other)
+    _fake_pfpascal_lists(other, IDS[0])  # the training image is a PF-PASCAL test image
+    images = recipe._voc_images(c, other, "train")
+    assert images.excluded == 1 and images.ids == []
 
 
 def test_flip_pair_keeps_the_flow_consistent():
