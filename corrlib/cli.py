@@ -198,7 +198,9 @@ def _run_train(args) -> int:
         )
         run.ckpt_dir.mkdir(parents=True, exist_ok=True)
         lock = (
-            _locked_out(run.ckpt_dir, f".corrlib-train-{variant}.lock", "corrlib train run")
+            _locked_out(
+                run.ckpt_dir, f".corrlib-train-{variant}.lock", "corrlib train run", "folder "
+            )
             if main
             else contextlib.nullcontext()
         )
@@ -213,8 +215,12 @@ def _run_train(args) -> int:
             result = recipe.train_main(run, variant, progress=main and not args.no_progress)
     finally:
         if distributed.world_size() > 1:
+            import gc
+
             import torch.distributed as dist
 
+            gc.collect()  # DistributedDataParallel must be gone before its process group
+            dist.barrier()
             dist.destroy_process_group()
     if main:
         rows = [r for r in result.history if "loss" in r]
@@ -331,7 +337,9 @@ _RESULT_NAMES = ("metrics.json", "metrics.md", "predictions.csv", "flows")
 
 
 @contextlib.contextmanager
-def _locked_out(out: Path, name: str = _LOCK_NAME, what: str = "corrlib eval run"):
+def _locked_out(
+    out: Path, name: str = _LOCK_NAME, what: str = "corrlib eval run", label: str = "--out "
+):
     """Hold an exclusive lock on ``<out>/<name>`` (default ``.corrlib-eval.lock``) while one run
     writes ``out``.
 
@@ -359,8 +367,8 @@ def _locked_out(out: Path, name: str = _LOCK_NAME, what: str = "corrlib eval run
             holder = "unknown"
         os.close(fd)
         raise ValueError(
-            f"{out} is in use by another {what} ({holder}); two runs cannot share it: wait "
-            "for it to finish or pass another --out."
+            f"{label}{out} is in use by another {what} ({holder}); two runs cannot share it: "
+            "wait for it to finish or pass another --out."
         ) from None
     try:
         os.ftruncate(fd, 0)

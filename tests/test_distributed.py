@@ -9,6 +9,7 @@ must equal an uninterrupted one.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 
@@ -66,21 +67,25 @@ def _worker(rank: int, world: int, port: int, out_dir: str, stop_after: int | No
     torch.set_num_threads(1)
     assert distributed.init_from_env("cpu")
     try:
-        model = _model()
         ckpt = os.path.join(out_dir, "ddp.pt")
-        trainer = Trainer(model, _loss_fn, _batch_fn, _config(), ckpt_path=ckpt, progress=False)
-        if stop_after is not None:
-            trainer.fit(stop_after=stop_after)  # "interrupted": a checkpoint at that step
-            trainer = Trainer(
+        if stop_after is not None:  # "interrupted": a checkpoint at that step, then a new process
+            first = Trainer(
                 _model(), _loss_fn, _batch_fn, _config(), ckpt_path=ckpt, progress=False
             )
+            first.fit(stop_after=stop_after)
+            del first
+        trainer = Trainer(_model(), _loss_fn, _batch_fn, _config(), ckpt_path=ckpt, progress=False)
         trainer.fit()
         # every rank ends with the same parameters (DDP keeps them in step)
         flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
         gathered = [torch.zeros_like(flat) for _ in range(world)]
         torch.distributed.all_gather(gathered, flat)
         assert all(torch.equal(gathered[0], g) for g in gathered)
+        del trainer
     finally:
+        # DistributedDataParallel must be gone before its process group (else gloo aborts)
+        gc.collect()
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
