@@ -16,7 +16,7 @@ import torch
 
 from corrlib import cli
 from corrlib.recipes import chapters, recipe_for
-from corrlib.train import load_checkpoint
+from corrlib.train import CKPT_FORMAT, load_checkpoint
 
 from ._cli import eval_checkpoint
 from .test_presets import TRAINING_CHAPTERS
@@ -98,3 +98,24 @@ def test_torchrun_two_processes_equal_one(tmp_path, data_root, chapter, checkpoi
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-5)
     for ra, rb in zip(a["history"], b["history"], strict=True):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("chapter", TRAINING_CHAPTERS)
+def test_every_chapter_trains_and_exports_at_smoke(
+    tmp_path, capsys, data_root, one_thread, chapter
+):
+    recipe = recipe_for(chapter)
+    out = tmp_path / "runs"
+    code = _train("--chapter", chapter, "--preset", "smoke", "--out", str(out),
+                  "--data-root", str(data_root))  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    folder = out / "checkpoints" / chapter / "smoke" / "seed0"
+    assert f"checkpoints in {folder}" in text and f"{recipe.TRAINABLE[0]} at smoke" in text
+    states = [load_checkpoint(p) for p in sorted(folder.iterdir()) if p.suffix in (".ckpt", ".pt")]
+    runs = [s for s in states if s.get("format") == CKPT_FORMAT]  # the Trainer's, not exports
+    assert runs and all(s["finished"] and s["step"] >= 1 for s in runs)
+    if "exported:" in text:  # a correspondence method: the printed command evaluates it
+        exported = text.split("exported: ")[1].split("\n")[0]
+        method = text.split("--method ")[1].split(" ")[0]
+        assert eval_checkpoint(method, exported, data_root, tmp_path / "eval", limit=1) == 0
