@@ -198,6 +198,15 @@ def _up(x):
     return x.float() if isinstance(x, torch.Tensor) and x.dtype in _LOW else x
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
 def full_precision(fn):
     """Run ``fn`` in float32 even inside ``torch.autocast``: half-precision tensor arguments are
     cast to float32 and autocast is switched off for the call. Mixed precision speeds up the
@@ -209,7 +218,7 @@ def full_precision(fn):
         args = tuple(_up(a) for a in args)
         kwargs = {k: _up(v) for k, v in kwargs.items()}
         devices = {a.device.type for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
-        on = [d for d in sorted(devices) if d in ("cpu", "cuda") and torch.is_autocast_enabled(d)]
+        on = [d for d in sorted(devices) if d in ("cpu", "cuda") and _autocast_on(d)]
         if not on:
             return fn(*args, **kwargs)
         with contextlib.ExitStack() as stack:

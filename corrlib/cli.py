@@ -169,6 +169,24 @@ def _add_train(sub):
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _finish_distributed(ok: bool) -> None:
+    """Leave the process group (several processes only). After a success every rank waits for the
+    others first; after an error it leaves at once (a barrier could wait forever for a rank that
+    failed elsewhere)."""
+    from corrlib import distributed
+
+    if distributed.world_size() <= 1:
+        return
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()  # DistributedDataParallel must be gone before its process group
+    if ok:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def _run_train(args) -> int:
     from corrlib import distributed
     from corrlib.recipes import chapter_setup, chapters, recipe_for
@@ -186,7 +204,14 @@ def _run_train(args) -> int:
             f"{list(recipe.TRAINABLE)}."
         )
     distributed.init_from_env(args.device)
-    main = distributed.is_main()
+    main, world = distributed.is_main(), distributed.world_size()
+    if world > 1 and args.chapter == "04_scnet":
+        _finish_distributed(ok=True)
+        raise ValueError(
+            "--chapter 04_scnet trains one pair per step, which does not split between "
+            "processes: run it on one process (without torchrun)."
+        )
+    ok = False
     try:
         run = chapter_setup(
             args.chapter,
@@ -196,32 +221,39 @@ def _run_train(args) -> int:
             seed=args.seed,
             out_dir=args.out,
         )
-        run.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        lock = (
-            _locked_out(
-                run.ckpt_dir, f".corrlib-train-{variant}.lock", "corrlib train run", "folder "
-            )
-            if main
-            else contextlib.nullcontext()
-        )
-        with lock:
+        with contextlib.ExitStack() as stack:
+            refusal = ""
             if main:
-                world = distributed.world_size()
+                run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    stack.enter_context(
+                        _locked_out(
+                            run.ckpt_dir,
+                            f".corrlib-train-{variant}.lock",
+                            "corrlib train run",
+                            "folder ",
+                        )
+                    )
+                except ValueError as e:
+                    refusal = str(e)
+            if world > 1:  # every rank stops when rank 0 could not take the lock
+                import torch.distributed as dist
+
+                shared = [refusal]
+                dist.broadcast_object_list(shared, src=0)
+                refusal = shared[0]
+            if refusal:
+                raise ValueError(refusal)
+            if main:
                 procs = f"{world} processes" if world > 1 else "1 process"
                 print(
                     f"[train] {args.chapter} {variant} at {args.preset}, seed {args.seed}, on "
                     f"{run.device} ({procs}); checkpoints in {run.ckpt_dir}"
                 )
             result = recipe.train_main(run, variant, progress=main and not args.no_progress)
+        ok = True
     finally:
-        if distributed.world_size() > 1:
-            import gc
-
-            import torch.distributed as dist
-
-            gc.collect()  # DistributedDataParallel must be gone before its process group
-            dist.barrier()
-            dist.destroy_process_group()
+        _finish_distributed(ok)
     if main:
         rows = [r for r in result.history if "loss" in r]
         if rows:

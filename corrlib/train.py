@@ -736,13 +736,24 @@ class Trainer:
         weight = float(logs.pop(LOSS_WEIGHT, 1.0))
         value = loss.item()
         if self.world > 1:  # the history holds global-batch means, as one process would log
-            keys = list(logs)
-            local = [weight, value * weight] + [float(logs[key]) * weight for key in keys]
+            # a rank's slice may lack a kind of sample, and its loss_fn then some log keys: agree
+            # on the union of the keys first, then reduce a (weighted sum, weight) pair per key
+            gathered: list = [None] * self.world
+            torch.distributed.all_gather_object(gathered, sorted(logs))
+            keys = sorted({k for ks in gathered for k in ks})
+            local = [weight, value * weight]
+            for key in keys:
+                local += [float(logs[key]) * weight, weight] if key in logs else [0.0, 0.0]
             sums = torch.tensor(local, dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(sums)
             total, sums = float(sums[0]), sums.tolist()
             if total > 0:
-                value, logs = sums[1] / total, {k: v / total for k, v in zip(keys, sums[2:])}
+                value = sums[1] / total
+                logs = {
+                    key: sums[2 + 2 * i] / sums[3 + 2 * i]
+                    for i, key in enumerate(keys)
+                    if sums[3 + 2 * i] > 0
+                }
                 # DDP averages gradients over ranks: scale so the average weighs each rank by
                 # its share of the global count (1 when every rank averages as many elements)
                 loss = loss * (weight * self.world / total)

@@ -39,6 +39,9 @@ CALIB = ((0.25, 0.45), (0.32, 0.62))
 #: within 2 px of the truth all around (checked on a 4-px grid of the pair).
 TARGETS = ((75.0, 72.0), (50.0, 32.0))
 
+#: The kernel spec the test writes (this Python), so no user-level spec can replace it.
+KERNEL = "corrlib-browser-test"
+
 NOTEBOOK_CELLS = [
     "%matplotlib widget",
     """import torch
@@ -64,7 +67,8 @@ _NUMBER_PAIR = r"\((-?[\d.]+), (-?[\d.]+)\)"
 
 
 def _chromium() -> str | None:
-    """A Chromium executable: $CORRLIB_CHROMIUM, the system's, or Playwright's own (None)."""
+    """A Chromium executable: $CORRLIB_CHROMIUM or the system's; None: Playwright's own (if
+    ``playwright install chromium`` was run)."""
     env = os.environ.get("CORRLIB_CHROMIUM")
     if env:
         return env
@@ -96,10 +100,14 @@ def browser_setup():
     )
     exe = _chromium()
     if exe is None:
-        pytest.skip(
-            "no Chromium found: install Debian's chromium (scripts/setup.sh does so as root), "
-            "set CORRLIB_CHROMIUM, or run `playwright install chromium`"
-        )
+        with playwright_api.sync_playwright() as pw:
+            try:
+                pw.chromium.launch(headless=True).close()
+            except Exception:
+                pytest.skip(
+                    "no Chromium found: install Debian's chromium (scripts/setup.sh does so as "
+                    "root), set CORRLIB_CHROMIUM, or run `.venv/bin/playwright install chromium`"
+                )
     pytest.importorskip("jupyterlab", reason="jupyterlab is not installed (the notebooks extra)")
     pytest.importorskip("ipympl", reason="ipympl is not installed (the notebooks extra)")
     return playwright_api, exe
@@ -116,6 +124,19 @@ def jupyterlab(tmp_path):
         JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
         OMP_NUM_THREADS="1",
     )
+    # the kernel is this Python (with corrlib), whatever kernel specs the user's folders hold
+    spec = tmp_path / "jupyter-data" / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "corrlib browser test",
+                "language": "python",
+            }
+        )
+    )
+    env["JUPYTER_PATH"] = str(tmp_path / "jupyter-data")
     # no "news" toast over the figure, and no request to the internet for it
     settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
@@ -134,6 +155,7 @@ def jupyterlab(tmp_path):
             f"--IdentityProvider.token={token}",
             f"--ServerApp.root_dir={tmp_path}",
             "--LabApp.expose_app_in_browser=True",
+            "--ServerApp.port_retries=0",  # never a silent move to another port
             "--allow-root",
         ],
         stdout=log,
@@ -179,7 +201,11 @@ def _write_notebook(path: Path) -> None:
     nb = {
         "cells": cells,
         "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
+            "kernelspec": {
+                "display_name": "corrlib browser test",
+                "language": "python",
+                "name": KERNEL,
+            }
         },
         "nbformat": 4,
         "nbformat_minor": 5,
@@ -193,7 +219,8 @@ def test_click_in_jupyterlab_moves_the_match_marker(browser_setup, jupyterlab, t
     _write_notebook(tmp_path / "explorer.ipynb")
     shots = []
     with playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        kw = {"executable_path": exe} if exe else {}
+        browser = pw.chromium.launch(headless=True, args=["--no-sandbox"], **kw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1300})
             errors = []

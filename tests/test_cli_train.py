@@ -119,3 +119,15 @@ def test_every_chapter_trains_and_exports_at_smoke(
         exported = text.split("exported: ")[1].split("\n")[0]
         method = text.split("--method ")[1].split(" ")[0]
         assert eval_checkpoint(method, exported, data_root, tmp_path / "eval", limit=1) == 0
+
+
+def test_torchrun_refuses_scnet_at_once(tmp_path, data_root):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = _torchrun(
+        ["--chapter", "04_scnet", "--preset", "smoke", "--out", str(tmp_path),
+         "--data-root", str(data_root)],
+        env,
+    )  # fmt: skip
+    assert res.returncode != 0
+    assert "trains one pair per step" in res.stderr
+    assert not (tmp_path / "checkpoints").exists()  # refused before any preparation

@@ -40,7 +40,8 @@ def _model() -> nn.Module:
 
 def _batch_fn(step: int, g: torch.Generator):
     x = torch.randn(GLOBAL_BATCH, 3, 6, 6, generator=g)
-    return {"x": x, "y": torch.randn(GLOBAL_BATCH, 4 * 36, generator=g)}
+    y = torch.randn(GLOBAL_BATCH, 4 * 36, generator=g)
+    return {"x": x, "y": y, "idx": torch.arange(GLOBAL_BATCH)}
 
 
 def _loss_fn(model, batch):
@@ -49,7 +50,10 @@ def _loss_fn(model, batch):
     feats = model[1](model[0](batch["x"]))
     out = model[3](model[2](feats))
     loss = ((out - batch["y"]) ** 2).mean()
-    return loss, {"feat_mean": float(feats.detach().mean())}
+    logs = {"feat_mean": float(feats.detach().mean())}
+    if int(batch["idx"][0]) == 0:  # only the slice holding sample 0 logs this (rank 0 of 2)
+        logs["holds_first"] = float(batch["idx"].numel())
+    return loss, logs
 
 
 def _config(**kw) -> TrainConfig:
@@ -115,6 +119,8 @@ def test_two_gloo_processes_equal_one_at_the_global_batch(tmp_path, single_proce
         assert a["step"] == b["step"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
         assert a["feat_mean"] == pytest.approx(b["feat_mean"], rel=1e-5, abs=1e-7)
+        # a key only some ranks log is averaged over those ranks (rank 0 holds 4 of the 8)
+        assert a["holds_first"] == GLOBAL_BATCH / 2 and b["holds_first"] == GLOBAL_BATCH
 
 
 def test_a_resumed_two_process_run_equals_an_uninterrupted_one(tmp_path, single_process):

@@ -224,7 +224,7 @@ class PFPascal(PairDataset):
         """Fetch ``PF-dataset-PASCAL.zip`` (extracted) and the three pair lists; skips what
         exists."""
         download_and_extract(PFPASCAL_IMAGES_URL, self.folder, "PF-dataset-PASCAL.zip", None)
-        for split in self.SPLITS:
+        for split in PFPASCAL_PAIRS_SHA256:  # the published lists (test-leakfree is derived)
             download_url(
                 PFPASCAL_PAIRS_URL.format(split=split),
                 self.folder / "image_pairs" / f"{split}_pairs.csv",

@@ -196,8 +196,8 @@ def lab_step_times(out_dir, preset: str, seed: int = 0) -> dict[str, float]:
     base = Path(out_dir) / "checkpoints"
     for chapter_dir in sorted(base.glob("*")) if base.is_dir() else []:
         rates = []
-        folder = chapter_dir / preset / f"seed{seed}"
-        for ckpt in sorted([*folder.glob("*.ckpt"), *folder.glob("*.pt")]):
+        folders = [chapter_dir / p / f"seed{seed}" for p in (preset, f"{preset}-imagenet")]
+        for ckpt in sorted(c for f in folders for c in (*f.glob("*.ckpt"), *f.glob("*.pt"))):
             try:
                 state = load_checkpoint(ckpt)
             except (ValueError, OSError):
@@ -294,7 +294,7 @@ def evaluate_all(methods: dict, root, cfg: Config, *, progress: bool = False):
         for label, method in methods.items():
             try:
                 res = run(method)
-            except (DatasetNotFoundError, FileNotFoundError) as e:
+            except DatasetNotFoundError as e:  # TSS is found by evaluate_tss itself
                 table[label][bench] = BenchmarkCell(missing=_missing(name, e, root))
                 continue
             if name == "tss":

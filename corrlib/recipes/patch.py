@@ -10,6 +10,7 @@ positive within ``p_hi`` pixels of the true match, a negative ``n_lo..n_hi`` pix
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -17,6 +18,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from corrlib import distributed
 from corrlib._check import check_choice
 from corrlib.data import (
     PatchPairs,
@@ -496,6 +498,13 @@ def train_patch_model(
     model = build_model(arch, cfg)
     if mining is None:
         mining = cfg.mining if arch == "deepdesc" else 1.0
+    if mining != 1.0 and distributed.world_size() > 1:
+        warnings.warn(
+            f"{arch}: hard mining keeps the hardest pairs of each process's slice, not of the "
+            "whole batch, so this run differs from one process at the global batch; train it on "
+            "one process for that equality.",
+            stacklevel=2,
+        )
     config = cfg.train_config(
         arch, seed=seed, device=device, steps=steps, settings={"mining": mining}
     )

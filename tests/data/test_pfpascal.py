@@ -349,3 +349,14 @@ def test_real_pfpascal_images_absent_clear_error(data_root):
         return
     with pytest.raises(DatasetNotFoundError, match="JPEGImages"):
         PFPascal(data_root, "test")
+
+
+def test_download_fetches_the_three_published_lists(tmp_path, monkeypatch):
+    import corrlib.data.pfpascal as mod
+
+    fetched = []
+    monkeypatch.setattr(mod, "download_and_extract", lambda *a, **k: None)
+    monkeypatch.setattr(mod, "download_url", lambda url, dest, sha256: fetched.append(dest.name))
+    with pytest.raises(DatasetNotFoundError):  # nothing really arrived
+        PFPascal(tmp_path, "test-leakfree", download=True)
+    assert fetched == ["train_pairs.csv", "val_pairs.csv", "test_pairs.csv"]
