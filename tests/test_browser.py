@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from ._net import free_port
 
 #: The target is the source shifted by this (dx, dy): a source pixel (x, y) is at (x - 20, y - 10).
 SHIFT = (20, 10)
@@ -79,12 +80,6 @@ def _chromium() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _parse_readout(text: str) -> dict[str, tuple[float, float]]:
     """``{"query": (x, y), "<method>": (x, y), ...}`` from the explorer's readout line."""
     out = {}
@@ -116,7 +111,7 @@ def browser_setup():
 @pytest.fixture
 def jupyterlab(tmp_path):
     """A headless JupyterLab serving tmp_path; yields (base url, token)."""
-    port, token = _free_port(), "corrlib-browser-test"
+    port, token = free_port(), "corrlib-browser-test"
     env = dict(os.environ)
     env.update(
         JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),

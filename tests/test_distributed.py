@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
 
 import pytest
 import torch
@@ -21,14 +20,10 @@ from torch import nn
 from corrlib import distributed
 from corrlib.train import TrainConfig, Trainer, load_checkpoint, seed_everything
 
+from ._net import free_port
+
 GLOBAL_BATCH = 8
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model() -> nn.Module:
@@ -94,7 +89,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, stop_after: int | No
 
 
 def _run_two(tmp_path, stop_after=None) -> dict:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), stop_after), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), stop_after), nprocs=2, join=True)
     return load_checkpoint(tmp_path / "ddp.pt")
 
 

@@ -210,10 +210,15 @@ class LabImageNet:
         call = f"torchvision.models.{self.arch}(weights='IMAGENET1K_V1')"
         return f'python -c "import torchvision; {call}"'
 
+    @staticmethod
+    def mode() -> str:
+        """``$CORRLIB_LAB_TRUNK`` (default ``auto``), checked against :data:`LAB_TRUNK_CHOICES`."""
+        mode = os.environ.get(LAB_TRUNK_ENV, "auto").strip().lower() or "auto"
+        return check_choice(mode, LAB_TRUNK_ENV, LAB_TRUNK_CHOICES)
+
     def chosen(self) -> bool:
         """True when the ``lab`` preset uses ImageNet features (see :data:`LAB_TRUNK_ENV`)."""
-        mode = os.environ.get(LAB_TRUNK_ENV, "auto").strip().lower() or "auto"
-        check_choice(mode, LAB_TRUNK_ENV, LAB_TRUNK_CHOICES)
+        mode = self.mode()
         if mode == "offline":
             return False
         if mode == "imagenet" and not self.file().is_file():
@@ -234,7 +239,7 @@ class LabImageNet:
             )
         why = (
             f"{LAB_TRUNK_ENV}=offline"
-            if os.environ.get(LAB_TRUNK_ENV, "auto").strip().lower() == "offline"
+            if self.mode() == "offline"
             else f"no ImageNet {self.arch} file ({self.file().name}) in the torch hub cache"
         )
         return (

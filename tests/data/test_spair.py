@@ -190,22 +190,32 @@ def test_keypoint_outside_its_image(fake_root):
 
 
 def test_per_pair_mean_and_difficulty_breakdown(fake_root, tmp_path):
-    # the identity on the two trn pairs: the aeroplane pair has keypoints, the cat pair none
+    # the fake pairs move every keypoint by (+2, -1): a method that knows it scores 1, the
+    # identity (2.24 px off, L = 5 px, the target box's longer side) scores 0
     from corrlib.eval import evaluate_keypoints, write_keypoint_result
+    from corrlib.methods import CorrespondenceMethod
+
+    class KnowsTheShift(CorrespondenceMethod):
+        name = "shift"
+
+        def match(self, src_img, trg_img, src_kps, *, src_key=None, trg_key=None):
+            return src_kps + torch.tensor([2.0, -1.0])
 
     ds = SPair71k(fake_root, "trn")
     assert ds[0]["difficulty"] == {
         "viewpoint_variation": 1, "scale_variation": 0, "truncation": 0, "occlusion": 2,
         "mirror": 1,
     }  # fmt: skip
-    res = evaluate_keypoints("identity", ds, "spair-71k", progress=False)
-    assert [p["pair_index"] for p in res.pairs] == [0, 1]
-    # identity: (i, i + 1) -> gt (i + 2, i), 2.24 px off; L = max side of the target box = 5
-    assert res.pck_per_pair(0.05) == 0.0 and res.pck_per_pair(0.15) == 0.0
-    breakdown = res.difficulty_breakdown(0.15)
-    assert breakdown["occlusion"] == {2: {"pck": 0.0, "pairs": 1}}
-    assert set(breakdown) == {"viewpoint_variation", "scale_variation", "truncation",
-                              "occlusion", "mirror"}  # fmt: skip
-    meta = json.loads(write_keypoint_result(res, tmp_path / "out")["metrics"].read_text())
-    assert meta["per_pair_mean"]["0.1"] == 0.0
-    assert meta["difficulty"]["0.1"]["viewpoint_variation"] == {"1": {"pck": 0.0, "pairs": 1}}
+    exact = evaluate_keypoints(KnowsTheShift(), ds, "spair-71k", progress=False)
+    identity = evaluate_keypoints("identity", ds, "spair-71k", progress=False)
+    assert [p["pair_index"] for p in exact.pairs] == [0, 1]  # the cat pair has no keypoint
+    assert exact.pck_per_pair(0.05) == 1.0 and identity.pck_per_pair(0.15) == 0.0
+    assert exact.pck_per_pair(0.1, where=lambda p: p["category"] == "cat") is None
+    assert exact.difficulty_breakdown(0.1)["occlusion"] == {2: {"pck": 1.0, "pairs": 1}}
+    assert identity.difficulty_breakdown(0.15)["occlusion"] == {2: {"pck": 0.0, "pairs": 1}}
+    assert set(exact.difficulty_breakdown(0.1)) == {
+        "viewpoint_variation", "scale_variation", "truncation", "occlusion", "mirror",
+    }  # fmt: skip
+    meta = json.loads(write_keypoint_result(exact, tmp_path / "out")["metrics"].read_text())
+    assert meta["per_pair_mean"]["0.1"] == 1.0
+    assert meta["difficulty"]["0.1"]["viewpoint_variation"] == {"1": {"pck": 1.0, "pairs": 1}}
