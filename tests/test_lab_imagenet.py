@@ -11,7 +11,7 @@ import pytest
 from corrlib.recipes import chapter_setup, get_config, recipe_for
 from corrlib.recipes._common import LAB_TRUNK_ENV
 
-CHAPTERS = {"04_scnet": "vgg16"}
+CHAPTERS = {"03_ucn": "googlenet", "04_scnet": "vgg16"}
 
 
 @pytest.fixture

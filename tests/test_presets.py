@@ -184,16 +184,16 @@ LAB_CHANGES = {
     "01_patch": {
         "train_stereo_scale", "test_stereo_scale", "synthetic_images", "n_train_stereo",
         "n_train_synthetic", "n_test", "patch_size", "mccnn_fc_units", "mccnn_fc_layers",
-        "width_mult", "steps", "optim", "log_every", "ckpt_every", "max_disp",
+        "width_mult", "steps", "optim", "log_every", "ckpt_every", "max_disp", "data",
     },
     "02_stn": {
         "models", "cnn_channels", "loc_channels", "loc_hidden", "batch_size", "steps", "optim",
         "log_every", "ckpt_every", "aligner_steps",
     },
     "03_ucn": {
-        "size", "pool_pairs", "crops", "trunk_widths", "dim", "batch_size", "points", "radius_px",
-        "steps", "optim", "log_every", "ckpt_every", "test_pairs", "test_points", "max_side",
-        "tss_max_side",
+        "data", "trunk", "size", "pool_pairs", "crops", "trunk_widths", "dim", "batch_size",
+        "points", "radius_px", "steps", "optim", "log_every", "ckpt_every", "test_pairs",
+        "test_points", "max_side", "tss_max_side",
     },
     "04_scnet": {
         "data", "trunk", "tap", "pool", "dim", "negatives", "test_proposals", "steps", "optim",

@@ -800,3 +800,28 @@ def test_grad_clip_and_sgd_run():
     cfg = config(optimizer="sgd", grad_clip=0.5, schedule="step", step_size=5, weight_decay=1e-4)
     history = Trainer(make_model(), loss_fn, batch_fn, cfg, progress=False).fit()
     assert len(history) == 4 and all(np.isfinite(r["loss"]) for r in history)
+
+
+def test_loaded_optimizer_state_keeps_this_machines_adam_kernel():
+    """A checkpoint's optimizer state written with the loop kernel (older files, other machines)
+    does not switch a fused Adam back: the kernel choice and the update stay this machine's."""
+    from corrlib.train import TrainConfig, _fused, _keep_kernel_choice, make_optimizer
+
+    torch.manual_seed(0)
+    p = [torch.nn.Parameter(torch.randn(5))]
+    loop = torch.optim.Adam(p, lr=0.1)
+    p[0].grad = torch.ones(5)
+    loop.step()
+    opt = make_optimizer(p, TrainConfig(steps=1, lr=0.1))
+    opt.load_state_dict(loop.state_dict())
+    _keep_kernel_choice(opt)
+    assert opt.param_groups[0]["fused"] == (True if _fused(p) else None)
+    assert opt.state[p[0]]["step"].dtype == torch.float32
+    before = p[0].detach().clone()
+    opt.step()
+    ref = [torch.nn.Parameter(before.clone())]
+    twin = torch.optim.Adam(ref, lr=0.1)
+    twin.load_state_dict(loop.state_dict())
+    ref[0].grad = torch.ones(5)
+    twin.step()
+    torch.testing.assert_close(p[0].detach(), ref[0].detach())

@@ -23,6 +23,7 @@ from corrlib.data._common import (
     resolve_data_root,
     sha256_file,
 )
+from corrlib.data.cub import CUB2011_MD5, CUB2011_URL, CUB2011Pairs
 from corrlib.data.digits import (
     DIGIT_SPLITS,
     DISTORTION_CANVAS,
@@ -39,6 +40,7 @@ from corrlib.data.digits import (
     read_idx,
 )
 from corrlib.data.images import read_image, read_mask
+from corrlib.data.kitti import KITTI2012_SPLITS, KITTI2012_URL, KITTI2012Stereo
 from corrlib.data.masked import (
     FASHION_CLASSES,
     FASHION_MASK_THRESHOLD,
@@ -93,6 +95,8 @@ from corrlib.flo import read_flo, write_flo
 
 __all__ = [
     "ALOE_GT_SCALE",
+    "CUB2011_MD5",
+    "CUB2011_URL",
     "DATA_ENV",
     "DIGIT_SPLITS",
     "DISTORTIONS",
@@ -102,6 +106,8 @@ __all__ = [
     "FASHION_MASK_THRESHOLD",
     "FASHION_MNIST_DEBIAN",
     "HELDOUT_BACKGROUNDS",
+    "KITTI2012_SPLITS",
+    "KITTI2012_URL",
     "OPENCV_SAMPLES",
     "PFPASCAL_CATEGORIES",
     "PHOTOTOUR_NAMES",
@@ -115,11 +121,13 @@ __all__ = [
     "VOC_FILENAME",
     "VOC_MD5",
     "VOC_URL",
+    "CUB2011Pairs",
     "DatasetNotFoundError",
     "DigitSet",
     "DistortedDigits",
     "FashionComposites",
     "HomographyPair",
+    "KITTI2012Stereo",
     "KeypointPair",
     "PFPascal",
     "PFWillow",

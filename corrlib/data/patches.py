@@ -812,7 +812,11 @@ class PhotoTourPairs(Dataset):
     ``(1, size, size)`` in ``[0, 1]`` (resized with antialiasing when ``size != 64``) and a bool.
     ``download=True`` lets torchvision fetch the archive (network); offline, a missing scene
     raises ``DatasetNotFoundError`` saying what to fetch. ``pairs`` ``(N, 2)`` holds the patch
-    indices, ``labels`` ``(N,)`` the labels.
+    indices, ``labels`` ``(N,)`` (alias ``label``) the labels. In the training pairs each
+    non-match shares its first patch with the match of the same row in the first half (rows
+    ``i`` and ``N/2 + i``: MC-CNN's pair of examples per reference), so they can feed
+    :class:`corrlib.recipes.patch.PatchPool` like :class:`PatchPairs`; :meth:`patches` gives
+    every pair's patches as tensors, as :meth:`PatchPairs.patches` does.
     Brown, Hua & Winder, *Discriminative learning of local image descriptors*, TPAMI 2011.
     """
 
@@ -864,6 +868,30 @@ class PhotoTourPairs(Dataset):
         i, j = self.pairs[index].tolist()
         return self._patch(i), self._patch(j), self.labels[index]
 
+    @property
+    def label(self) -> torch.Tensor:
+        """``(N,)`` bool: :attr:`labels` under :class:`PatchPairs`' name."""
+        return self.labels
+
+    def patches(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both patches of every pair: ``(a, b)``, each ``(N, 1, size, size)`` float32 in
+        ``[0, 1]``, resized with antialiasing from 64 px when ``size != 64`` (cached per size)."""
+        size = _check_size(size)
+        cache = self.__dict__.setdefault("_patch_cache", {})
+        if size not in cache:
+            used, inverse = torch.unique(self.pairs.flatten(), return_inverse=True)
+            p = self.data[used].float()[:, None] / 255.0  # (U, 1, 64, 64)
+            if size != p.shape[-1]:
+                p = torch.cat(
+                    [
+                        F.interpolate(c, (size, size), mode="bilinear", antialias=True)
+                        for c in p.split(4096)
+                    ]
+                )
+            inverse = inverse.view(-1, 2)
+            cache[size] = (p[inverse[:, 0]].contiguous(), p[inverse[:, 1]].contiguous())
+        return cache[size]
+
     def __repr__(self) -> str:
         split = "train" if self.train else "test"
         return (
@@ -888,7 +916,12 @@ def _label_pairs(labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor,
     shift = 1 + (torch.rand(n_pos, generator=gen) * (counts[g] - 1)).long().clamp_max(counts[g] - 2)
     partner = starts[g] + (k - starts[g] + shift) % counts[g]
     pos = torch.stack((order[k], order[partner]), 1)
-    neg_a = torch.randint(len(labels), (n_neg,), generator=gen)
+    # each non-match keeps the reference patch of the match in its row (n_neg <= n_pos)
+    neg_a = (
+        pos[torch.arange(n_neg) % max(n_pos, 1), 0]
+        if n_pos
+        else torch.randint(len(labels), (n_neg,), generator=gen)
+    )
     neg_b = torch.randint(len(labels), (n_neg,), generator=gen)
     for _ in range(100):  # redraw the few that hit the same point
         same = labels[neg_a] == labels[neg_b]

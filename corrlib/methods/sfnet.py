@@ -37,6 +37,11 @@ class SFNetMethod(CorrespondenceMethod):
     grid. The frozen trunk's features are cached per image (``cache_size`` images).
     ``checkpoint``: a file of :func:`corrlib.models.sfnet.export_sfnet`; ``model``: an SFNet.
     ``max_side`` (the CLI's ``--max-side``) is ``image_size=(max_side, max_side)``.
+    ``max_bytes``: the flow is computed in blocks of source cells whose score block (one tap's)
+    stays within this many bytes (:meth:`corrlib.models.sfnet.SFNet.chunked_matches`; both taps'
+    blocks, their product and the soft argmax's temporaries make the peak about 6-8 times that;
+    64 MiB: one block up to a ~64 x 64 grid); None holds the whole correlation (the training
+    path).
 
     ``geometry``: ``"corrlib"`` (default; the above) or ``"official"``, the authors' test
     geometry, to use beside any comparison with SFNet's published numbers. With ``S`` =
@@ -68,8 +73,12 @@ class SFNetMethod(CorrespondenceMethod):
         device: str = "cpu",
         max_side: int | None = None,
         geometry: str = "corrlib",
+        max_bytes: int | None = 64 * 2**20,
     ):
         check_choice(geometry, "geometry", GEOMETRIES)
+        if max_bytes is not None:
+            check_int(max_bytes, "max_bytes", 1)
+        self.max_bytes = max_bytes
         if max_side is not None:
             if image_size is not None:
                 raise ValueError("Give image_size or max_side, not both.")
@@ -152,6 +161,7 @@ class SFNetMethod(CorrespondenceMethod):
             self._features(trg_img, trg_key),
             self.image_size,
             self.argmax,
+            max_bytes=self.max_bytes,
         )
         if not self.pad:
             return out.flow_pixels("st", self.image_size)[0].float().cpu()

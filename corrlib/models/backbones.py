@@ -1,4 +1,5 @@
-"""CNN feature extractors with named taps: VGG-16, ResNet-18/34/50/101 and an offline fallback.
+"""CNN feature extractors with named taps: VGG-16, ResNet-18/34/50/101, GoogLeNet and an offline
+fallback.
 
 A :class:`Backbone` maps images ``(B, 3, H, W)``, float in ``[0, 1]``, to a dict of feature maps,
 one per *tap* (a named point inside the network), or, with ``concat=True``, to one hypercolumn
@@ -14,6 +15,8 @@ Taps (stride in pixels, channels):
 ``resnet34``  as ``resnet18``
 ``resnet50``  ``layer1`` (4, 256), ``layer2`` (8, 512), ``layer3`` (16, 1024), ``layer4`` (32, 2048)
 ``resnet101`` as ``resnet50``
+``googlenet`` ``inception3b`` (8, 480), ``inception4a`` (16, 512): UCN's trunk (Choy et al. 2016,
+              "GoogLeNet up to inception4a" per a re-implementation citing its supplementary)
 ``offline``   ``block1`` (2, 32), ``block2`` (4, 64), ``block3`` (8, 128): :class:`OfflineNet`
 ============= ==========================================================================
 
@@ -114,7 +117,7 @@ __all__ = [
 ]
 
 #: Architectures :func:`backbone` builds.
-BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "offline")
+BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "googlenet", "offline")
 #: Values of ``weights=``.
 WEIGHTS = ("auto", "imagenet", "none", "offline")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -129,6 +132,7 @@ TAPS: dict[str, dict[str, tuple[int, int]]] = {
     "resnet34": _RESNET_SMALL,
     "resnet50": _RESNET_LARGE,
     "resnet101": _RESNET_LARGE,
+    "googlenet": {"inception3b": (8, 480), "inception4a": (16, 512)},
     "offline": {"block1": (2, 32), "block2": (4, 64), "block3": (8, 128)},
 }
 #: Taps used when ``taps=None``.
@@ -138,6 +142,7 @@ DEFAULT_TAPS: dict[str, tuple[str, ...]] = {
     "resnet34": ("layer3", "layer4"),
     "resnet50": ("layer3", "layer4"),
     "resnet101": ("layer3", "layer4"),
+    "googlenet": ("inception4a",),
     "offline": ("block3",),
 }
 #: The architecture ``weights="auto"`` falls back to when ImageNet weights are absent.
@@ -273,6 +278,8 @@ def _torchvision_stages(name: str, state_dict: dict | None) -> OrderedDict:
             )
         # ReLU after conv3_3, conv4_3, conv5_3 at indices 15, 22, 29
         return OrderedDict(conv3_3=f[:16], conv4_3=f[16:23], conv5_3=f[23:30])
+    if name == "googlenet":
+        return _googlenet_stages(state_dict)
     model = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
@@ -283,6 +290,56 @@ def _torchvision_stages(name: str, state_dict: dict | None) -> OrderedDict:
         layer2=model.layer2,
         layer3=model.layer3,
         layer4=model.layer4,
+    )
+
+
+class _GoogLeNetInput(nn.Module):
+    """ImageNet-normalised input -> ``2 x - 1``, what torchvision's ImageNet GoogLeNet expects
+    (its ``transform_input=True``, applied to an image ``x`` in ``[0, 1]``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (self.std / 0.5) + (self.mean - 0.5) / 0.5
+
+
+def _freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` of ``module`` by a :class:`FrozenBatchNorm2d` holding its
+    statistics and affine parameters (in place; returns ``module``)."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            _freeze_batch_norm(child)
+    return module
+
+
+def _googlenet_stages(state_dict: dict | None) -> OrderedDict:
+    """torchvision's GoogLeNet up to ``inception4a`` (the classifier and auxiliary heads of the
+    ImageNet file are dropped; batch norm frozen after loading)."""
+    import torchvision
+
+    model = torchvision.models.GoogLeNet(
+        aux_logits=state_dict is not None, transform_input=False, init_weights=state_dict is None
+    )
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    _freeze_batch_norm(model)
+    stem = nn.Sequential(
+        _GoogLeNetInput(), model.conv1, model.maxpool1, model.conv2, model.conv3, model.maxpool2
+    )
+    return OrderedDict(
+        stem=stem,
+        inception3b=nn.Sequential(model.inception3a, model.inception3b),
+        inception4a=nn.Sequential(model.maxpool3, model.inception4a),
     )
 
 
@@ -418,6 +475,7 @@ def imagenet_weights(name: str):
         "resnet34": tvm.ResNet34_Weights,
         "resnet50": tvm.ResNet50_Weights,
         "resnet101": tvm.ResNet101_Weights,
+        "googlenet": tvm.GoogLeNet_Weights,
     }
     return enums[name].IMAGENET1K_V1
 

@@ -39,7 +39,7 @@ from corrlib.checkpoint import (
     save_checkpoint,
 )
 from corrlib.correlation import l2_normalize, local_correlation
-from corrlib.models.backbones import backbone
+from corrlib.models.backbones import FALLBACK, TAPS, backbone
 
 __all__ = [
     "CENTRE",
@@ -246,7 +246,19 @@ class RTN(nn.Module):
             check_int(s, "steps", 0)
         check_int(radius, "radius", 1)
         self.trunk = backbone(trunk, taps=levels, weights=trunk_weights)
-        if not set(levels) <= set(self.trunk.strides):  # "auto" fell back (it warned)
+        fell_back = self.trunk.arch == FALLBACK and trunk != FALLBACK and trunk in TAPS
+        if not set(levels) <= set(self.trunk.strides) and fell_back:
+            # "auto" fell back to the offline trunk (it warned): as many of its taps, in the
+            # requested coarse-to-fine order (conv5_3, conv4_3 -> block3, block2)
+            coarse_first = sorted(TAPS[FALLBACK], key=lambda t: -TAPS[FALLBACK][t][0])
+            if len(levels) <= len(coarse_first) and all(t in TAPS[trunk] for t in levels):
+                rank = sorted(range(len(levels)), key=lambda i: -TAPS[trunk][levels[i]][0])
+                mapped = [""] * len(levels)
+                for k, i in enumerate(rank):
+                    mapped[i] = coarse_first[k]
+                levels = tuple(mapped)
+                self.trunk = backbone(FALLBACK, taps=levels, weights="offline")
+        if not set(levels) <= set(self.trunk.strides):
             raise ValueError(
                 f"The trunk built for {trunk!r} ({self.trunk.arch}) has no taps {levels}; name "
                 "the fallback's taps (offline: block3, block2) or provide the weights."

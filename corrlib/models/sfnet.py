@@ -44,7 +44,7 @@ from torch import nn
 
 from corrlib._check import check_choice, check_shape, full_precision
 from corrlib.checkpoint import finite_metrics, load_state_strict, read_model_file, save_checkpoint
-from corrlib.correlation import dense_correlation, l2_normalize
+from corrlib.correlation import dense_correlation, iter_correlation_chunks, l2_normalize
 from corrlib.losses import flow_consistency_loss, flow_smoothness_loss, mask_consistency_loss
 from corrlib.matching import FeatureGrid, hard_argmax, kernel_soft_argmax, soft_argmax
 from corrlib.models.backbones import Backbone, backbone
@@ -99,19 +99,21 @@ class SFNetOutput:
     """What :meth:`SFNet.forward` returns.
 
     ``corr_st (B, hs*ws, ht, wt)``: each source cell's normalised score map over the target;
-    ``corr_ts (B, ht*wt, hs, ws)`` the reverse; ``flow_st (B, 2, hs, ws)`` and ``flow_ts (B, 2,
-    ht, wt)`` in cells; ``grid_src``/``grid_trg``: :class:`FeatureGrid` of each image (pixels).
+    ``corr_ts (B, ht*wt, hs, ws)`` the reverse (both None when the flows were computed in chunks,
+    ``max_bytes``: the full correlation never existed); ``flow_st (B, 2, hs, ws)`` and
+    ``flow_ts (B, 2, ht, wt)`` in cells; ``grid_src``/``grid_trg``: :class:`FeatureGrid` of each
+    image (pixels).
     """
 
-    corr_st: torch.Tensor
-    corr_ts: torch.Tensor
+    corr_st: torch.Tensor | None
+    corr_ts: torch.Tensor | None
     flow_st: torch.Tensor
     flow_ts: torch.Tensor
     grid_src: FeatureGrid
     grid_trg: FeatureGrid
 
     @property
-    def corr(self) -> torch.Tensor:
+    def corr(self) -> torch.Tensor | None:
         """Alias of :attr:`corr_st`."""
         return self.corr_st
 
@@ -323,39 +325,96 @@ class SFNet(nn.Module):
         feats_trg: dict[str, torch.Tensor],
         image_size: tuple[int, int],
         argmax: str | None = None,
+        max_bytes: int | None = None,
     ) -> SFNetOutput:
-        """:meth:`forward` from cached :meth:`trunk_features` of images of ``image_size`` (both)."""
+        """:meth:`forward` from cached :meth:`trunk_features` of images of ``image_size`` (both).
+
+        ``max_bytes``: one pair at a time, each direction's flow in blocks of source cells whose
+        scores ``(1, rows, h*w)`` stay within ``max_bytes`` per tap (the peak is a few such
+        blocks: both taps', their product, the soft argmax's temporaries; see
+        :meth:`chunked_matches`), so
+        the full ``(B, h*w, h, w)`` correlation is never held: the output's ``corr_st``/``corr_ts``
+        are None. The flows equal the full path's up to float rounding (each block is its own
+        matrix product). Meant for inference (no grad); under autograd every block's graph is
+        kept, and batch norm in training mode would see one pair at a time.
+        """
         size = self.grid_size(image_size)
-        fs, ft = self.adapted(feats_src, size), self.adapted(feats_trg, size)
-        raw = self.correlate(fs, ft)  # (B, hs*ws, ht, wt)
-        b, h, w = raw.shape[0], *size
-        corr_st = raw / (raw.flatten(2).norm(dim=-1)[..., None, None] + 1e-6)
-        raw_ts = raw.reshape(b, h * w, h * w).transpose(1, 2).reshape(b, h * w, h, w)
-        corr_ts = raw_ts / (raw_ts.flatten(2).norm(dim=-1)[..., None, None] + 1e-6)
+        h, w = size
+        first = next(iter(feats_src.values()))
+        b, dtype, device = first.shape[0], first.dtype, first.device
         cells = torch.stack(
             torch.meshgrid(
-                torch.arange(w, dtype=raw.dtype, device=raw.device),
-                torch.arange(h, dtype=raw.dtype, device=raw.device),
+                torch.arange(w, dtype=dtype, device=device),
+                torch.arange(h, dtype=dtype, device=device),
                 indexing="xy",
             )
         )
+        grid = FeatureGrid.for_map(size, tuple(image_size))
+        if max_bytes is not None:  # one pair at a time, blocks of source cells
+            flows_st, flows_ts = [], []
+            for i in range(b):
+                fs = self.adapted({t: f[i : i + 1] for t, f in feats_src.items()}, size)
+                ft = self.adapted({t: f[i : i + 1] for t, f in feats_trg.items()}, size)
+                flows_st.append(self.chunked_matches(fs, ft, argmax, max_bytes))
+                flows_ts.append(self.chunked_matches(ft, fs, argmax, max_bytes))
+            flow_st = torch.cat(flows_st).transpose(1, 2).reshape(b, 2, h, w) - cells
+            flow_ts = torch.cat(flows_ts).transpose(1, 2).reshape(b, 2, h, w) - cells
+            return SFNetOutput(None, None, flow_st, flow_ts, grid, grid)
+        fs, ft = self.adapted(feats_src, size), self.adapted(feats_trg, size)
+        raw = self.correlate(fs, ft)  # (B, hs*ws, ht, wt)
+        corr_st = raw / (raw.flatten(2).norm(dim=-1)[..., None, None] + 1e-6)
+        raw_ts = raw.reshape(b, h * w, h * w).transpose(1, 2).reshape(b, h * w, h, w)
+        corr_ts = raw_ts / (raw_ts.flatten(2).norm(dim=-1)[..., None, None] + 1e-6)
         flow_st = self.match(corr_st, argmax).transpose(1, 2).reshape(b, 2, h, w) - cells
         flow_ts = self.match(corr_ts, argmax).transpose(1, 2).reshape(b, 2, h, w) - cells
-        grid = FeatureGrid.for_map(size, tuple(image_size))
         return SFNetOutput(corr_st, corr_ts, flow_st, flow_ts, grid, grid)
 
+    def chunked_matches(
+        self,
+        fa: list[torch.Tensor],
+        fb: list[torch.Tensor],
+        argmax: str | None = None,
+        max_bytes: int = 64 * 2**20,
+    ) -> torch.Tensor:
+        """Matches ``(B, h*w, 2)`` (cells, x then y) of every cell of ``fa`` in ``fb``, by blocks.
+
+        ``fa``, ``fb``: :meth:`adapted` features, one ``(B, C_t, h, w)`` per tap. For each block
+        of source cells (row-major), the product over taps of ``ReLU(cosine)`` scores
+        ``(B, rows, h*w)`` (at most ``max_bytes``, from
+        :func:`corrlib.correlation.iter_correlation_chunks`), each row L2-normalised, then the
+        model's argmax: the rows of :meth:`forward_features`' full path, a few blocks alive at a
+        time instead of the whole ``(B, h*w, h, w)`` correlation and its temporaries.
+        """
+        h, w = fb[0].shape[-2:]
+        blocks = zip(
+            *(iter_correlation_chunks(a, c, max_bytes, normalize=False) for a, c in zip(fa, fb))
+        )
+        out = []
+        for parts in blocks:
+            raw = None
+            for _, block in parts:
+                c = F.relu(block)
+                raw = c if raw is None else raw * c
+            raw = raw / (raw.norm(dim=-1, keepdim=True) + 1e-6)
+            out.append(self.match(raw.reshape(raw.shape[0], raw.shape[1], h, w), argmax))
+        return torch.cat(out, 1)
+
     def forward(
-        self, src: torch.Tensor, trg: torch.Tensor, argmax: str | None = None
+        self,
+        src: torch.Tensor,
+        trg: torch.Tensor,
+        argmax: str | None = None,
+        max_bytes: int | None = None,
     ) -> SFNetOutput:
         """Dense flows both ways between ``src`` and ``trg`` ``(B, 3, H, W)`` (same size, multiple
-        of the grid stride)."""
+        of the grid stride); ``max_bytes``: the chunked path of :meth:`forward_features`."""
         b = check_shape(src, ("B", 3, "H", "W"), "src")["B"]
         check_shape(trg, (b, 3, src.shape[2], src.shape[3]), "trg")
         size = tuple(src.shape[-2:])
         both = self.trunk_features(torch.cat((src, trg)))
         fa = {t: f[:b] for t, f in both.items()}
         fb = {t: f[b:] for t, f in both.items()}
-        return self.forward_features(fa, fb, size, argmax)
+        return self.forward_features(fa, fb, size, argmax, max_bytes)
 
 
 @full_precision

@@ -46,6 +46,7 @@ from corrlib.checkpoint import (
 from corrlib.correlation import l2_normalize
 from corrlib.geometry import pixel_grid, pixel_to_normalized
 from corrlib.matching import FeatureGrid, sample_descriptors
+from corrlib.models.backbones import Backbone, backbone
 
 __all__ = [
     "DEFAULT_TRUNK_WIDTHS",
@@ -274,7 +275,9 @@ class UCN(nn.Module):
 
     Args:
         trunk: feature extractor mapping ``(B, 3, H, W)`` in ``[0, 1]`` to ``(B, C, h, w)``
-            (``None``: ``UCNTrunk(trunk_widths)``). Its channels and stride are read from
+            (``None``: ``UCNTrunk(trunk_widths)``; a one-tap :class:`~corrlib.models.backbones.
+            Backbone`, e.g. the paper's GoogLeNet up to ``inception4a``, is recorded in
+            ``config`` and exported with its weights). Its channels and stride are read from
             ``out_channels``/``stride`` attributes, else from ``channels``/``stride`` below, else
             from one probing forward pass. A trunk returning a dict must return one map.
         dim: descriptor dimension ``D``.
@@ -287,8 +290,8 @@ class UCN(nn.Module):
         variant: a label recorded with the model (the chapter-03 ablation row it trains), or None.
 
     ``forward(images (B, 3, H, W)) -> (features (B, D, h, w) unit-norm per cell, stride)``.
-    ``config`` holds the keyword arguments that rebuild a default-trunk model (``None`` for a
-    custom trunk).
+    ``config`` holds the keyword arguments that rebuild a default-trunk or backbone-trunk model
+    (``None`` for any other custom trunk).
 
     Example:
         >>> model = UCN(dim=16, trunk_widths=(8, 16))
@@ -327,6 +330,18 @@ class UCN(nn.Module):
                 "st_kernel": st_kernel,
                 "st_dilation": st_dilation,
                 "trunk_widths": list(trunk.widths),
+            }
+        elif isinstance(trunk, Backbone) and len(trunk.taps) == 1 and not trunk.concat:
+            # a corrlib backbone with one tap (the paper's GoogLeNet up to inception4a): its
+            # settings are recorded, so an exported model is rebuilt from the file
+            tap = trunk.taps[0]
+            channels, stride = channels or trunk.channels[tap], stride or trunk.strides[tap]
+            self.config = {
+                "dim": dim,
+                "use_st": bool(use_st),
+                "st_kernel": st_kernel,
+                "st_dilation": st_dilation,
+                "trunk": {"arch": trunk.arch, "tap": tap},
             }
         elif not isinstance(trunk, nn.Module):
             raise TypeError(
@@ -404,12 +419,13 @@ def export_ucn(
     """
     if not isinstance(model, UCN) or model.config is None:
         raise ValueError(
-            "export_ucn saves a UCN with the default trunk; a custom trunk cannot be rebuilt from "
-            "a file."
+            "export_ucn saves a UCN with the default trunk or a one-tap corrlib Backbone; another "
+            "custom trunk cannot be rebuilt from a file."
         )
     state = {
         "format": UCN_FORMAT,
         "config": dict(model.config),
+        "weights_source": str(getattr(model.trunk, "weights_source", "trained with the model")),
         "variant": model.variant,
         "model": model.state_dict(),
         "metrics": finite_metrics(metrics),
@@ -423,13 +439,20 @@ def export_ucn(
 def load_ucn(path) -> UCN:
     """Rebuild and load (strict) a UCN saved by :func:`export_ucn`, in eval mode."""
     state = read_model_file(path, UCN_FORMAT, "an exported UCN")
+    config = dict(state["config"])
     try:
-        model = UCN(**state["config"], variant=state.get("variant"))
-    except (TypeError, ValueError) as e:
+        trunk_cfg = config.pop("trunk", None)
+        trunk = None
+        if trunk_cfg is not None:  # weights come from the file (strict load below)
+            trunk = backbone(trunk_cfg["arch"], taps=(trunk_cfg["tap"],), weights="none")
+        model = UCN(trunk, **config, variant=state.get("variant"))
+    except (TypeError, ValueError, KeyError) as e:
         raise ValueError(
             f"{path}: its settings {state['config']!r} do not build a UCN ({e})."
         ) from e
     load_state_strict(model, state["model"], path)
+    if isinstance(model.trunk, Backbone):
+        model.trunk.weights_source = str(state.get("weights_source", "unknown"))
     model.eval_settings = check_eval_settings(state.get("eval"), path)
     return model.eval()
 

@@ -67,12 +67,13 @@ EXPORTED = (
 #: Where each chapter's ``paper`` preset comes from (the values themselves are read from the
 #: configs, so this table cannot drift from them).
 PAPER_SOURCES = {
-    "01_patch": "Zbontar & LeCun JMLR 2016 (MC-CNN), Zagoruyko & Komodakis CVPR 2015, "
-    "Simo-Serra et al. ICCV 2015; KITTI 2012 / Brown data are not in the paper preset's "
-    "loader yet (see the chapter)",
+    "01_patch": "Zbontar & LeCun JMLR 2016 (MC-CNN, KITTI 2012; official main.lua options), "
+    "Zagoruyko & Komodakis CVPR 2015 and Simo-Serra et al. ICCV 2015 (Brown: train on one "
+    "scene, FPR95 on the other two)",
     "02_stn": "Jaderberg et al. NeurIPS 2015, Sec. 4.1 (distorted MNIST)",
-    "03_ucn": "Choy et al. NeurIPS 2016 (trunk trained here from scratch: the paper's ImageNet "
-    "GoogLeNet and PASCAL/CUB/KITTI training are not reproduced)",
+    "03_ucn": "Choy et al. NeurIPS 2016 (CUB-2011 keypoints on ImageNet GoogLeNet to inception4a, "
+    "per a re-implementation citing the supplementary; PASCAL and KITTI training not reproduced; "
+    "optimiser and size are our choices)",
     "04_scnet": "Han et al. ICCV 2017, Sec. 4-5; the authors' code where the text is silent",
     "05_rtn": "Kim et al. NeurIPS 2018 and the authors' MATLAB code (init_RTNs.m)",
     "06_sfnet": "Lee et al. CVPR 2019, Sec. 4 and the authors' code (VOC masks, ResNet-101)",
@@ -140,12 +141,17 @@ def _fmt_trunk(cfg) -> str:
             return f"trained from scratch (widths {list(cfg.trunk_widths)})"
         return "trained from scratch"
     weights = getattr(cfg, "trunk_weights", "")
-    tap = getattr(cfg, "tap", None) or getattr(cfg, "levels", None)
+    tap = (
+        getattr(cfg, "tap", None) or getattr(cfg, "trunk_tap", None) or getattr(cfg, "levels", None)
+    )
     tap = f" {list(tap) if isinstance(tap, (tuple, list)) else tap}" if tap else ""
     return f"{arch}{tap} ({weights})" if weights else f"{arch}{tap}"
 
 
 def _fmt_data(cfg) -> str:
+    described = getattr(cfg, "data_description", None)
+    if isinstance(described, str):
+        return described
     for name in ("data", "source", "train_data"):
         v = getattr(cfg, name, None)
         if isinstance(v, str):

@@ -1,10 +1,15 @@
 """Chapter 01 recipe: learn to compare patches (MC-CNN, DeepCompare, DeepDesc) on real pairs.
 
-Training pairs come from the Middlebury 2014 Motorcycle stereo pair (scikit-image) and synthetic
-warps of scikit-image photographs; test pairs from two *held-out* sources with real ground truth:
-the Middlebury 2006 Aloe stereo pair and the graffiti viewpoint pair with its homography
-(OpenCV samples). Pairs follow MC-CNN's sampling (Zbontar & LeCun, JMLR 2016, Sec. 3.1): a
-positive within ``p_hi`` pixels of the true match, a negative ``n_lo..n_hi`` pixels away.
+Two data settings (``Config.data``). ``"papers"`` (the ``paper`` preset): MC-CNN trains on KITTI
+2012 training scenes and is tested on held-out KITTI scenes, as in Zbontar & LeCun; DeepCompare
+and DeepDesc train on Brown et al.'s Liberty patches and are tested on the 100,000 labelled
+pairs of Notre Dame and Yosemite (FPR95), as in Zagoruyko & Komodakis and Simo-Serra et al.
+``"photos"`` (``lab``, ``smoke``; offline): training pairs from the Middlebury 2014 Motorcycle
+stereo pair (scikit-image) and synthetic warps of scikit-image photographs; test pairs from two
+*held-out* sources with real ground truth: the Middlebury 2006 Aloe stereo pair and the graffiti
+viewpoint pair with its homography (OpenCV samples). Pairs follow MC-CNN's sampling (Zbontar &
+LeCun, JMLR 2016, Sec. 3.1): a positive within ``p_hi`` pixels of the true match, a negative
+``n_lo..n_hi`` pixels away.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ import torch.nn.functional as F
 from corrlib import distributed
 from corrlib._check import check_choice
 from corrlib.data import (
+    KITTI2012_SPLITS,
+    KITTI2012Stereo,
     PatchPairs,
+    PhotoTourPairs,
     SyntheticPairs,
     load_aloe,
     load_graffiti,
@@ -48,6 +56,7 @@ from corrlib.train import Trainer, seed_everything
 __all__ = [
     "ARCHS",
     "CHAPTER",
+    "DATA_SETTINGS",
     "HANDCRAFTED_PATCH_SCORES",
     "PRESETS",
     "TRAINABLE",
@@ -65,6 +74,7 @@ __all__ = [
     "stereo_disparity",
     "train_main",
     "train_patch_model",
+    "training_sets",
     "verification_metrics",
     "verification_scores",
 ]
@@ -100,14 +110,28 @@ class Config(TrainingConfig):
 
     EVAL_FIELDS: ClassVar[tuple[str, ...]] = (
         "archs",
+        "brown_test",
         "test_stereo_scale",
         "max_disp",
         "willow_limit",
     )
 
     archs: tuple = ARCHS
+    # "papers": KITTI 2012 for MC-CNN (Zbontar & LeCun, JMLR 2016, Sec. 4), Brown's Liberty for
+    # DeepCompare and DeepDesc, which both train on one scene and test on the other two
+    # (Zagoruyko & Komodakis, CVPR 2015, Sec. 4.1; Simo-Serra et al., ICCV 2015, Sec. 4.1);
+    # "photos": the offline pairs (see the module docstring)
+    data: str = "papers"
+    brown_train: str = "liberty"
+    brown_test: tuple = ("notredame", "yosemite")
+    # Brown training pairs drawn from Liberty's 3-D point labels (half matches); the pool holds
+    # 2 x 64 x 64 float32 per pair: 3.3 GB at 100,000
+    n_train_brown: int = 100000
+    # KITTI 2012 scenes used of each split (None: all; train 160, val 34, see KITTI2012_SPLITS)
+    kitti_scenes: int | None = None
     train_stereo_scale: float = 1.0
-    test_stereo_scale: float = 0.5
+    # KITTI 2012 at full resolution, as MC-CNN is evaluated
+    test_stereo_scale: float = 1.0
     synthetic_images: int = 400
     # patch tensors are cached: ~5 GB at 64 px
     n_train_stereo: int = 100000
@@ -145,13 +169,29 @@ class Config(TrainingConfig):
     log_every: int = 100
     ckpt_every: int = 2000
     mining: float = 2.0
-    max_disp: int = 128
+    # MC-CNN's KITTI disparity range (official main.lua: disp_max 228)
+    max_disp: int = 228
     willow_limit: int | None = None
+
+    @property
+    def data_description(self) -> str:
+        """What the preset trains and tests on, in words (chapter 08's table of presets)."""
+        if self.data == "papers":
+            return (
+                f"MC-CNN: KITTI 2012 train scenes (test: val scenes); DeepCompare, DeepDesc: "
+                f"Brown {self.brown_train} (test: {', '.join(self.brown_test)})"
+            )
+        return "Motorcycle + synthetic warps (test: Aloe, graffiti)"
+
+
+#: Chapter 01's data settings (``Config.data``): the papers' datasets, or the offline photographs.
+DATA_SETTINGS = ("papers", "photos")
 
 
 PRESETS = make_presets(
     Config(),
     lab=dict(
+        data="photos",
         train_stereo_scale=0.5,
         test_stereo_scale=0.25,
         synthetic_images=24,
@@ -172,6 +212,7 @@ PRESETS = make_presets(
         max_disp=64,
     ),
     smoke=dict(
+        data="photos",
         train_stereo_scale=0.25,
         test_stereo_scale=0.125,
         synthetic_images=4,
@@ -294,22 +335,128 @@ class PatchPool:
 
 @dataclass
 class PatchData:
-    """Everything chapter 01 trains and tests on (see :func:`build_patch_data`)."""
+    """Everything chapter 01 trains and tests on (see :func:`build_patch_data`).
 
-    train: list[PatchPairs]
-    test: dict[str, PatchPairs]
+    ``train_by_family``: with the papers' data, ``{"mccnn": [...], "descriptor": [...]}``: the
+    sets each family trains on (MC-CNN on KITTI, DeepCompare and DeepDesc on Brown); None when
+    every architecture trains on every set of ``train`` (the offline photographs).
+    """
+
+    train: list
+    test: dict
     stereo_train: object
     stereo_test: object
     graffiti: object
     info: dict = field(default_factory=dict)
+    train_by_family: dict | None = None
+    #: ``{test set: its protocol}``, for result rows
+    protocol: dict = field(default_factory=dict)
+    #: what ``stereo_test`` is, for result rows
+    stereo_test_name: str = ""
+
+    def train_for(self, arch: str) -> list:
+        """The training pair sets of ``arch`` (one of :data:`corrlib.models.patch.PATCH_MODELS`):
+        what :meth:`PatchPool.from_pairs` stacks for it."""
+        check_choice(arch, "arch", PATCH_MODELS)
+        if self.train_by_family is None:
+            return self.train
+        return self.train_by_family["mccnn" if arch.startswith("mccnn") else "descriptor"]
+
+
+def _sampled_protocol(cfg) -> str:
+    return f"patch verification, MC-CNN sampling (N_lo={cfg.n_lo:g}, N_hi={cfg.n_hi:g})"
+
+
+def _kitti_sets(cfg, root, split: str, scale: float, n: int, g: torch.Generator, sampling: dict):
+    """``(pairs, scenes)``: ``n`` pairs (positives first) spread over the split's scenes."""
+    ds = KITTI2012Stereo(root, split, scale=scale)
+    count = len(ds) if cfg.kitti_scenes is None else min(len(ds), cfg.kitti_scenes)
+    scenes = [ds[i] for i in range(count)]
+    per = max(2, 2 * (n // (2 * count)))  # even: one negative per positive in every scene
+    return [sample_stereo_pairs(sc, per, generator=g, **sampling) for sc in scenes], scenes
+
+
+def _stack_pairs(sets: list[PatchPairs], source: str) -> PatchPairs:
+    """One :class:`PatchPairs` holding every pair of ``sets`` (their images side by side)."""
+    images, ia, ib, xy, a_b, label, offset = [], [], [], [], [], [], []
+    for s in sets:
+        base = len(images)
+        images += s.images
+        ia.append(s.img_a_index + base)
+        ib.append(s.img_b_index + base)
+        xy.append(s.xy_a)
+        a_b.append(s.A_b)
+        label.append(s.label)
+        offset.append(s.offset if s.offset is not None else torch.zeros(len(s), 2))
+    return PatchPairs(
+        images,
+        torch.cat(ia),
+        torch.cat(xy),
+        torch.cat(ib),
+        torch.cat(a_b),
+        torch.cat(label),
+        source=source,
+        offset=torch.cat(offset),
+        patch_size=sets[0].patch_size,
+    )
+
+
+def _papers_data(cfg: Config, data_root, seed: int, g, sampling) -> PatchData:
+    kitti_train, train_scenes = _kitti_sets(
+        cfg, data_root, "train", cfg.train_stereo_scale, cfg.n_train_stereo, g, sampling
+    )
+    kitti_val, val_scenes = _kitti_sets(
+        cfg, data_root, "val", cfg.test_stereo_scale, cfg.n_test, g, sampling
+    )
+    brown = _brown_train(cfg, data_root, seed)
+    test = {"kitti 2012 val (stereo)": _stack_pairs(kitti_val, "KITTI 2012 val scenes")}
+    for name in cfg.brown_test:
+        test[f"{name} (brown)"] = PhotoTourPairs(data_root, name, train=False)
+    info = {
+        "train": (
+            f"MC-CNN: KITTI 2012 train scenes 0-{len(train_scenes) - 1} at scale "
+            f"{cfg.train_stereo_scale:g}; DeepCompare/DeepDesc: Brown {cfg.brown_train} "
+            f"({len(brown)} pairs from its 3-D points)"
+        ),
+        "test": (
+            f"patch pairs of the {len(val_scenes)} KITTI 2012 val scenes, Brown "
+            f"{', '.join(cfg.brown_test)} (their official labelled pairs); stereo maps on val "
+            f"scene {KITTI2012_SPLITS['val'][0]}"
+        ),
+        "n_train": sum(len(t) for t in kitti_train) + len(brown),
+        "n_test": {k: len(v) for k, v in test.items()},
+    }
+    protocol = {
+        k: "patch verification, Brown's official pairs (m50 list)"
+        if k.endswith("(brown)")
+        else _sampled_protocol(cfg)
+        for k in test
+    }
+    return PatchData(
+        [*kitti_train, brown],
+        test,
+        train_scenes[0],
+        val_scenes[0],
+        load_graffiti(data_root),
+        info,
+        {"mccnn": kitti_train, "descriptor": [brown]},
+        protocol,
+        f"KITTI 2012 stereo (val scene {KITTI2012_SPLITS['val'][0]})",
+    )
 
 
 def build_patch_data(cfg: Config, data_root=None, seed: int = 0) -> PatchData:
     """Sample the train and held-out test pairs of chapter 01 from ``cfg`` (a preset config).
 
-    Train: Motorcycle (stereo, scale ``cfg.train_stereo_scale``) and synthetic warps of
-    :data:`TRAIN_PHOTOS`. Test: Aloe (stereo, ``cfg.test_stereo_scale``) and graffiti
-    (homography). Train and test images are disjoint.
+    ``cfg.data == "photos"``: train on Motorcycle (stereo, scale ``cfg.train_stereo_scale``) and
+    synthetic warps of :data:`TRAIN_PHOTOS`; test on Aloe (stereo, ``cfg.test_stereo_scale``)
+    and graffiti (homography). ``"papers"``: train MC-CNN on ``cfg.n_train_stereo`` pairs spread
+    over the KITTI 2012 train scenes (:class:`corrlib.data.KITTI2012Stereo`) and the other
+    families on ``cfg.n_train_brown`` pairs of Brown's ``cfg.brown_train``
+    (:class:`corrlib.data.PhotoTourPairs`; see :meth:`PatchData.train_for`); test on
+    ``cfg.n_test`` pairs of the KITTI val scenes and on the official 100,000 pairs of each of
+    ``cfg.brown_test``; the stereo maps are the first train and val scenes. Train and test
+    images are disjoint in both.
 
     Args:
         cfg: the chapter's :class:`Config` (its fields used: ``train_stereo_scale``,
@@ -325,8 +472,11 @@ def build_patch_data(cfg: Config, data_root=None, seed: int = 0) -> PatchData:
         ``(H, W)`` float in ``[0, 1]``, disparity and validity), ``graffiti`` (its
         homography pair) and ``info`` (keys ``train``, ``test``, ``n_train``, ``n_test``).
     """
+    check_choice(cfg.data, "data", DATA_SETTINGS)
     g = torch.Generator().manual_seed(seed)
     sampling = {"p_hi": cfg.p_hi, "n_lo": cfg.n_lo, "n_hi": cfg.n_hi}
+    if cfg.data == "papers":
+        return _papers_data(cfg, data_root, seed, g, sampling)
     moto = load_motorcycle(scale=cfg.train_stereo_scale)
     synth = SyntheticPairs(
         skimage_photos(TRAIN_PHOTOS),
@@ -356,7 +506,31 @@ def build_patch_data(cfg: Config, data_root=None, seed: int = 0) -> PatchData:
         "n_train": sum(len(t) for t in train),
         "n_test": {k: len(v) for k, v in test.items()},
     }
-    return PatchData(train, test, moto, aloe, graf, info)
+    protocol = {k: _sampled_protocol(cfg) for k in test}
+    return PatchData(train, test, moto, aloe, graf, info, None, protocol, "Aloe stereo")
+
+
+def training_sets(cfg: Config, arch: str, data_root=None, seed: int = 0) -> list:
+    """The training pair sets of ``arch`` alone: ``build_patch_data(...).train_for(arch)``, the
+    same pairs, without reading what ``arch`` does not train on (with the papers' data, MC-CNN
+    needs no Brown scene and the other families no KITTI scene)."""
+    check_choice(arch, "arch", PATCH_MODELS)
+    check_choice(cfg.data, "data", DATA_SETTINGS)
+    if cfg.data == "photos":
+        return build_patch_data(cfg, data_root, seed).train_for(arch)
+    if arch.startswith("mccnn"):  # drawn first from the seeded generator, as in build_patch_data
+        g = torch.Generator().manual_seed(seed)
+        sampling = {"p_hi": cfg.p_hi, "n_lo": cfg.n_lo, "n_hi": cfg.n_hi}
+        return _kitti_sets(
+            cfg, data_root, "train", cfg.train_stereo_scale, cfg.n_train_stereo, g, sampling
+        )[0]
+    return [_brown_train(cfg, data_root, seed)]
+
+
+def _brown_train(cfg: Config, data_root, seed: int) -> PhotoTourPairs:
+    return PhotoTourPairs(
+        data_root, cfg.brown_train, train=True, n_pairs=2 * (cfg.n_train_brown // 2), seed=seed
+    )
 
 
 def patch_size_for(arch: str, cfg: Config) -> int:
@@ -761,8 +935,9 @@ def train_main(run, variant: str | None = None, *, progress: bool = True):
     arch = variant or TRAINABLE[0]
     check_choice(arch, "variant", TRAINABLE)
     cfg = run.cfg
-    data = build_patch_data(cfg, run.root, run.seed)
-    pool = PatchPool.from_pairs(data.train, patch_size_for(arch, cfg))
+    pool = PatchPool.from_pairs(
+        training_sets(cfg, arch, run.root, run.seed), patch_size_for(arch, cfg)
+    )
     ckpt = run.ckpt_dir / f"{arch}.ckpt"
     model, history, seconds = train_patch_model(
         arch,

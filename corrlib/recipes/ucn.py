@@ -28,10 +28,12 @@ import torch
 
 from corrlib._check import check_choice
 from corrlib.data import (
+    CUB2011Pairs,
     PairPool,
     PFWillow,
     SyntheticPairs,
     photometric_jitter,
+    resolve_data_root,
     sample_valid_pixels,
     skimage_photos,
     sklearn_photos,
@@ -40,6 +42,8 @@ from corrlib.eval import evaluate_keypoints, evaluate_pairs, evaluate_tss
 from corrlib.exercises import as_number, run_student
 from corrlib.matching import FeatureGrid, sample_descriptors
 from corrlib.methods import CorrespondenceMethod, UCNMethod, get_method
+from corrlib.methods.base import network_input, scale_points
+from corrlib.models.backbones import backbone
 from corrlib.models.ucn import (
     MINING_RULES,
     UCN,
@@ -48,21 +52,31 @@ from corrlib.models.ucn import (
     mine_negatives,
     random_negatives,
 )
-from corrlib.recipes._common import TrainingConfig, config_getter, make_presets, optim
+from corrlib.recipes._common import (
+    LabImageNet,
+    TrainingConfig,
+    config_getter,
+    make_presets,
+    optim,
+)
 from corrlib.train import Trainer, seed_everything
 
 __all__ = [
     "CHAPTER",
+    "DATA_SETTINGS",
     "HELDOUT_PHOTOS",
+    "LAB_IMAGENET",
     "PRESETS",
     "TRAINABLE",
     "TRAIN_PHOTOS",
     "VARIANTS",
     "Config",
+    "KeypointPool",
     "build_pair_pool",
     "build_ucn",
     "check_double_margin_loss",
     "config",
+    "describe_pool",
     "evaluate_synthetic",
     "evaluate_ucn_pfwillow",
     "evaluate_ucn_tss",
@@ -70,6 +84,7 @@ __all__ = [
     "heldout_pool",
     "make_batch_fn",
     "random_crops",
+    "show_training_pair",
     "train_main",
     "train_pool",
     "train_ucn",
@@ -96,8 +111,13 @@ CHAPTER = "03_ucn"
 class Config(TrainingConfig):
     """Chapter 03's settings. The paper (Choy et al., NeurIPS 2016, Sec. 4) trains on real
     annotated pairs (KITTI; PASCAL and CUB-2011 keypoints) with ImageNet GoogLeNet layers as the
-    trunk, loss Eq. 1, hard negatives and the conv spatial transformer. The defaults here: synthetic
-    warps of the same photographs at 256 px, a larger trunk and Caffe-style SGD (our choices).
+    trunk, loss Eq. 1, hard negatives and the conv spatial transformer. The defaults (``paper``):
+    CUB-200-2011's keypoint pairs (``data="cub"``, ``cub_pairs_per_class`` per species), ImageNet
+    GoogLeNet up to ``inception4a`` fine-tuned (``trunk``, ``trunk_tap``, ``trunk_weights``,
+    ``train_trunk``), 256 px, Caffe-style SGD (PASCAL and KITTI training are not reproduced;
+    the optimiser and size are our choices: the paper's were not read). ``lab`` and ``smoke``:
+    synthetic warps of photographs and a small trunk trained from scratch (``data="synthetic"``,
+    ``trunk=None``), offline.
 
     ``size``: training image size; ``pool_pairs`` pairs cut from ``crops`` random crops, warp
     ``kind``/``strength``, photometric ``jitter``; ``points`` positives per pair, one negative
@@ -122,6 +142,18 @@ class Config(TrainingConfig):
     )
 
     variants: tuple = VARIANTS
+    # training data: "cub" (the paper trains on PASCAL, CUB-2011 and KITTI keypoints; CUB's
+    # keypoint pairs are what is reproduced here, corrlib.data.CUB2011Pairs) or "synthetic"
+    # (warps of photographs: lab and smoke, offline; our choice)
+    data: str = "cub"
+    cub_pairs_per_class: int = 50
+    # the trunk: ImageNet GoogLeNet up to inception4a, fine-tuned end to end (UCN's, per a
+    # re-implementation citing the supplementary: fidelity of this choice in papers.md 5.4);
+    # None: corrlib's small UCNTrunk(trunk_widths) trained from scratch (lab and smoke)
+    trunk: str | None = "googlenet"
+    trunk_tap: str = "inception4a"
+    trunk_weights: str = "imagenet"
+    train_trunk: bool = True
     size: tuple = (256, 256)
     pool_pairs: int = 1000
     crops: int = 500
@@ -159,12 +191,21 @@ class Config(TrainingConfig):
     tss_subsets: tuple = ("FG3DCar", "JODS", "PASCAL")
     tss_limit: int | None = None
 
+    @property
+    def data_description(self) -> str:
+        """What the preset trains on, in words (chapter 08's table of presets)."""
+        if self.data == "cub":
+            return f"CUB-200-2011 train keypoint pairs ({self.cub_pairs_per_class} per species)"
+        return f"synthetic warps of {len(TRAIN_PHOTOS)} photographs"
+
 
 PRESETS = make_presets(
     Config(),
     # 192 pairs (any warp family) cut from 64 random crops of 4 photographs, 128 px; thousands of
     # correspondences per batch (UCN's point): 4 pairs x 256 positives, 1 negative each
     lab=dict(
+        data="synthetic",
+        trunk=None,
         size=(128, 128),
         pool_pairs=192,
         crops=64,
@@ -183,6 +224,8 @@ PRESETS = make_presets(
         tss_max_side=160,
     ),
     smoke=dict(
+        data="synthetic",
+        trunk=None,
         size=(32, 32),
         pool_pairs=4,
         crops=4,
@@ -210,8 +253,25 @@ PRESETS = make_presets(
 )
 
 
-#: ``config(preset)``: the chapter's :class:`Config` at a preset (a deep copy; frozen).
-config = config_getter(PRESETS)
+#: ``lab`` with ImageNet features when torchvision's GoogLeNet file is in the torch hub cache: the
+#: paper's trunk up to ``inception4a`` (stride 16), frozen (only the transformer and the 1x1 head
+#: train, within 10 minutes on a 2-core CPU), negatives one cell (16 px) away at least.
+LAB_IMAGENET = LabImageNet(
+    "googlenet",
+    {
+        "trunk": "googlenet",
+        "trunk_tap": "inception4a",
+        "trunk_weights": "imagenet",
+        "train_trunk": False,
+        "radius_px": 16.0,
+    },
+    "GoogLeNet up to inception4a (the paper's trunk), frozen, at 128 x 128, in place of the small "
+    "trunk trained from scratch",
+)
+
+#: ``config(preset)``: the chapter's :class:`Config` at a preset (a deep copy; frozen). At
+#: ``lab``, :data:`LAB_IMAGENET` applies when the ImageNet file is in the torch hub cache.
+config = config_getter(PRESETS, LAB_IMAGENET)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -317,20 +377,121 @@ def _cached_pool(key: tuple) -> PairPool:
     )
 
 
-def train_pool(cfg: Config, seed: int = 0) -> PairPool:
+def train_pool(cfg: Config, seed: int = 0, root=None) -> PairPool | KeypointPool:
     """The training pool of a preset ``cfg`` (cached in memory: the three variants share it).
 
     Args:
-        cfg: the chapter's :class:`Config` (its fields used: ``pool_pairs``, ``size``, ``kind``,
-            ``strength``, ``crops``).
-        seed: the seed of the crops and warps.
+        cfg: the chapter's :class:`Config` (its fields used: ``data``; for ``"synthetic"``
+            ``pool_pairs``, ``size``, ``kind``, ``strength``, ``crops``; for ``"cub"``
+            ``cub_pairs_per_class``, ``size``).
+        seed: the seed of the crops and warps (``"synthetic"``; CUB's pairs are a fixed draw).
+        root: the data root (``"cub"``: it holds ``CUB_200_2011/``; None: ``$CORRLIB_DATA``).
 
     Returns:
-        The :class:`PairPool` of :func:`build_pair_pool` over :data:`TRAIN_PHOTOS` (the same
-        object for equal settings: do not modify it).
+        ``"synthetic"``: the :class:`PairPool` of :func:`build_pair_pool` over
+        :data:`TRAIN_PHOTOS`; ``"cub"``: a :class:`KeypointPool` of CUB-200-2011's train pairs
+        (the same object for equal settings: do not modify it).
     """
+    check_choice(cfg.data, "data", DATA_SETTINGS)
+    if cfg.data == "cub":  # the pairs are CUB2011Pairs' default draw: seed plays no part
+        return _cached_cub_pool(
+            str(resolve_data_root(root)), cfg.cub_pairs_per_class, tuple(cfg.size)
+        )
     key = (TRAIN_PHOTOS, cfg.pool_pairs, tuple(cfg.size), cfg.kind, cfg.strength, cfg.crops, seed)
     return _cached_pool(key)
+
+
+#: Chapter 03's training data settings (``Config.data``).
+DATA_SETTINGS = ("cub", "synthetic")
+
+
+@dataclass
+class KeypointPool:
+    """Annotated keypoint pairs with their images resized to one size (UCN's semantic training).
+
+    ``images`` uint8 ``(M, 3, H, W)`` (each image once); ``pairs`` ``(N, 2)`` rows of
+    ``images``; ``kps_src``/``kps_trg``: ``N`` tensors ``(K_n, 2)`` of corresponding keypoints
+    in pixels of the resized images (0-based, (x, y)); ``size`` ``(H, W)``; ``info``.
+    """
+
+    images: torch.Tensor
+    pairs: torch.Tensor
+    kps_src: list
+    kps_trg: list
+    size: tuple
+    info: str = ""
+
+    def __len__(self) -> int:
+        return int(self.pairs.shape[0])
+
+    @staticmethod
+    def from_dataset(ds, size: tuple[int, int], info: str = "") -> KeypointPool:
+        """Every pair of a keypoint dataset (items of :mod:`corrlib.data`'s layout), both images
+        resized (bilinear, antialiased, aspect ratio not kept) to ``size`` and their keypoints
+        scaled with them (:func:`corrlib.geometry.scale_points`)."""
+        index: dict[str, int] = {}
+        images, pairs, kps_src, kps_trg = [], [], [], []
+        for i in range(len(ds)):
+            item = ds[i]
+            rows = []
+            for side in ("src", "trg"):
+                name = item[f"{side}_name"]
+                if name not in index:
+                    index[name] = len(images)
+                    images.append(network_input(item[f"{side}_img"], size=tuple(size)))
+                rows.append(index[name])
+            pairs.append(rows)
+            kps_src.append(scale_points(item["src_kps"], item["src_size"], tuple(size)))
+            kps_trg.append(scale_points(item["trg_kps"], item["trg_size"], tuple(size)))
+        stacked = (torch.stack(images) * 255).round().clamp(0, 255).to(torch.uint8)
+        return KeypointPool(stacked, torch.tensor(pairs), kps_src, kps_trg, tuple(size), info)
+
+
+def describe_pool(pool: PairPool | KeypointPool) -> str:
+    """One line on a :func:`train_pool`: its pairs, size and source."""
+    if isinstance(pool, KeypointPool):
+        return pool.info
+    return f"{len(pool)} pairs of {pool.size} px from {', '.join(TRAIN_PHOTOS)}"
+
+
+def show_training_pair(pool: PairPool | KeypointPool, index: int = 0):
+    """A figure of training pair ``index``: source, target and the ground truth (the exact flow
+    of a synthetic pair; a keypoint pair's annotated points, numbered alike in both images)."""
+    import matplotlib.pyplot as plt
+
+    from corrlib.viz import flow_image, to_numpy_image
+
+    if isinstance(pool, KeypointPool):
+        a, b = pool.pairs[index].tolist()
+        fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+        for ax, img, kps, title in (
+            (axes[0], pool.images[a], pool.kps_src[index], "source"),
+            (axes[1], pool.images[b], pool.kps_trg[index], "target"),
+        ):
+            ax.imshow(to_numpy_image(img))
+            ax.scatter(kps[:, 0], kps[:, 1], c=range(len(kps)), cmap="tab20", s=25)
+            ax.set_title(f"{title} ({len(kps)} keypoints)")
+            ax.set_axis_off()
+        return fig
+    a, b, flow, valid = pool.pair(index)
+    fig, axes = plt.subplots(1, 3, figsize=(6, 2.1))
+    for ax, (img, title) in zip(
+        axes, [(a, "source"), (b, "target"), (flow_image(flow, valid), "ground-truth flow")]
+    ):
+        ax.imshow(to_numpy_image(img))
+        ax.set_title(title)
+        ax.set_axis_off()
+    return fig
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_cub_pool(root, pairs_per_class: int, size: tuple) -> KeypointPool:
+    ds = CUB2011Pairs(root, "train", pairs_per_class=pairs_per_class)
+    info = (
+        f"{len(ds)} CUB-200-2011 train pairs ({pairs_per_class} per species, visible parts in "
+        f"both) at {tuple(size)}"
+    )
+    return KeypointPool.from_dataset(ds, size, info)
 
 
 def heldout_pool(cfg: Config, seed: int = 0) -> PairPool:
@@ -386,19 +547,50 @@ def make_batch_fn(pool: PairPool, grid: FeatureGrid, cfg: Config) -> Callable:
         integer target cells farther than ``cfg.radius_px / grid.step[0]`` cells from
         ``pos_trg``.
     """
-    h, w = pool.size
-    map_size = (h // int(grid.step[1]), w // int(grid.step[0]))
+    if isinstance(pool, KeypointPool):
+        return _keypoint_batch_fn(pool, grid, cfg)
+
+    def draw(i: int, rev: bool, n: int, g: torch.Generator):
+        a, b, flow, valid = pool.pair(i, rev)
+        p = sample_valid_pixels(valid, n, g)  # (P, 2) pixels in a
+        q = p + flow[:, p[:, 1].long(), p[:, 0].long()].T  # exact at integer pixels
+        return a, b, p, q
+
+    return _pair_batch_fn(len(pool), pool.size, draw, grid, cfg)
+
+
+def _keypoint_batch_fn(pool: KeypointPool, grid: FeatureGrid, cfg: Config) -> Callable:
+    """:func:`make_batch_fn` on annotated keypoint pairs: each pair's ``cfg.points`` positives
+    are drawn with replacement from its keypoints (CUB has at most 15 per pair), so every pair
+    weighs the same whatever its count; the rest as on synthetic pairs."""
+
+    def draw(i: int, rev: bool, n: int, g: torch.Generator):
+        a, b = pool.pairs[i].tolist()
+        ka, kb = pool.kps_src[i], pool.kps_trg[i]
+        if rev:
+            a, b, ka, kb = b, a, kb, ka
+        pick = torch.randint(ka.shape[0], (n,), generator=g)
+        return pool.images[a].float() / 255, pool.images[b].float() / 255, ka[pick], kb[pick]
+
+    return _pair_batch_fn(len(pool), pool.size, draw, grid, cfg)
+
+
+def _pair_batch_fn(n_pairs: int, size, draw: Callable, grid: FeatureGrid, cfg: Config) -> Callable:
+    """The batch loop shared by both pools: ``draw(i, reverse, P, g) -> (a, b, p, q)`` gives a
+    pair's images ``(3, H, W)`` in ``[0, 1]`` and ``P`` matching pixels ``p`` in ``a``, ``q`` in
+    ``b``; the loop draws pairs and directions, jitters, maps pixels to cells and draws one
+    random negative per positive, every draw from the step's generator."""
+    h, w = size
+    map_size = (-(-h // int(grid.step[1])), -(-w // int(grid.step[0])))
     radius = cfg.radius_px / grid.step[0]
     bsz, n = cfg.batch_size, cfg.points
 
     def fn(step: int, g: torch.Generator) -> dict:
-        idx = torch.randint(len(pool), (bsz,), generator=g).tolist()
+        idx = torch.randint(n_pairs, (bsz,), generator=g).tolist()
         reverse = (torch.rand(bsz, generator=g) < 0.5).tolist()
         src, trg, ps, pt = [], [], [], []
         for i, rev in zip(idx, reverse):
-            a, b, flow, valid = pool.pair(i, rev)
-            p = sample_valid_pixels(valid, n, g)  # (P, 2) pixels in a
-            q = p + flow[:, p[:, 1].long(), p[:, 0].long()].T  # exact at integer pixels
+            a, b, p, q = draw(i, rev, n, g)
             src.append(photometric_jitter(a, cfg.jitter, g))
             trg.append(photometric_jitter(b, cfg.jitter, g))
             ps.append(grid.to_cells(p))
@@ -434,7 +626,13 @@ def build_ucn(variant: str, cfg: Config) -> UCN:
         so ``corrlib eval --method ucn --checkpoint FILE`` evaluates it as the chapter does.
     """
     check_choice(variant, "variant", VARIANTS)
+    trunk = None
+    if cfg.trunk is not None:
+        trunk = backbone(
+            cfg.trunk, taps=(cfg.trunk_tap,), weights=cfg.trunk_weights, trainable=cfg.train_trunk
+        )
     model = UCN(
+        trunk,
         dim=cfg.dim,
         use_st=_VARIANT_SETTINGS[variant]["use_st"],
         st_kernel=cfg.st_kernel,
@@ -767,7 +965,7 @@ def train_main(run, variant: str | None = None, *, progress: bool = True):
         ckpt,
         run.seed,
         run.device,
-        pool=train_pool(run.cfg, run.seed),
+        pool=train_pool(run.cfg, run.seed, run.root),
         progress=progress,
     )
     exported = export_on_main(export_ucn, run.ckpt_dir / f"{name}.pt", model)

@@ -530,3 +530,25 @@ def test_graffiti_rectified_positives_closer_than_negatives(graffiti):
     a2, b2 = unrect.patches(32)
     assert err[pp.label].mean() < (a2 - b2).abs().mean((1, 2, 3))[pp.label].mean()
     assert math.isfinite(float(err.sum()))
+
+
+def test_phototour_reads_the_official_layout_and_stacks_patches(tmp_path):
+    from tests.fake_layouts import write_phototour
+
+    write_phototour(tmp_path, "notredame")  # bmp sheet, info.txt, m50 list: as unzipped
+    test = PhotoTourPairs(tmp_path, "notredame", train=False)
+    assert len(test) == 48 and test.label.tolist() == [True, False] * 24
+    a, b = test.patches(64)
+    assert a.shape == (48, 1, 64, 64)
+    for i in (0, 5, 47):
+        torch.testing.assert_close(a[i], test[i][0])
+        torch.testing.assert_close(b[i], test[i][1])
+    small_a, _ = test.patches(32)
+    assert small_a.shape == (48, 1, 32, 32)
+    torch.testing.assert_close(
+        small_a[5], PhotoTourPairs(tmp_path, "notredame", False, size=32)[5][0]
+    )
+    train = PhotoTourPairs(tmp_path, "notredame", train=True, n_pairs=30, seed=2)
+    assert train.label.tolist() == [True] * 15 + [False] * 15
+    # each non-match keeps the reference patch of the match in its row: MC-CNN's layout
+    assert torch.equal(train.pairs[:15, 0], train.pairs[15:, 0])

@@ -167,3 +167,17 @@ def test_export_and_load(model, tmp_path):
     torch.save({"format": "other"}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"bad\.pt"):
         load_rtn(tmp_path / "bad.pt")
+
+
+def test_auto_trunk_without_imagenet_falls_back_to_the_offline_taps(tmp_path, monkeypatch):
+    """The paper's VGG-16 levels, ImageNet file absent: the documented offline fallback, with its
+    taps in the same coarse-to-fine order (it warns loudly; nothing pretends to be ImageNet)."""
+    from corrlib.models.rtn import RTN
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.warns(UserWarning):
+        model = RTN("vgg16", levels=("conv5_3", "conv4_3"), trunk_weights="auto")
+    assert model.levels == ("block3", "block2") and model.config["trunk"] == "offline"
+    assert "ImageNet" not in model.trunk.weights_source
+    with pytest.raises(ValueError, match="conv5_3"):  # asked of the offline trunk itself: an error
+        RTN("offline", levels=("conv5_3",), steps=(2,), trunk_weights="offline")

@@ -163,6 +163,32 @@ def test_flows_recover_a_shift_in_both_directions(net, argmax):
     )
 
 
+@pytest.mark.parametrize("argmax", ["kernel", "soft", "hard"])
+def test_chunked_flows_equal_the_full_path_within_the_byte_budget(net, argmax, monkeypatch):
+    h = w = 8
+    gen = torch.Generator().manual_seed(3)
+    noise = {t: 0.2 * torch.rand(2, h * w, h, w, generator=gen) for t in net.taps}
+    fa = {t: _one_hot_features(h, w).expand(2, -1, -1, -1) + noise[t] for t in net.taps}
+    fb = {t: _one_hot_features(h, w, shift=(2, 1)).expand(2, -1, -1, -1) for t in net.taps}
+    full = net.forward_features(fa, fb, (h * 16, w * 16), argmax=argmax)
+    blocks = []
+    match = net.match
+
+    def recording(corr, mode=None):
+        blocks.append(tuple(corr.shape))
+        return match(corr, mode)
+
+    monkeypatch.setattr(net, "match", recording)
+    budget = 2 * 5 * h * w * 4  # 5 source cells of 2 images x 64 float32 scores
+    with torch.no_grad():
+        chunked = net.forward_features(fa, fb, (h * 16, w * 16), argmax=argmax, max_bytes=budget)
+    assert chunked.corr_st is None and chunked.corr_ts is None
+    # one pair at a time (2), both directions (2), 64 = 6 blocks of 10 + 4 rows of 64 scores
+    assert len(blocks) == 2 * 2 * 7 and all(b[0] == 1 and b[1] <= 10 for b in blocks)
+    torch.testing.assert_close(chunked.flow_st, full.flow_st, atol=1e-4, rtol=0)
+    torch.testing.assert_close(chunked.flow_ts, full.flow_ts, atol=1e-4, rtol=0)
+
+
 def test_kernel_soft_argmax_ignores_a_distant_second_peak(net):
     corr = torch.zeros(1, 1, 24, 24)
     corr[0, 0, 4, 4], corr[0, 0, 20, 20] = 1.0, 0.98

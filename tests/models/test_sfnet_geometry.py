@@ -22,7 +22,7 @@ def model():
 def _with_flow(monkeypatch, model, flow_cells):
     """Make the model return ``flow_cells (2, G, G)`` (target cells) as its src->trg flow."""
 
-    def forward_features(fs, ft, image_size, argmax=None):
+    def forward_features(fs, ft, image_size, argmax=None, max_bytes=None):
         size = model.grid_size(image_size)
         grid = FeatureGrid.for_map(size, tuple(image_size))
         flow = flow_cells[None].float()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from corrlib import eval as ev
+from corrlib.matching import FeatureGrid
 from corrlib.methods import UCNMethod
 from corrlib.models.ucn import export_ucn, load_ucn
 from corrlib.recipes import get_config
@@ -290,3 +291,53 @@ def test_train_seeds_before_building_the_model(monkeypatch, cfg, pool, variant):
     b = initial_params(monkeypatch, recipe, 22, *args, seed=0, device="cpu", pool=pool)
     c = initial_params(monkeypatch, recipe, 11, *args, seed=1, device="cpu", pool=pool)
     assert same_state(a, b) and not same_state(a, c)
+
+
+def test_backbone_trunk_exports_and_reloads_with_its_weights(tmp_path):
+    """A UCN on a corrlib backbone (the paper's GoogLeNet; here a random ResNet-18 for speed):
+    the export rebuilds the backbone from the file, weights included, and says what they were."""
+    from corrlib.models.backbones import backbone
+    from corrlib.models.ucn import UCN
+
+    torch.manual_seed(0)
+    trunk = backbone("resnet18", taps=("layer2",), weights="none", trainable=True)
+    model = UCN(trunk, dim=16, variant="hard-negatives+st").eval()
+    assert model.config["trunk"] == {"arch": "resnet18", "tap": "layer2"} and model.stride == 8
+    path = export_ucn(tmp_path / "ucn.pt", model)
+    loaded = load_ucn(path)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], model(x)[0])
+    assert loaded.trunk.weights_source == "random init (NOT pretrained)"
+
+
+def test_keypoint_pool_batches_follow_the_annotations(tmp_path):
+    """CUB keypoint pairs (fake official layout): resized pool, and batches whose positives are
+    annotated keypoints of the pair (either direction), drawn with replacement."""
+    from tests.fake_layouts import write_cub2011
+
+    write_cub2011(tmp_path)
+    cfg = get_config("03_ucn", "paper").replace(
+        size=(32, 48), cub_pairs_per_class=2, batch_size=3, points=20
+    )
+    pool = recipe.train_pool(cfg, 0, tmp_path)
+    assert isinstance(pool, recipe.KeypointPool) and len(pool) == 4
+    assert pool.images.shape[1:] == (3, 32, 48) and pool.images.dtype == torch.uint8
+    assert "CUB-200-2011 train pairs" in recipe.describe_pool(pool)
+    # keypoints scale with the images (80 x 60 -> 48 x 32), pixel centres kept
+    item = recipe.CUB2011Pairs(tmp_path, "train", pairs_per_class=2)[0]
+    expected = (item["src_kps"] + 0.5) * torch.tensor([48 / 80, 32 / 60]) - 0.5
+    torch.testing.assert_close(pool.kps_src[0], expected)
+    grid = FeatureGrid((1.5, 1.5), (4.0, 4.0))
+    fn = recipe.make_batch_fn(pool, grid, cfg)
+    batch = fn(0, torch.Generator().manual_seed(0))
+    again = fn(0, torch.Generator().manual_seed(0))
+    assert all(torch.equal(batch[k], again[k]) for k in batch)  # resumable: the step's generator
+    assert batch["src"].shape == (3, 3, 32, 48) and batch["pos_src"].shape == (3, 20, 2)
+    annotated = {tuple(v) for k in pool.kps_src + pool.kps_trg for v in grid.to_cells(k).tolist()}
+    assert all(tuple(v) in annotated for v in batch["pos_src"].reshape(-1, 2).tolist())
+    import matplotlib.pyplot as plt
+
+    fig = recipe.show_training_pair(pool, 0)
+    assert len(fig.axes) == 2
+    plt.close(fig)
