@@ -176,3 +176,25 @@ def write_cub2011(root: Path, classes: int = 2, per_class: int = 5, size=(60, 80
     for key, file in names.items():
         (base / file).write_text("".join(lines[key]))
     return base
+
+
+def write_voc2011(root: Path, n: int = 6, size: tuple[int, int] = (90, 120)) -> Path:
+    """``root/TrainVal/VOCdevkit/VOC2011/{JPEGImages, ImageSets/Main}`` as the official tar
+    unpacks: ``n`` smooth-noise photographs, the first ``n - 2`` in ``train``, the rest ``val``.
+    Returns the VOC2011 folder."""
+    voc = Path(root) / "TrainVal" / "VOCdevkit" / "VOC2011"
+    (voc / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (voc / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    h, w = size
+    ids = [f"2011_{k:06d}" for k in range(n)]
+    for name in ids:
+        coarse = rng.integers(0, 256, (h // 6, w // 6, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((w, h), Image.BILINEAR).save(
+            voc / "JPEGImages" / f"{name}.jpg"
+        )
+    sets = voc / "ImageSets" / "Main"
+    (sets / "train.txt").write_text("".join(f"{i}\n" for i in ids[:-2]))
+    (sets / "val.txt").write_text("".join(f"{i}\n" for i in ids[-2:]))
+    (sets / "trainval.txt").write_text("".join(f"{i}\n" for i in ids))
+    return voc

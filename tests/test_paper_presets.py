@@ -34,6 +34,7 @@ from tests.fake_layouts import (
     write_graffiti,
     write_kitti2012,
     write_phototour,
+    write_voc2011,
     write_voc2012,
 )
 
@@ -160,7 +161,9 @@ def _fake_data(chapter: str, root: Path, hub: Path) -> None:
     if chapter in ("04_scnet", "05_rtn", "06_sfnet", "07_multiscale"):
         make_fake_pfpascal(root)
         make_fake_pfwillow(root)
-    if chapter in ("05_rtn", "06_sfnet", "07_multiscale"):
+    if chapter == "05_rtn":
+        write_voc2011(root)  # the synthetic stage's photographs
+    if chapter in ("06_sfnet", "07_multiscale"):
         write_voc2012(root)
     if chapter in ("06_sfnet", "07_multiscale"):
         _random_imagenet_file(hub, "resnet101")

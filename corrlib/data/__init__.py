@@ -91,6 +91,7 @@ from corrlib.data.synthetic import (
     sklearn_photos,
 )
 from corrlib.data.tss import TSS, TSS_SUBSETS, TSSPair, iter_tss, read_tss_flow
+from corrlib.data.voc import VOC2011_FILENAME, VOC2011_MD5, VOC2011_URL, VOC2011Images
 from corrlib.flo import read_flo, write_flo
 
 __all__ = [
@@ -117,6 +118,9 @@ __all__ = [
     "TRAIN_BACKGROUNDS",
     "TSS",
     "TSS_SUBSETS",
+    "VOC2011_FILENAME",
+    "VOC2011_MD5",
+    "VOC2011_URL",
     "VOC_CLASSES",
     "VOC_FILENAME",
     "VOC_MD5",
@@ -139,6 +143,7 @@ __all__ = [
     "StereoPair",
     "SyntheticPairs",
     "TSSPair",
+    "VOC2011Images",
     "VOCMasks",
     "distort_digits",
     "distortion_grid",
