@@ -91,7 +91,7 @@ class KITTI2012Stereo(Dataset):
             )
         if not self._present():
             raise DatasetNotFoundError(
-                f"KITTI 2012: {self._path('image_0', self.scenes[0])} does not exist.\n"
+                f"KITTI 2012: {self._path(self.views[0], self.scenes[0])} does not exist.\n"
                 f"Expected layout:\n{self.folder}/\n    training/image_0/000000_10.png ...\n"
                 f"    training/image_1/  training/{self.gt_dir}/\n"
                 f"How to get it: pass download=True (needs internet, about 2 GB), or download "
@@ -103,7 +103,7 @@ class KITTI2012Stereo(Dataset):
         return self.folder / "training" / kind / f"{scene:06d}_10.png"
 
     def _present(self) -> bool:
-        return self._path("image_0", self.scenes[0]).is_file()
+        return self._path(self.views[0], self.scenes[0]).is_file()
 
     def __len__(self) -> int:
         return len(self.scenes)

@@ -112,6 +112,8 @@ class SyntheticPairs(Dataset):
         n_kps: keypoints per pair, drawn where the source point lands inside the target.
         masks: optional foreground masks ``(H, W)`` aligned with ``images``; warped alongside.
         transform: optional callable applied to the sample dict.
+        cycle_images: pair ``i`` warps image ``i % len(images)`` (every image used, as RTN's code
+            warps each VOC photograph once), instead of an image drawn at random per pair.
 
     A sample is a dict: ``src_img``, ``trg_img`` (float32 ``(3, H, W)`` in ``[0, 1]``),
     ``flow`` (``(2, H, W)`` src->trg in pixels, on the src grid), ``flow_valid`` (``(H, W)`` bool:
@@ -135,6 +137,8 @@ class SyntheticPairs(Dataset):
         seed: int = 0,
         masks: Sequence[torch.Tensor] | None = None,
         transform: Callable[[dict], dict] | None = None,
+        *,
+        cycle_images: bool = False,
     ):
         check_choice(kind, "kind", self.KINDS)
         if len(images) == 0:
@@ -159,6 +163,7 @@ class SyntheticPairs(Dataset):
         self.images, self.masks = list(images), None if masks is None else list(masks)
         self.size, self.kind, self.strength = tuple(size), kind, strength
         self.n_pairs, self.n_kps, self.seed, self.transform = n_pairs, n_kps, seed, transform
+        self.cycle_images = bool(cycle_images)
 
     def __len__(self) -> int:
         return self.n_pairs
@@ -167,7 +172,11 @@ class SyntheticPairs(Dataset):
         if not 0 <= index < self.n_pairs:
             raise IndexError(f"index {index} out of range for {self.n_pairs} pairs")
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        k = int(torch.randint(0, len(self.images), (1,), generator=gen))
+        k = (
+            index % len(self.images)
+            if self.cycle_images
+            else int(torch.randint(0, len(self.images), (1,), generator=gen))
+        )
         kind = self.kind
         if kind == "mixed":
             kind = WARP_KINDS[int(torch.randint(0, len(WARP_KINDS), (1,), generator=gen))]

@@ -328,10 +328,14 @@ def _googlenet_stages(state_dict: dict | None) -> OrderedDict:
     import torchvision
 
     model = torchvision.models.GoogLeNet(
-        aux_logits=state_dict is not None, transform_input=False, init_weights=state_dict is None
+        aux_logits=state_dict is not None, transform_input=False, init_weights=False
     )
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
+    else:  # random: He initialisation, so activations keep their scale through frozen (identity)
+        for m in model.modules():  # batch norm, as the other random backbones here
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     _freeze_batch_norm(model)
     stem = nn.Sequential(
         _GoogLeNetInput(), model.conv1, model.maxpool1, model.conv2, model.conv3, model.maxpool2

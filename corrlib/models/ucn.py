@@ -401,6 +401,15 @@ class UCN(nn.Module):
 UCN_FORMAT = "corrlib.ucn/1"
 
 
+def _trunk_weights_source(trunk: nn.Module) -> str:
+    """What an exported trunk's weights are: its source, and whether training moved them."""
+    source = str(getattr(trunk, "weights_source", "trained with the model"))
+    trainable = any(p.requires_grad for p in trunk.parameters())
+    if trainable and "fine-tuned" not in source and hasattr(trunk, "weights_source"):
+        return f"{source}, fine-tuned with the model"
+    return source
+
+
 def export_ucn(
     path, model: UCN, metrics: dict | None = None, eval_settings: dict | None = None
 ) -> Path:
@@ -425,7 +434,7 @@ def export_ucn(
     state = {
         "format": UCN_FORMAT,
         "config": dict(model.config),
-        "weights_source": str(getattr(model.trunk, "weights_source", "trained with the model")),
+        "weights_source": _trunk_weights_source(model.trunk),
         "variant": model.variant,
         "model": model.state_dict(),
         "metrics": finite_metrics(metrics),

@@ -273,6 +273,7 @@ def synthetic_pool(cfg: Config, seed: int = 0, root=None) -> PairPool:
         n_pairs=cfg.synthetic_pairs,
         n_kps=0,
         seed=seed,
+        cycle_images=cfg.photos == "voc2011",  # each photograph warped once, as the code
     )
     return PairPool.from_dataset(ds, len(ds), f"{cfg.kind} warps of {cfg.photos} photographs")
 

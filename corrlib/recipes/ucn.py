@@ -384,7 +384,9 @@ def train_pool(cfg: Config, seed: int = 0, root=None) -> PairPool | KeypointPool
         cfg: the chapter's :class:`Config` (its fields used: ``data``; for ``"synthetic"``
             ``pool_pairs``, ``size``, ``kind``, ``strength``, ``crops``; for ``"cub"``
             ``cub_pairs_per_class``, ``size``).
-        seed: the seed of the crops and warps (``"synthetic"``; CUB's pairs are a fixed draw).
+        seed: ignored: the pool is the same for every seed, so that ``corrlib train --seed S``
+            trains seed ``S`` on the notebook's data (seeds change the initialisation and the
+            batch order only; the crops and warps use seed 0).
         root: the data root (``"cub"``: it holds ``CUB_200_2011/``; None: ``$CORRLIB_DATA``).
 
     Returns:
@@ -393,9 +395,10 @@ def train_pool(cfg: Config, seed: int = 0, root=None) -> PairPool | KeypointPool
         (the same object for equal settings: do not modify it).
     """
     check_choice(cfg.data, "data", DATA_SETTINGS)
+    seed = 0  # the ablation's data never depend on the run's seed (seeds: init and batch order)
     if cfg.data == "cub":  # the pairs are CUB2011Pairs' default draw: seed plays no part
         return _cached_cub_pool(
-            str(resolve_data_root(root)), cfg.cub_pairs_per_class, tuple(cfg.size)
+            str(resolve_data_root(root).resolve()), cfg.cub_pairs_per_class, tuple(cfg.size)
         )
     key = (TRAIN_PHOTOS, cfg.pool_pairs, tuple(cfg.size), cfg.kind, cfg.strength, cfg.crops, seed)
     return _cached_pool(key)

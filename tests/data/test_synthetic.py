@@ -316,3 +316,13 @@ def test_skimage_photos_unknown_name():
         match=rf"Unknown value 'lena' for argument names\. Valid values are \{{{valid}\}}\.",
     ):
         skimage_photos(("chelsea", "lena"))
+
+
+def test_cycle_images_uses_every_image_in_turn():
+    """RTN's synthetic stage warps each photograph once: pair i comes from image i mod N."""
+    images = [torch.full((3, 40, 40), v, dtype=torch.uint8) for v in (10, 120, 240)]
+    ds = SyntheticPairs(images, size=(32, 32), n_pairs=6, n_kps=0, cycle_images=True)
+    means = [round(float(ds[i]["src_img"].mean()) * 255) for i in range(6)]
+    assert means == [10, 120, 240, 10, 120, 240]
+    drawn = SyntheticPairs(images, size=(32, 32), n_pairs=30, n_kps=0)
+    assert len({round(float(drawn[i]["src_img"].mean()) * 255) for i in range(30)}) == 3

@@ -308,7 +308,8 @@ def test_backbone_trunk_exports_and_reloads_with_its_weights(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], model(x)[0])
-    assert loaded.trunk.weights_source == "random init (NOT pretrained)"
+    # trained with the model (a trainable trunk): the file says so beside the starting weights
+    assert loaded.trunk.weights_source == "random init (NOT pretrained), fine-tuned with the model"
 
 
 def test_keypoint_pool_batches_follow_the_annotations(tmp_path):
