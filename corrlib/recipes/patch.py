@@ -363,6 +363,11 @@ class PatchData:
         return self.train_by_family["mccnn" if arch.startswith("mccnn") else "descriptor"]
 
 
+def _sampling(cfg) -> dict:
+    """MC-CNN's positive/negative offsets of ``cfg``, as the samplers take them."""
+    return {"p_hi": cfg.p_hi, "n_lo": cfg.n_lo, "n_hi": cfg.n_hi}
+
+
 def _sampled_protocol(cfg) -> str:
     return f"patch verification, MC-CNN sampling (N_lo={cfg.n_lo:g}, N_hi={cfg.n_hi:g})"
 
@@ -474,7 +479,7 @@ def build_patch_data(cfg: Config, data_root=None, seed: int = 0) -> PatchData:
     """
     check_choice(cfg.data, "data", DATA_SETTINGS)
     g = torch.Generator().manual_seed(seed)
-    sampling = {"p_hi": cfg.p_hi, "n_lo": cfg.n_lo, "n_hi": cfg.n_hi}
+    sampling = _sampling(cfg)
     if cfg.data == "papers":
         return _papers_data(cfg, data_root, seed, g, sampling)
     moto = load_motorcycle(scale=cfg.train_stereo_scale)
@@ -520,7 +525,7 @@ def training_sets(cfg: Config, arch: str, data_root=None, seed: int = 0) -> list
         return build_patch_data(cfg, data_root, seed).train_for(arch)
     if arch.startswith("mccnn"):  # drawn first from the seeded generator, as in build_patch_data
         g = torch.Generator().manual_seed(seed)
-        sampling = {"p_hi": cfg.p_hi, "n_lo": cfg.n_lo, "n_hi": cfg.n_hi}
+        sampling = _sampling(cfg)
         return _kitti_sets(
             cfg, data_root, "train", cfg.train_stereo_scale, cfg.n_train_stereo, g, sampling
         )[0]

@@ -398,9 +398,8 @@ def test_googlenet_equals_torchvisions_imagenet_forward(tmp_path, monkeypatch):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 2.0)
-    _cache_file = bbs.imagenet_weights_path
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path = _cache_file("googlenet")
+    path = bbs.imagenet_weights_path("googlenet")
     path.parent.mkdir(parents=True)
     torch.save(ref.state_dict(), path)
     bb = backbone("googlenet", weights="imagenet", taps=("inception3b", "inception4a"))
@@ -410,16 +409,10 @@ def test_googlenet_equals_torchvisions_imagenet_forward(tmp_path, monkeypatch):
     ref.inception3b.register_forward_hook(lambda m, i, o: seen.setdefault("3b", o))
     x = torch.rand(2, 3, 64, 80)
     with torch.no_grad():
-        ref.eval()((x - bbs_mean()) / bbs_std())  # torchvision's input: ImageNet-normalised
+        mean = torch.tensor(bbs.IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(bbs.IMAGENET_STD).view(1, 3, 1, 1)
+        ref.eval()((x - mean) / std)  # torchvision's input: ImageNet-normalised
         out = bb(x)
     torch.testing.assert_close(out["inception3b"], seen["3b"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out["inception4a"], seen["4a"], rtol=1e-4, atol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
-
-
-def bbs_mean():
-    return torch.tensor(bbs.IMAGENET_MEAN).view(1, 3, 1, 1)
-
-
-def bbs_std():
-    return torch.tensor(bbs.IMAGENET_STD).view(1, 3, 1, 1)
