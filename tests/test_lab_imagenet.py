@@ -11,7 +11,13 @@ import pytest
 from corrlib.recipes import chapter_setup, get_config, recipe_for
 from corrlib.recipes._common import LAB_TRUNK_ENV
 
-CHAPTERS = {"03_ucn": "googlenet", "04_scnet": "vgg16"}
+CHAPTERS = {
+    "03_ucn": "googlenet",
+    "04_scnet": "vgg16",
+    "05_rtn": "vgg16",
+    "06_sfnet": "resnet101",
+    "07_multiscale": "resnet101",
+}
 
 
 @pytest.fixture
@@ -60,4 +66,57 @@ def test_requiring_imagenet_without_the_file_says_how_to_fetch_it(hub, monkeypat
     with pytest.raises(ValueError, match=LAB_TRUNK_ENV):
         get_config("04_scnet", "lab")
     # chapters without an ImageNet lab setting ignore the choice
-    assert get_config("06_sfnet", "lab") == recipe_for("06_sfnet").PRESETS["lab"]
+    assert get_config("02_stn", "lab") == recipe_for("02_stn").PRESETS["lab"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("chapter", sorted(CHAPTERS))
+def test_lab_imagenet_setting_trains_end_to_end(
+    chapter, tmp_path, monkeypatch, one_thread, request
+):
+    """Each chapter's ``lab`` with ImageNet features trains through ``train_main`` on the
+    ImageNet architecture (a randomly initialised file: timing and wiring only), shrunk in counts
+    and sizes as the ``paper`` presets are in CI, and its export loads and matches."""
+    import math
+
+    import torch
+
+    from corrlib.methods import get_method
+    from corrlib.models.backbones import Backbone
+    from corrlib.recipes._common import ChapterRun
+    from corrlib.train import load_checkpoint
+    from tests.data.test_pfwillow import make_fake_pfwillow
+    from tests.test_paper_presets import SHRINK, _random_imagenet_file
+
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv(LAB_TRUNK_ENV, "imagenet")
+    _random_imagenet_file(hub, CHAPTERS[chapter])
+    if chapter == "04_scnet":  # its lab trains on PF-WILLOW's folds: the real benchmark
+        root = request.getfixturevalue("data_root")
+    else:
+        root = tmp_path / "data"
+        root.mkdir()
+        make_fake_pfwillow(root)
+    # the ImageNet setting, shrunk in counts and sizes only (as the paper presets in CI)
+    cfg = get_config(chapter, "lab").replace(**SHRINK[chapter])
+    if chapter == "07_multiscale":  # a random trunk mines nothing trustworthy: keep every match
+        cfg = cfg.replace(verify="none", min_similarity=-1.0)
+    assert all(
+        getattr(cfg, k) == v
+        for k, v in recipe_for(chapter).config.lab_imagenet.overrides.items()
+        if k not in SHRINK[chapter]
+    )
+    out = tmp_path / "runs"
+    run = ChapterRun(chapter, "lab", 0, cfg, root, torch.device("cpu"), out, out / "ckpt")
+    trained = recipe_for(chapter).train_main(run, progress=False)
+    losses = [row["loss"] for row in trained.history if "loss" in row]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert load_checkpoint(trained.checkpoint)["finished"]
+    archs = {m.arch for m in trained.model.modules() if isinstance(m, Backbone)}
+    assert archs == {CHAPTERS[chapter]}  # the ImageNet architecture, not the offline fallback
+    method = get_method(trained.method, checkpoint=trained.exported)
+    img = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
+    kps = torch.tensor([[20.0, 30.0], [60.0, 10.0]])
+    assert method.match(img, img, kps).shape == (2, 2)

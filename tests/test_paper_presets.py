@@ -55,11 +55,10 @@ def _random_imagenet_file(hub: Path, arch: str) -> None:
     weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
     hub.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    extra = (
-        {"aux_logits": True, "init_weights": True}
-        if arch == "googlenet"
-        else {"zero_init_residual": True}
-    )
+    extra = {
+        "googlenet": {"aux_logits": True, "init_weights": True},
+        "vgg16": {},
+    }.get(arch, {"zero_init_residual": True})  # the ResNets
     model = torchvision.models.get_model(arch, weights=None, **extra)
     torch.save(model.state_dict(), hub / Path(weights.url).name)
 

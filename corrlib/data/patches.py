@@ -54,6 +54,7 @@ __all__ = [
     "PatchPairs",
     "PhotoTourPairs",
     "StereoPair",
+    "gather_patches",
     "load_aloe",
     "load_graffiti",
     "load_motorcycle",
@@ -357,6 +358,14 @@ def _apply_homography(h: torch.Tensor, pts: torch.Tensor) -> tuple[torch.Tensor,
 # --------------------------------------------------------------------------------------------
 
 
+def gather_patches(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` ``(K,)`` of a patch table ``(U, 1, P, P)`` as float32 ``(K, 1, P, P)`` in
+    ``[0, 1]``: a uint8 table (8-bit patches kept as they are stored) is divided by 255, a
+    float one is gathered as it is (see :meth:`PatchPairs.patch_table`)."""
+    out = table[index]
+    return out.float().div_(255.0) if out.dtype == torch.uint8 else out
+
+
 class PatchPairs(Dataset):
     """Labelled pairs of patch *locations* in a list of grey images.
 
@@ -424,7 +433,7 @@ class PatchPairs(Dataset):
         self.xy_a, self.A_b = xy_a.float(), A_b.float()
         self.label, self.offset, self.source = label.bool(), offset, source
         self.patch_size = _check_size(patch_size)
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -459,7 +468,19 @@ class PatchPairs(Dataset):
         return pts_a, pts_b
 
     def patches(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both patches of every pair: ``(a, b)``, each ``(N, 1, size, size)`` float32 (cached)."""
+        """Both patches of every pair: ``(a, b)``, each ``(N, 1, size, size)`` float32 (cached;
+        views of :meth:`patch_table`'s table)."""
+        table, _, _ = self.patch_table(size)
+        n = len(self)
+        return table[:n], table[n:]
+
+    def patch_table(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The patches once, and each pair's rows: ``(table, index_a, index_b)``.
+
+        ``table`` ``(U, 1, size, size)`` (float32 here: every sampled patch, the ``a`` patches
+        first), ``index_a``/``index_b`` ``(N,)`` int64 rows of each pair's patches. Read rows with
+        :func:`gather_patches`. Cached per size.
+        """
         size = _check_size(size)
         if size not in self._cache:
             pts_a, pts_b = self.patch_coords(size)
@@ -468,9 +489,9 @@ class PatchPairs(Dataset):
                 torch.cat((self.img_a_index, self.img_b_index)),
                 torch.cat((pts_a, pts_b)),
             )
-            n = len(self)
-            self._cache[size] = (out[:n, None].contiguous(), out[n:, None].contiguous())
-        return self._cache[size]
+            self._cache[size] = out[:, None]
+        n = len(self)
+        return self._cache[size], torch.arange(n), torch.arange(n, 2 * n)
 
 
 def _check_size(size: int) -> int:
@@ -875,21 +896,33 @@ class PhotoTourPairs(Dataset):
 
     def patches(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Both patches of every pair: ``(a, b)``, each ``(N, 1, size, size)`` float32 in
-        ``[0, 1]``, resized with antialiasing from 64 px when ``size != 64`` (cached per size)."""
+        ``[0, 1]``, resized with antialiasing from 64 px when ``size != 64``.
+
+        A new per-pair copy on every call (16 KiB a 64 px patch: 3.3 GB for 100,000 pairs);
+        training and scoring read :meth:`patch_table` in batches instead.
+        """
+        table, index_a, index_b = self.patch_table(size)
+        return gather_patches(table, index_a), gather_patches(table, index_b)
+
+    def patch_table(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every distinct patch the pairs use, once, and each pair's rows:
+        ``(table, index_a, index_b)`` (cached per size).
+
+        ``table`` ``(U, 1, size, size)``: at 64 px the scene's own uint8 patches (1 byte a
+        pixel, no copy per pair: 4 KiB a patch), at another size float32 in ``[0, 1]`` resized
+        with antialiasing; ``index_a``/``index_b`` ``(N,)`` int64 rows. Read rows as float32 in
+        ``[0, 1]`` with :func:`gather_patches`.
+        """
         size = _check_size(size)
         cache = self.__dict__.setdefault("_patch_cache", {})
         if size not in cache:
             used, inverse = torch.unique(self.pairs.flatten(), return_inverse=True)
-            p = self.data[used].float()[:, None] / 255.0  # (U, 1, 64, 64)
+            p = self.data[used][:, None]  # (U, 1, 64, 64) uint8
             if size != p.shape[-1]:
-                p = torch.cat(
-                    [
-                        F.interpolate(c, (size, size), mode="bilinear", antialias=True)
-                        for c in p.split(4096)
-                    ]
-                )
+                resize = dict(size=(size, size), mode="bilinear", antialias=True)
+                p = torch.cat([F.interpolate(c.float() / 255.0, **resize) for c in p.split(4096)])
             inverse = inverse.view(-1, 2)
-            cache[size] = (p[inverse[:, 0]].contiguous(), p[inverse[:, 1]].contiguous())
+            cache[size] = (p, inverse[:, 0].contiguous(), inverse[:, 1].contiguous())
         return cache[size]
 
     def __repr__(self) -> str:

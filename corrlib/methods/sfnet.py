@@ -162,6 +162,7 @@ class SFNetMethod(CorrespondenceMethod):
             self.image_size,
             self.argmax,
             max_bytes=self.max_bytes,
+            reverse=False,  # only the source->target flow is read
         )
         if not self.pad:
             return out.flow_pixels("st", self.image_size)[0].float().cpu()

@@ -101,14 +101,15 @@ class SFNetOutput:
     ``corr_st (B, hs*ws, ht, wt)``: each source cell's normalised score map over the target;
     ``corr_ts (B, ht*wt, hs, ws)`` the reverse (both None when the flows were computed in chunks,
     ``max_bytes``: the full correlation never existed); ``flow_st (B, 2, hs, ws)`` and
-    ``flow_ts (B, 2, ht, wt)`` in cells; ``grid_src``/``grid_trg``: :class:`FeatureGrid` of each
-    image (pixels).
+    ``flow_ts (B, 2, ht, wt)`` in cells (``flow_ts`` and ``corr_ts`` None when only the forward
+    flow was asked for, ``reverse=False``); ``grid_src``/``grid_trg``: :class:`FeatureGrid` of
+    each image (pixels).
     """
 
     corr_st: torch.Tensor | None
     corr_ts: torch.Tensor | None
     flow_st: torch.Tensor
-    flow_ts: torch.Tensor
+    flow_ts: torch.Tensor | None
     grid_src: FeatureGrid
     grid_trg: FeatureGrid
 
@@ -127,6 +128,11 @@ class SFNetOutput:
         :class:`FeatureGrid` centre, so the result is consistent with :meth:`FeatureGrid.to_pixels`.
         """
         check_choice(direction, "direction", ("st", "ts"))
+        if direction == "ts" and self.flow_ts is None:
+            raise ValueError(
+                "This output has no target->source flow: it was computed with reverse=False; "
+                "call forward_features(..., reverse=True) for both directions."
+            )
         flow, grid_src, grid_trg = (
             (self.flow_st, self.grid_src, self.grid_trg)
             if direction == "st"
@@ -326,8 +332,13 @@ class SFNet(nn.Module):
         image_size: tuple[int, int],
         argmax: str | None = None,
         max_bytes: int | None = None,
+        reverse: bool = True,
     ) -> SFNetOutput:
         """:meth:`forward` from cached :meth:`trunk_features` of images of ``image_size`` (both).
+
+        ``reverse=False``: the source->target flow only (inference that reads nothing else: half
+        the argmax work, and half the chunked path's correlation blocks); ``flow_ts`` and
+        ``corr_ts`` are None then. Training needs both (the losses are bidirectional).
 
         ``max_bytes``: one pair at a time, each direction's flow in blocks of source cells whose
         scores ``(1, rows, h*w)`` stay within ``max_bytes`` per tap (the peak is a few such
@@ -356,16 +367,21 @@ class SFNet(nn.Module):
                 fs = self.adapted({t: f[i : i + 1] for t, f in feats_src.items()}, size)
                 ft = self.adapted({t: f[i : i + 1] for t, f in feats_trg.items()}, size)
                 flows_st.append(self.chunked_matches(fs, ft, argmax, max_bytes))
-                flows_ts.append(self.chunked_matches(ft, fs, argmax, max_bytes))
+                if reverse:
+                    flows_ts.append(self.chunked_matches(ft, fs, argmax, max_bytes))
             flow_st = torch.cat(flows_st).transpose(1, 2).reshape(b, 2, h, w) - cells
-            flow_ts = torch.cat(flows_ts).transpose(1, 2).reshape(b, 2, h, w) - cells
+            flow_ts = (
+                torch.cat(flows_ts).transpose(1, 2).reshape(b, 2, h, w) - cells if reverse else None
+            )
             return SFNetOutput(None, None, flow_st, flow_ts, grid, grid)
         fs, ft = self.adapted(feats_src, size), self.adapted(feats_trg, size)
         raw = self.correlate(fs, ft)  # (B, hs*ws, ht, wt)
         corr_st = raw / (raw.flatten(2).norm(dim=-1)[..., None, None] + 1e-6)
+        flow_st = self.match(corr_st, argmax).transpose(1, 2).reshape(b, 2, h, w) - cells
+        if not reverse:
+            return SFNetOutput(corr_st, None, flow_st, None, grid, grid)
         raw_ts = raw.reshape(b, h * w, h * w).transpose(1, 2).reshape(b, h * w, h, w)
         corr_ts = raw_ts / (raw_ts.flatten(2).norm(dim=-1)[..., None, None] + 1e-6)
-        flow_st = self.match(corr_st, argmax).transpose(1, 2).reshape(b, 2, h, w) - cells
         flow_ts = self.match(corr_ts, argmax).transpose(1, 2).reshape(b, 2, h, w) - cells
         return SFNetOutput(corr_st, corr_ts, flow_st, flow_ts, grid, grid)
 

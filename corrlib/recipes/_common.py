@@ -356,6 +356,24 @@ class ChapterRun:
         return line + (f"\n{self.trunk}" if self.trunk else "")
 
 
+#: The checkpoint folder (in place of ``lab``) of a ``lab`` run with ImageNet features.
+LAB_IMAGENET_FOLDER = "lab-imagenet"
+
+
+def preset_folder(chapter: str, preset: str) -> str:
+    """The folder under ``<out_dir>/checkpoints/<chapter>/`` that a run of ``chapter`` at
+    ``preset`` uses now: ``preset``, or :data:`LAB_IMAGENET_FOLDER` for a ``lab`` run that takes
+    ImageNet features (the chapter's :class:`LabImageNet` setting is chosen: its file is in the
+    torch hub cache, see :data:`LAB_TRUNK_ENV`)."""
+    from corrlib.recipes import recipe_for  # the package imports this module
+
+    check_preset(preset)
+    lab_imagenet = getattr(getattr(recipe_for(chapter), "config", None), "lab_imagenet", None)
+    if preset == "lab" and lab_imagenet is not None and lab_imagenet.chosen():
+        return LAB_IMAGENET_FOLDER
+    return preset
+
+
 #: Where a notebook finds the shared data when neither ``data_root`` nor ``$CORRLIB_DATA`` is set.
 NOTEBOOK_DATA_FALLBACK = Path("../../shared/data")
 
@@ -386,11 +404,10 @@ def chapter_setup(
 
     cfg = get_config(chapter, check_preset(preset))
     lab_imagenet = getattr(getattr(recipe_for(chapter), "config", None), "lab_imagenet", None)
-    trunk, preset_dir = "", preset
+    preset_dir = preset_folder(chapter, preset)
+    trunk = ""
     if preset == "lab" and lab_imagenet is not None:
-        used = lab_imagenet.chosen()
-        trunk = lab_imagenet.describe(used)
-        preset_dir = "lab-imagenet" if used else preset
+        trunk = lab_imagenet.describe(preset_dir == LAB_IMAGENET_FOLDER)
     seed_everything(seed)
     if data_root is None and not os.environ.get(DATA_ENV) and NOTEBOOK_DATA_FALLBACK.is_dir():
         data_root = NOTEBOOK_DATA_FALLBACK

@@ -16,7 +16,13 @@ from typing import ClassVar
 
 from corrlib.data import DatasetNotFoundError
 from corrlib.eval import evaluate_keypoints, evaluate_tss, get_method, load_dataset
-from corrlib.recipes._common import ChapterConfig, config_getter, make_presets
+from corrlib.recipes._common import (
+    LAB_IMAGENET_FOLDER,
+    ChapterConfig,
+    config_getter,
+    make_presets,
+    preset_folder,
+)
 
 __all__ = [
     "BENCHMARKS",
@@ -225,12 +231,17 @@ def exported_models(out_dir, preset: str, seed: int = 0, lab_imagenet: dict | No
     (method name, file)}``.
 
     ``lab_imagenet``: ``{chapter: True}`` for chapters whose ``lab`` ran with ImageNet features
-    (their checkpoints are under ``lab-imagenet``)."""
+    (their checkpoints are under ``lab-imagenet``); None (default): the chapters whose ``lab``
+    takes them now, the rule their notebooks follow (:func:`preset_folder`: the ImageNet file
+    is in the torch hub cache), so a series run finds the models its chapters just trained."""
     found = {}
     for chapter, name, method, label in EXPORTED:
-        folder = preset
-        if preset == "lab" and (lab_imagenet or {}).get(chapter):
-            folder = "lab-imagenet"
+        if lab_imagenet is None:
+            folder = preset_folder(chapter, preset)
+        elif preset == "lab" and lab_imagenet.get(chapter):
+            folder = LAB_IMAGENET_FOLDER
+        else:
+            folder = preset
         path = Path(out_dir) / "checkpoints" / chapter / folder / f"seed{seed}" / name
         if path.is_file():
             found[label] = (method, path)

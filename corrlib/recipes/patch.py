@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from corrlib import distributed
 from corrlib._check import check_choice
 from corrlib.data import (
-    KITTI2012_SPLITS,
     KITTI2012Stereo,
     PatchPairs,
     PhotoTourPairs,
     SyntheticPairs,
+    gather_patches,
     load_aloe,
     load_graffiti,
     load_motorcycle,
@@ -71,7 +71,9 @@ __all__ = [
     "handcrafted_patch_scores",
     "patch_loss",
     "patch_size_for",
+    "stereo_benchmark",
     "stereo_disparity",
+    "stereo_errors",
     "train_main",
     "train_patch_model",
     "training_sets",
@@ -246,33 +248,55 @@ TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 class PatchPool:
     """Training pairs of several sources stacked at one patch size, paired by reference.
 
-    ``a``, ``b``: ``(N, 1, P, P)``; ``label``: ``(N,)`` bool; ``pos``, ``neg``: ``(M,)`` row indices
-    such that ``pos[j]`` and ``neg[j]`` share their reference patch (MC-CNN's example pairs).
+    ``patches`` ``(U, 1, P, P)``: every patch once (uint8 when every source stores 8-bit
+    patches, as Brown's do at 64 px: 4 KiB a patch; else float32 in ``[0, 1]``); ``index_a``,
+    ``index_b`` ``(N,)``: each pair's rows; ``label``: ``(N,)`` bool; ``pos``, ``neg``: ``(M,)``
+    pair indices such that ``pos[j]`` and ``neg[j]`` share their reference patch (MC-CNN's
+    example pairs). :attr:`a` and :attr:`b` give the pairs' patches as float32.
     """
 
-    a: torch.Tensor
-    b: torch.Tensor
+    patches: torch.Tensor
+    index_a: torch.Tensor
+    index_b: torch.Tensor
     label: torch.Tensor
     pos: torch.Tensor
     neg: torch.Tensor
+
+    @property
+    def a(self) -> torch.Tensor:
+        """The first patch of every pair, float32 ``(N, 1, P, P)`` in the sources' range."""
+        return gather_patches(self.patches, self.index_a)
+
+    @property
+    def b(self) -> torch.Tensor:
+        """The second patch of every pair, float32 ``(N, 1, P, P)``."""
+        return gather_patches(self.patches, self.index_b)
 
     @staticmethod
     def from_pairs(sets: list[PatchPairs], size: int) -> PatchPool:
         """Stack the patches of several pair sets at one size, pairing positives with negatives.
 
         Args:
-            sets: :class:`corrlib.data.PatchPairs` whose first half are positives and second half
-                one negative per positive, in the same order (as the samplers make them; else
-                ``ValueError``).
+            sets: :class:`corrlib.data.PatchPairs` (or :class:`corrlib.data.PhotoTourPairs`)
+                whose first half are positives and second half one negative per positive, in
+                the same order (as the samplers make them; else ``ValueError``).
             size: the patch side ``P`` in pixels.
 
         Returns:
-            A :class:`PatchPool`: ``a``, ``b`` float32 ``(N, 1, P, P)``, ``label`` ``(N,)`` bool
-            (``N`` pairs over all sets) and ``pos``, ``neg`` ``(M,)`` int64 rows (``M = N / 2``).
+            A :class:`PatchPool`: the sets' patch tables (:meth:`PatchPairs.patch_table`) stacked
+            once (uint8 only when all are), ``index_a``/``index_b`` and ``label`` ``(N,)`` over
+            all sets, and ``pos``, ``neg`` ``(M,)`` int64 pair indices (``M = N / 2``).
         """
-        a, b, label, pos, neg, base = [], [], [], [], [], 0
-        for s in sets:
-            pa, pb = s.patches(size)
+        tables = [s.patch_table(size) for s in sets]
+        if any(t.dtype != torch.uint8 for t, _, _ in tables):  # one dtype: float32 in [0, 1]
+            tables = [
+                (gather_patches(t, torch.arange(len(t))), ia, ib)
+                if t.dtype == torch.uint8
+                else (t, ia, ib)
+                for t, ia, ib in tables
+            ]
+        patches, index_a, index_b, label, pos, neg, base, rows = [], [], [], [], [], [], 0, 0
+        for s, (table, ia, ib) in zip(sets, tables):
             n_pos = int(s.label.sum())
             if (
                 not (s.label[:n_pos].all() and not s.label[n_pos:].any())
@@ -281,14 +305,21 @@ class PatchPool:
                 raise ValueError(
                     "PatchPool needs pair sets with positives first and one negative per positive."
                 )
-            a.append(pa)
-            b.append(pb)
+            patches.append(table)
+            index_a.append(ia + rows)
+            index_b.append(ib + rows)
             label.append(s.label)
             pos.append(torch.arange(n_pos) + base)
             neg.append(torch.arange(n_pos) + base + n_pos)
             base += len(s.label)
+            rows += len(table)
         return PatchPool(
-            torch.cat(a), torch.cat(b), torch.cat(label), torch.cat(pos), torch.cat(neg)
+            torch.cat(patches),
+            torch.cat(index_a),
+            torch.cat(index_b),
+            torch.cat(label),
+            torch.cat(pos),
+            torch.cat(neg),
         )
 
     def batch_fn(self, batch_size: int):
@@ -310,7 +341,11 @@ class PatchPool:
         def fn(step: int, gen: torch.Generator) -> dict:
             j = torch.randint(len(self.pos), (half,), generator=gen)
             rows = torch.cat((self.pos[j], self.neg[j]))
-            return {"a": self.a[rows], "b": self.b[rows], "label": self.label[rows]}
+            return {
+                "a": gather_patches(self.patches, self.index_a[rows]),
+                "b": gather_patches(self.patches, self.index_b[rows]),
+                "label": self.label[rows],
+            }
 
         def shard(batch: dict, rank: int, world: int) -> dict:
             # several processes (corrlib.distributed): each keeps its references' positives and
@@ -351,8 +386,16 @@ class PatchData:
     train_by_family: dict | None = None
     #: ``{test set: its protocol}``, for result rows
     protocol: dict = field(default_factory=dict)
-    #: what ``stereo_test`` is, for result rows
+    #: what the stereo scores cover (:attr:`stereo_tests`), for result rows
     stereo_test_name: str = ""
+    #: every held-out stereo pair the stereo scores average over (:func:`stereo_benchmark`):
+    #: with the papers' data the KITTI 2012 val scenes used, else ``[stereo_test]``; the first is
+    #: ``stereo_test`` (the one drawn)
+    stereo_tests: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.stereo_tests:
+            self.stereo_tests = [self.stereo_test]
 
     def train_for(self, arch: str) -> list:
         """The training pair sets of ``arch`` (one of :data:`corrlib.models.patch.PATCH_MODELS`):
@@ -425,8 +468,8 @@ def _papers_data(cfg: Config, data_root, seed: int, g, sampling) -> PatchData:
         ),
         "test": (
             f"patch pairs of the {len(val_scenes)} KITTI 2012 val scenes, Brown "
-            f"{', '.join(cfg.brown_test)} (their official labelled pairs); stereo maps on val "
-            f"scene {KITTI2012_SPLITS['val'][0]}"
+            f"{', '.join(cfg.brown_test)} (their official labelled pairs); stereo maps on the "
+            f"{len(val_scenes)} val scenes"
         ),
         "n_train": sum(len(t) for t in kitti_train) + len(brown),
         "n_test": {k: len(v) for k, v in test.items()},
@@ -446,7 +489,8 @@ def _papers_data(cfg: Config, data_root, seed: int, g, sampling) -> PatchData:
         info,
         {"mccnn": kitti_train, "descriptor": [brown]},
         protocol,
-        f"KITTI 2012 stereo (val scene {KITTI2012_SPLITS['val'][0]})",
+        f"KITTI 2012 stereo ({len(val_scenes)} val scenes, mean over scenes)",
+        val_scenes,
     )
 
 
@@ -717,12 +761,15 @@ def verification_scores(
         Float ``(N,)`` scores on the CPU, in the order of ``pairs``.
     """
     model.eval()
-    a, b = pairs.patches(size)
+    table, index_a, index_b = pairs.patch_table(size)  # patches once; float per batch only
     device = next(model.parameters()).device
     return torch.cat(
         [
-            model.match_score(a[i : i + batch].to(device), b[i : i + batch].to(device)).cpu()
-            for i in range(0, len(a), batch)
+            model.match_score(
+                gather_patches(table, index_a[i : i + batch]).to(device),
+                gather_patches(table, index_b[i : i + batch]).to(device),
+            ).cpu()
+            for i in range(0, len(index_a), batch)
         ]
     )
 
@@ -759,8 +806,18 @@ def handcrafted_patch_scores(pairs: PatchPairs, kind: str, size: int) -> torch.T
         pixel against the patch centre).
     """
     check_choice(kind, "kind", HANDCRAFTED_PATCH_SCORES)
-    a, b = pairs.patches(size)
-    return HANDCRAFTED_PATCH_SCORES[kind](a, b)
+    table, index_a, index_b = pairs.patch_table(size)
+    score = HANDCRAFTED_PATCH_SCORES[kind]
+    chunk = 8192  # float copies of a chunk at a time, not of every pair
+    return torch.cat(
+        [
+            score(
+                gather_patches(table, index_a[i : i + chunk]),
+                gather_patches(table, index_b[i : i + chunk]),
+            )
+            for i in range(0, len(index_a), chunk)
+        ]
+    )
 
 
 def verification_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -819,6 +876,34 @@ def stereo_disparity(method, pair, max_disp: int, *, window: int = 0) -> torch.T
     else:
         vol = cost_volume_from_pairs(fl, fr, max_disp, model.decision)
     return disparity_wta(vol)[0].cpu()
+
+
+def stereo_benchmark(method, pairs: list, max_disp: int, *, window: int = 0, first=None) -> dict:
+    """Bad-pixel rates of ``method`` over every stereo pair of ``pairs``, averaged over pairs
+    (each pair's rate over its valid pixels, then the mean: the KITTI devkit's averaging over
+    images).
+
+    Args:
+        method: what :func:`stereo_disparity` takes (a trained MC-CNN, ``"census"``, ``"zncc"``).
+        pairs: rectified stereo pairs (e.g. ``PatchData.stereo_tests``).
+        max_disp: the largest disparity searched, in pixels.
+        window: hand-crafted costs only, see :func:`stereo_disparity`.
+        first: the disparity ``(H, W)`` of ``pairs[0]`` when already computed (not recomputed).
+
+    Returns:
+        ``{"bad1": float, "bad3": float, "pairs": int, "per_pair": [{"bad1", "bad3"}, ...]}``:
+        the means over pairs (lower is better) and each pair's rates, in order.
+    """
+    if not pairs:
+        raise ValueError("stereo_benchmark needs at least one stereo pair, got none.")
+    per_pair = []
+    for i, pair in enumerate(pairs):
+        disp = first if i == 0 and first is not None else None
+        if disp is None:
+            disp = stereo_disparity(method, pair, max_disp, window=window)
+        per_pair.append(stereo_errors(disp, pair))
+    mean = {k: sum(e[k] for e in per_pair) / len(per_pair) for k in ("bad1", "bad3")}
+    return {**mean, "pairs": len(per_pair), "per_pair": per_pair}
 
 
 def stereo_errors(disp: torch.Tensor, pair) -> dict:

@@ -43,12 +43,19 @@ from corrlib.eval import transfer_mask
 from corrlib.exercises import as_number, run_student
 from corrlib.metrics import mask_iou
 from corrlib.models.sfnet import LOSS_WEIGHTS, SFNet, sfnet, sfnet_loss
-from corrlib.recipes._common import TrainingConfig, config_getter, make_presets, optim
+from corrlib.recipes._common import (
+    LabImageNet,
+    TrainingConfig,
+    config_getter,
+    make_presets,
+    optim,
+)
 from corrlib.train import Trainer, seed_everything
 
 __all__ = [
     "CHAPTER",
     "EVAL_ONLY",
+    "LAB_IMAGENET",
     "MASK_SOURCES",
     "ONLINE_PAIRS",
     "PRESETS",
@@ -215,11 +222,32 @@ PRESETS = make_presets(
 )
 
 
-#: ``config(preset)``: the chapter's :class:`Config` at a preset (a deep copy; frozen). No ImageNet
-#: ``lab`` setting yet: ResNet-101's layer3 + layer4 give 1024- and 2048-channel adaptation layers
-#: (128 M trainable parameters, 1.3 GB per checkpoint with Adam's state, measured), which 15 runs
-#: on a laptop CPU cannot afford; the lab keeps the offline trunk.
-config = config_getter(PRESETS)
+#: The ``lab`` setting when torchvision's ImageNet ResNet-101 is in the torch hub cache: the paper's
+#: frozen trunk (``layer3`` and ``layer4``; a 12 x 12 grid at 192 px) in place of the offline one.
+#: The paper's adaptation (two residual 5x5 and 3x3 blocks of 1024 and 2048 channels: 128 M
+#: trainable parameters, 1.3 GB per checkpoint with Adam's state, measured) cannot train 10 runs on
+#: a laptop CPU; one 1x1 block per tap (5.3 M parameters, 0.2 s a step at batch 8 on 2 cores,
+#: measured) can. Two seeds and 100 PF-WILLOW pairs keep the evaluation of every model, each
+#: running ResNet-101 on every image, within the 10 minutes.
+LAB_IMAGENET = LabImageNet(
+    "resnet101",
+    {
+        "arch": "resnet101",
+        "trunk_weights": "imagenet",
+        "kernels": (1, 1),
+        "blocks": 1,
+        "images": 400,
+        "pairs": 400,
+        "seeds": 2,
+        "willow_limit": 100,
+    },
+    "ResNet-101 layer3 + layer4 (the paper's frozen trunk) with one 1x1 adaptation block per "
+    "tap, 400 pairs, 2 seeds, 100 PF-WILLOW pairs",
+)
+
+#: ``config(preset)``: the chapter's :class:`Config` at a preset (a deep copy; frozen). At
+#: ``lab``, :data:`LAB_IMAGENET` applies when the ImageNet file is in the torch hub cache.
+config = config_getter(PRESETS, LAB_IMAGENET)
 
 
 def variant_settings(variant: str, weights: dict | None = None) -> tuple[str, dict]:

@@ -20,6 +20,7 @@ from corrlib.data.patches import (
     PatchPairs,
     PhotoTourPairs,
     StereoPair,
+    gather_patches,
     load_aloe,
     load_graffiti,
     load_motorcycle,
@@ -129,7 +130,10 @@ def test_patches_cached_per_size_and_getitem():
     pair = _translation_pair()
     pp = sample_stereo_pairs(pair, 6, patch_size=9)
     a9 = pp.patches(9)
-    assert pp.patches(9)[0] is a9[0]
+    table, index_a, index_b = pp.patch_table(9)
+    assert pp.patch_table(9)[0] is table  # sampled once per size
+    assert a9[0].data_ptr() == pp.patches(9)[0].data_ptr() == table.data_ptr()  # views of it
+    assert torch.equal(table[index_b], a9[1]) and torch.equal(gather_patches(table, index_a), a9[0])
     assert pp.patches(5)[0].shape == (6, 1, 5, 5)
     a, b, label = pp[0]
     assert a.shape == b.shape == (1, 9, 9) and label.dtype == torch.bool and bool(label)
@@ -543,8 +547,13 @@ def test_phototour_reads_the_official_layout_and_stacks_patches(tmp_path):
     for i in (0, 5, 47):
         torch.testing.assert_close(a[i], test[i][0])
         torch.testing.assert_close(b[i], test[i][1])
+    # the patches once, as stored: uint8 rows of the distinct patches the pairs use
+    table, _, index_b = test.patch_table(64)
+    assert table.dtype == torch.uint8 and len(table) == len(torch.unique(test.pairs))
+    assert test.patch_table(64)[0] is table
+    assert torch.equal(gather_patches(table, index_b), b) and a.dtype == torch.float32
     small_a, _ = test.patches(32)
-    assert small_a.shape == (48, 1, 32, 32)
+    assert small_a.shape == (48, 1, 32, 32) and test.patch_table(32)[0].dtype == torch.float32
     torch.testing.assert_close(
         small_a[5], PhotoTourPairs(tmp_path, "notredame", False, size=32)[5][0]
     )

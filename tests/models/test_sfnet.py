@@ -187,6 +187,21 @@ def test_chunked_flows_equal_the_full_path_within_the_byte_budget(net, argmax, m
     assert len(blocks) == 2 * 2 * 7 and all(b[0] == 1 and b[1] <= 10 for b in blocks)
     torch.testing.assert_close(chunked.flow_st, full.flow_st, atol=1e-4, rtol=0)
     torch.testing.assert_close(chunked.flow_ts, full.flow_ts, atol=1e-4, rtol=0)
+    # the forward flow alone: half the blocks, the same flow, and no reverse to read by mistake
+    blocks.clear()
+    with torch.no_grad():
+        forward = net.forward_features(
+            fa, fb, (h * 16, w * 16), argmax=argmax, max_bytes=budget, reverse=False
+        )
+    assert len(blocks) == 2 * 7 and forward.flow_ts is None
+    torch.testing.assert_close(forward.flow_st, chunked.flow_st, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="reverse=True"):
+        forward.flow_pixels("ts")
+    monkeypatch.setattr(net, "match", match)
+    one_way = net.forward_features(fa, fb, (h * 16, w * 16), argmax=argmax, reverse=False)
+    assert one_way.corr_ts is None and one_way.flow_ts is None
+    torch.testing.assert_close(one_way.flow_st, full.flow_st, atol=0, rtol=0)
+    torch.testing.assert_close(one_way.corr_st, full.corr_st, atol=0, rtol=0)
 
 
 def test_kernel_soft_argmax_ignores_a_distant_second_peak(net):

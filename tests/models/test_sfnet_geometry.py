@@ -22,11 +22,11 @@ def model():
 def _with_flow(monkeypatch, model, flow_cells):
     """Make the model return ``flow_cells (2, G, G)`` (target cells) as its src->trg flow."""
 
-    def forward_features(fs, ft, image_size, argmax=None, max_bytes=None):
+    def forward_features(fs, ft, image_size, argmax=None, max_bytes=None, reverse=True):
         size = model.grid_size(image_size)
         grid = FeatureGrid.for_map(size, tuple(image_size))
         flow = flow_cells[None].float()
-        return SFNetOutput(None, None, flow, flow, grid, grid)
+        return SFNetOutput(None, None, flow, flow if reverse else None, grid, grid)
 
     monkeypatch.setattr(model, "forward_features", forward_features)
 

@@ -68,3 +68,27 @@ def test_check_rank_loss_scale():
     assert recipe.check_rank_loss_scale(lambda c, cs: 1.0).startswith("wrong")
     assert recipe.check_rank_loss_scale(stub).startswith("not attempted")
     assert recipe.check_rank_loss_scale(lambda c, cs: torch.ones(2)).startswith("wrong")
+
+
+def test_exported_models_follow_the_lab_trunk_each_chapter_takes_now(tmp_path, monkeypatch):
+    """By default a chapter's ``lab`` models are looked for where its notebook wrote them: under
+    ``lab-imagenet`` when its ImageNet file is in the torch hub cache, else under ``lab``."""
+    from corrlib.recipes._common import LAB_TRUNK_ENV
+    from corrlib.recipes.sfnet import LAB_IMAGENET
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv(LAB_TRUNK_ENV, "auto")
+    for folder in ("lab", "lab-imagenet"):
+        d = tmp_path / "checkpoints" / "06_sfnet" / folder / "seed0"
+        d.mkdir(parents=True)
+        (d / "full.pt").write_bytes(b"x")
+    base = tmp_path / "checkpoints" / "06_sfnet"
+    assert recipe.exported_models(tmp_path, "lab")["SFNet (06)"][1] == base / "lab/seed0/full.pt"
+    LAB_IMAGENET.file().parent.mkdir(parents=True)
+    LAB_IMAGENET.file().write_bytes(b"")  # the choice only: nothing is loaded
+    found = recipe.exported_models(tmp_path, "lab")
+    assert found["SFNet (06)"][1] == base / "lab-imagenet/seed0/full.pt"
+    assert "RTN (05)" not in found  # its files are elsewhere; nothing from another folder
+    monkeypatch.setenv(LAB_TRUNK_ENV, "offline")
+    assert recipe.exported_models(tmp_path, "lab")["SFNet (06)"][1] == base / "lab/seed0/full.pt"
+    assert recipe.exported_models(tmp_path, "paper") == {}

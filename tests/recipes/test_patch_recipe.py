@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from corrlib import eval as ev
-from corrlib.data import PatchPairs
+from corrlib.data import PatchPairs, PhotoTourPairs
 from corrlib.models.patch import export_patch_model, load_patch_model
 from corrlib.recipes import get_config
 from corrlib.recipes import patch as recipe
@@ -40,6 +40,30 @@ def test_pool_pairs_positives_with_their_negatives():
     batch = pool.batch_fn(8)(0, torch.Generator().manual_seed(0))
     assert batch["label"].tolist() == [True] * 4 + [False] * 4
     assert torch.equal(batch["a"][:4], batch["a"][4:])
+
+
+def test_pool_keeps_brown_patches_once_in_uint8_and_scores_in_batches(tmp_path):
+    from tests.fake_layouts import write_phototour
+
+    write_phototour(tmp_path, "liberty")
+    brown = PhotoTourPairs(tmp_path, "liberty", train=True, n_pairs=30, seed=0)
+    pool = recipe.PatchPool.from_pairs([brown], 64)
+    # Brown's 8-bit patches once each (4 KiB at 64 px), not two float copies per pair (32 KiB)
+    assert pool.patches.dtype == torch.uint8 and len(pool.patches) < 2 * len(brown)
+    a, b = brown.patches(64)
+    assert torch.equal(pool.a, a) and torch.equal(pool.b, b)
+    batch = pool.batch_fn(8)(0, torch.Generator().manual_seed(0))
+    assert batch["a"].dtype == torch.float32 and torch.equal(batch["a"][:4], batch["a"][4:])
+    # with a float source (sampled stereo patches) the pool holds float32 throughout
+    mixed = recipe.PatchPool.from_pairs([brown, _shift_pairs(5, seed=1)], 64)
+    assert mixed.patches.dtype == torch.float32 and torch.equal(mixed.a[:30], a)
+    # scores read the table in batches: the same as scoring the float patches at once
+    torch.manual_seed(0)
+    model = recipe.build_model("deepdesc", recipe.config("paper")).eval()  # 64 px patches
+    want = model.match_score(a, b).detach()
+    torch.testing.assert_close(recipe.verification_scores(model, brown, 64, batch=7), want)
+    ssd = recipe.handcrafted_patch_scores(brown, "ssd", 64)
+    torch.testing.assert_close(ssd, recipe.HANDCRAFTED_PATCH_SCORES["ssd"](a, b))
 
 
 def test_pool_rejects_unpaired_sets():
@@ -253,3 +277,14 @@ def test_paper_preset_trains_on_kitti_and_brown_in_their_official_layouts(tmp_pa
     disp = recipe.stereo_disparity("census", data.stereo_test, 16)
     # the loader's disparity convention agrees with the views: census finds d = 8 inside
     assert float(disp[8:-8, 24:-8].median()) == 8.0
+    # the stereo scores average over every val scene used, each scored on its own map
+    assert [p.name for p in data.stereo_tests] == ["kitti2012-000160", "kitti2012-000161"]
+    assert data.stereo_tests[0] is data.stereo_test and "2 val scenes" in data.stereo_test_name
+    result = recipe.stereo_benchmark("census", data.stereo_tests, 16, first=disp)
+    each = [
+        recipe.stereo_errors(recipe.stereo_disparity("census", p, 16), p) for p in data.stereo_tests
+    ]
+    assert result["per_pair"] == each and result["pairs"] == 2
+    assert result["bad3"] == pytest.approx((each[0]["bad3"] + each[1]["bad3"]) / 2)
+    with pytest.raises(ValueError, match="at least one stereo pair"):
+        recipe.stereo_benchmark("census", [], 16)
