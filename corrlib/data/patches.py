@@ -836,8 +836,10 @@ class PhotoTourPairs(Dataset):
     indices, ``labels`` ``(N,)`` (alias ``label``) the labels. In the training pairs each
     non-match shares its first patch with the match of the same row in the first half (rows
     ``i`` and ``N/2 + i``: MC-CNN's pair of examples per reference), so they can feed
-    :class:`corrlib.recipes.patch.PatchPool` like :class:`PatchPairs`; :meth:`patches` gives
-    every pair's patches as tensors, as :meth:`PatchPairs.patches` does.
+    :class:`corrlib.recipes.patch.PatchPool` like :class:`PatchPairs`. :meth:`patch_table` gives
+    each distinct patch once (uint8 at 64 px) with every pair's rows, read in batches with
+    :func:`gather_patches`; :meth:`patches` copies every pair's patches to float32 (a new copy
+    per call: small sets only).
     Brown, Hua & Winder, *Discriminative learning of local image descriptors*, TPAMI 2011.
     """
 

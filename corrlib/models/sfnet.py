@@ -421,16 +421,18 @@ class SFNet(nn.Module):
         trg: torch.Tensor,
         argmax: str | None = None,
         max_bytes: int | None = None,
+        reverse: bool = True,
     ) -> SFNetOutput:
         """Dense flows both ways between ``src`` and ``trg`` ``(B, 3, H, W)`` (same size, multiple
-        of the grid stride); ``max_bytes``: the chunked path of :meth:`forward_features`."""
+        of the grid stride); ``max_bytes``: the chunked path of :meth:`forward_features`;
+        ``reverse=False``: the source->target flow only (see :meth:`forward_features`)."""
         b = check_shape(src, ("B", 3, "H", "W"), "src")["B"]
         check_shape(trg, (b, 3, src.shape[2], src.shape[3]), "trg")
         size = tuple(src.shape[-2:])
         both = self.trunk_features(torch.cat((src, trg)))
         fa = {t: f[:b] for t, f in both.items()}
         fb = {t: f[b:] for t, f in both.items()}
-        return self.forward_features(fa, fb, size, argmax, max_bytes)
+        return self.forward_features(fa, fb, size, argmax, max_bytes, reverse)
 
 
 @full_precision
@@ -449,6 +451,11 @@ def sfnet_loss(
     its term (the ablation). Returns ``(loss, {"mask": ..., "flow": ..., "smooth": ...})``
     (unweighted values, floats).
     """
+    if out.flow_ts is None:
+        raise ValueError(
+            "sfnet_loss needs both flows (its mask and flow terms are bidirectional), but this "
+            "output has no target->source flow: compute it with reverse=True (the default)."
+        )
     w = dict(LOSS_WEIGHTS if weights is None else weights)
     for k in w:
         check_choice(k, "weights", tuple(LOSS_WEIGHTS))

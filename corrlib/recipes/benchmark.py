@@ -207,20 +207,38 @@ def lab_step_times(out_dir, preset: str, seed: int = 0) -> dict[str, float]:
     out: dict[str, float] = {}
     base = Path(out_dir) / "checkpoints"
     for chapter_dir in sorted(base.glob("*")) if base.is_dir() else []:
-        rates = []
-        folders = [chapter_dir / p / f"seed{seed}" for p in (preset, f"{preset}-imagenet")]
-        for ckpt in sorted(c for f in folders for c in (*f.glob("*.ckpt"), *f.glob("*.pt"))):
-            try:
-                state = load_checkpoint(ckpt)
-            except (ValueError, OSError):
-                continue
-            if state.get("format") != CKPT_FORMAT:  # an exported model, not a training run
-                continue
-            if state.get("step") and state.get("seconds"):
-                rates.append(float(state["seconds"]) / int(state["step"]))
-        if rates:
-            out[chapter_dir.name] = statistics.median(rates)
+        # one setting's runs only: the folder the chapter uses now, else the other lab folder
+        for folder in _folders(chapter_dir.name, preset):
+            rates = []
+            seed_dir = chapter_dir / folder / f"seed{seed}"
+            for ckpt in sorted((*seed_dir.glob("*.ckpt"), *seed_dir.glob("*.pt"))):
+                try:
+                    state = load_checkpoint(ckpt)
+                except (ValueError, OSError):
+                    continue
+                if state.get("format") != CKPT_FORMAT:  # an exported model, not a training run
+                    continue
+                if state.get("step") and state.get("seconds"):
+                    rates.append(float(state["seconds"]) / int(state["step"]))
+            if rates:
+                out[chapter_dir.name] = statistics.median(rates)
+                break
     return out
+
+
+def _folders(chapter: str, preset: str) -> list[str]:
+    """The checkpoint folders of ``chapter`` at ``preset`` to look in, in order: the one its
+    run uses now (:func:`preset_folder`), then, at ``lab``, the other lab folder, so a model
+    trained before the ImageNet file was fetched (or after it was removed) is still found."""
+    from corrlib.recipes import chapters  # the package imports this module
+
+    if preset != "lab" or chapter not in chapters():  # a stray folder: read as it is named
+        return [preset]
+    try:
+        first = preset_folder(chapter, preset)
+    except FileNotFoundError:  # CORRLIB_LAB_TRUNK=imagenet without the file: that run's folder
+        first = LAB_IMAGENET_FOLDER
+    return [first, preset if first == LAB_IMAGENET_FOLDER else LAB_IMAGENET_FOLDER]
 
 
 # ------------------------------------------------------------------------------ benchmarking
@@ -231,20 +249,25 @@ def exported_models(out_dir, preset: str, seed: int = 0, lab_imagenet: dict | No
     (method name, file)}``.
 
     ``lab_imagenet``: ``{chapter: True}`` for chapters whose ``lab`` ran with ImageNet features
-    (their checkpoints are under ``lab-imagenet``); None (default): the chapters whose ``lab``
-    takes them now, the rule their notebooks follow (:func:`preset_folder`: the ImageNet file
-    is in the torch hub cache), so a series run finds the models its chapters just trained."""
+    (their checkpoints are under ``lab-imagenet``): only that folder is read. None (default):
+    first the folder each chapter's ``lab`` uses now, the rule its notebook follows
+    (:func:`preset_folder`: the ImageNet file is in the torch hub cache), so a series run finds
+    the models its chapters just trained; else the other lab folder. A model from
+    ``lab-imagenet`` gets `` (ImageNet lab)`` after its label, so the table says which ran."""
     found = {}
     for chapter, name, method, label in EXPORTED:
         if lab_imagenet is None:
-            folder = preset_folder(chapter, preset)
+            folders = _folders(chapter, preset)
         elif preset == "lab" and lab_imagenet.get(chapter):
-            folder = LAB_IMAGENET_FOLDER
+            folders = [LAB_IMAGENET_FOLDER]
         else:
-            folder = preset
-        path = Path(out_dir) / "checkpoints" / chapter / folder / f"seed{seed}" / name
-        if path.is_file():
-            found[label] = (method, path)
+            folders = [preset]
+        for folder in folders:
+            path = Path(out_dir) / "checkpoints" / chapter / folder / f"seed{seed}" / name
+            if path.is_file():
+                suffix = " (ImageNet lab)" if folder == LAB_IMAGENET_FOLDER else ""
+                found[label + suffix] = (method, path)
+                break
     return found
 
 

@@ -278,9 +278,10 @@ PRESETS = make_presets(
 
 #: The ``lab`` setting when torchvision's ImageNet ResNet-101 is in the torch hub cache: the
 #: ``paper`` preset's trunk (``layer3`` swapped and fine-tuned, ``layer1``-``layer2`` frozen and
-#: cached; a 16 x 16 map at 128 px) in place of the offline one. Its 23 bottleneck blocks make a
-#: step of 8 pairs 1.0 s (multi-scale) and 0.6 s (single-, large-scale) on 2 cores (measured), so
-#: each trunk fine-tunes 40 steps over 2 seeds, and PF-WILLOW takes 100 pairs: within 10 minutes.
+#: cached; an 8 x 8 map at 128 px: stride 16) in place of the offline one. Its 23 bottleneck
+#: blocks make a step of 8 pairs 1.0 s (multi-scale) and 0.6 s (single-, large-scale) on 2 cores
+#: (measured), so each trunk fine-tunes 40 steps over 2 seeds, and PF-WILLOW takes 100 pairs:
+#: within 10 minutes.
 LAB_IMAGENET = LabImageNet(
     "resnet101",
     {

@@ -287,6 +287,15 @@ class PatchPool:
             once (uint8 only when all are), ``index_a``/``index_b`` and ``label`` ``(N,)`` over
             all sets, and ``pos``, ``neg`` ``(M,)`` int64 pair indices (``M = N / 2``).
         """
+        for s in sets:
+            n_pos = int(s.label.sum())
+            if (
+                not (s.label[:n_pos].all() and not s.label[n_pos:].any())
+                or len(s.label) != 2 * n_pos
+            ):
+                raise ValueError(
+                    "PatchPool needs pair sets with positives first and one negative per positive."
+                )
         tables = [s.patch_table(size) for s in sets]
         if any(t.dtype != torch.uint8 for t, _, _ in tables):  # one dtype: float32 in [0, 1]
             tables = [
@@ -298,13 +307,6 @@ class PatchPool:
         patches, index_a, index_b, label, pos, neg, base, rows = [], [], [], [], [], [], 0, 0
         for s, (table, ia, ib) in zip(sets, tables):
             n_pos = int(s.label.sum())
-            if (
-                not (s.label[:n_pos].all() and not s.label[n_pos:].any())
-                or len(s.label) != 2 * n_pos
-            ):
-                raise ValueError(
-                    "PatchPool needs pair sets with positives first and one negative per positive."
-                )
             patches.append(table)
             index_a.append(ia + rows)
             index_b.append(ib + rows)
@@ -504,7 +506,8 @@ def build_patch_data(cfg: Config, data_root=None, seed: int = 0) -> PatchData:
     families on ``cfg.n_train_brown`` pairs of Brown's ``cfg.brown_train``
     (:class:`corrlib.data.PhotoTourPairs`; see :meth:`PatchData.train_for`); test on
     ``cfg.n_test`` pairs of the KITTI val scenes and on the official 100,000 pairs of each of
-    ``cfg.brown_test``; the stereo maps are the first train and val scenes. Train and test
+    ``cfg.brown_test``; ``stereo_train``/``stereo_test`` are the first train and val scenes and
+    ``stereo_tests`` every val scene used (the stereo scores average over them). Train and test
     images are disjoint in both.
 
     Args:
@@ -518,7 +521,8 @@ def build_patch_data(cfg: Config, data_root=None, seed: int = 0) -> PatchData:
         A :class:`PatchData`: ``train`` (two :class:`corrlib.data.PatchPairs`: Motorcycle, then
         synthetic), ``test`` (``{"aloe (stereo)": ..., "graffiti (homography)": ...}``),
         ``stereo_train``/``stereo_test`` (the Motorcycle and Aloe stereo pairs: grey
-        ``(H, W)`` float in ``[0, 1]``, disparity and validity), ``graffiti`` (its
+        ``(H, W)`` float in ``[0, 1]``, disparity and validity), ``stereo_tests``
+        (``[stereo_test]``; the KITTI val scenes with the papers' data), ``graffiti`` (its
         homography pair) and ``info`` (keys ``train``, ``test``, ``n_train``, ``n_test``).
     """
     check_choice(cfg.data, "data", DATA_SETTINGS)

@@ -719,11 +719,10 @@ def evaluate_synthetic(
         if pool.feats_src:
             fa = {t: f[sl].to(dev).float() for t, f in pool.feats_src.items()}
             fb = {t: f[sl].to(dev).float() for t, f in pool.feats_trg.items()}
-            out = model.forward_features(fa, fb, pool.size, argmax)
+            out = model.forward_features(fa, fb, pool.size, argmax, reverse=False)
         else:
-            out = model(
-                pool.src[sl].to(dev).float() / 255, pool.trg[sl].to(dev).float() / 255, argmax
-            )
+            src, trg = pool.src[sl].to(dev).float() / 255, pool.trg[sl].to(dev).float() / 255
+            out = model(src, trg, argmax, reverse=False)
         pred = out.flow_pixels("st", pool.size).cpu()
         valid = pool.flow_valid[sl] & pool.src_mask[sl]
         gt = pool.flow[sl]

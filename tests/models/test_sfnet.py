@@ -202,6 +202,8 @@ def test_chunked_flows_equal_the_full_path_within_the_byte_budget(net, argmax, m
     assert one_way.corr_ts is None and one_way.flow_ts is None
     torch.testing.assert_close(one_way.flow_st, full.flow_st, atol=0, rtol=0)
     torch.testing.assert_close(one_way.corr_st, full.corr_st, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="reverse=True"):
+        sfnet_loss(one_way, torch.ones(2, h * 16, w * 16), torch.ones(2, h * 16, w * 16))
 
 
 def test_kernel_soft_argmax_ignores_a_distant_second_peak(net):

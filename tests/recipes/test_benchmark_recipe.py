@@ -71,24 +71,48 @@ def test_check_rank_loss_scale():
 
 
 def test_exported_models_follow_the_lab_trunk_each_chapter_takes_now(tmp_path, monkeypatch):
-    """By default a chapter's ``lab`` models are looked for where its notebook wrote them: under
-    ``lab-imagenet`` when its ImageNet file is in the torch hub cache, else under ``lab``."""
+    """By default a chapter's ``lab`` models are looked for where its notebook writes them now
+    (under ``lab-imagenet`` when its ImageNet file is in the torch hub cache, else under
+    ``lab``), then in the other lab folder; a model from ``lab-imagenet`` says so in its label."""
     from corrlib.recipes._common import LAB_TRUNK_ENV
-    from corrlib.recipes.sfnet import LAB_IMAGENET
+    from corrlib.recipes.rtn import LAB_IMAGENET as RTN_IMAGENET
+    from corrlib.recipes.sfnet import LAB_IMAGENET as SFNET_IMAGENET
+    from corrlib.train import CKPT_FORMAT
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv(LAB_TRUNK_ENV, "auto")
-    for folder in ("lab", "lab-imagenet"):
-        d = tmp_path / "checkpoints" / "06_sfnet" / folder / "seed0"
-        d.mkdir(parents=True)
-        (d / "full.pt").write_bytes(b"x")
-    base = tmp_path / "checkpoints" / "06_sfnet"
-    assert recipe.exported_models(tmp_path, "lab")["SFNet (06)"][1] == base / "lab/seed0/full.pt"
-    LAB_IMAGENET.file().parent.mkdir(parents=True)
-    LAB_IMAGENET.file().write_bytes(b"")  # the choice only: nothing is loaded
+    base = tmp_path / "checkpoints"
+    for chapter, name, seconds in (("06_sfnet", "full.pt", 7.0), ("05_rtn", "full.rtn.pt", 3.0)):
+        for folder, scale in (("lab", 1.0), ("lab-imagenet", 10.0)):
+            d = base / chapter / folder / "seed0"
+            d.mkdir(parents=True)
+            (d / name).write_bytes(b"x")
+            ckpt = {"format": CKPT_FORMAT, "step": 10, "seconds": seconds * scale}
+            save_checkpoint(d / "run.ckpt", ckpt)
     found = recipe.exported_models(tmp_path, "lab")
-    assert found["SFNet (06)"][1] == base / "lab-imagenet/seed0/full.pt"
-    assert "RTN (05)" not in found  # its files are elsewhere; nothing from another folder
+    assert found["SFNet (06)"][1] == base / "06_sfnet/lab/seed0/full.pt"
+    assert found["RTN (05)"][1] == base / "05_rtn/lab/seed0/full.rtn.pt"
+    times = recipe.lab_step_times(tmp_path, "lab")
+    assert times == {"05_rtn": pytest.approx(0.3), "06_sfnet": pytest.approx(0.7)}  # one setting
+    SFNET_IMAGENET.file().parent.mkdir(parents=True)
+    SFNET_IMAGENET.file().write_bytes(b"")  # the choice only: nothing is loaded
+    found = recipe.exported_models(tmp_path, "lab")
+    assert found["SFNet (06) (ImageNet lab)"][1] == base / "06_sfnet/lab-imagenet/seed0/full.pt"
+    assert "SFNet (06)" not in found  # one model a chapter: the setting that runs now
+    assert found["RTN (05)"][1] == base / "05_rtn/lab/seed0/full.rtn.pt"  # no VGG-16 file
+    assert recipe.lab_step_times(tmp_path, "lab")["06_sfnet"] == pytest.approx(7.0)
+    RTN_IMAGENET.file().write_bytes(b"")
+    found = recipe.exported_models(tmp_path, "lab")
+    assert found["RTN (05) (ImageNet lab)"][1] == base / "05_rtn/lab-imagenet/seed0/full.rtn.pt"
+    # a chapter whose ImageNet run has not happened yet: its offline model is still listed
+    (base / "05_rtn/lab-imagenet/seed0/full.rtn.pt").unlink()
+    assert "RTN (05)" in recipe.exported_models(tmp_path, "lab")
+    # requiring ImageNet without a file is not an error here: that folder is read first
+    monkeypatch.setenv(LAB_TRUNK_ENV, "imagenet")
+    SFNET_IMAGENET.file().unlink()
+    assert "SFNet (06) (ImageNet lab)" in recipe.exported_models(tmp_path, "lab")
     monkeypatch.setenv(LAB_TRUNK_ENV, "offline")
-    assert recipe.exported_models(tmp_path, "lab")["SFNet (06)"][1] == base / "lab/seed0/full.pt"
+    assert recipe.exported_models(tmp_path, "lab")["SFNet (06)"][1] == base / (
+        "06_sfnet/lab/seed0/full.pt"
+    )
     assert recipe.exported_models(tmp_path, "paper") == {}

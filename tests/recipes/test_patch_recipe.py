@@ -32,9 +32,14 @@ def _shift_pairs(n=40, shift=3.0, seed=0):
 
 
 def test_pool_pairs_positives_with_their_negatives():
-    pp = _shift_pairs(10)
-    pool = recipe.PatchPool.from_pairs([pp, _shift_pairs(5, seed=1)], 9)
+    pp, second = _shift_pairs(10), _shift_pairs(5, seed=1)
+    pool = recipe.PatchPool.from_pairs([pp, second], 9)
     assert pool.a.shape == (30, 1, 9, 9)
+    # each set's pairs keep their own patches after stacking (rows offset by the tables before)
+    for rows, pairs in ((slice(0, 20), pp), (slice(20, 30), second)):
+        a, b = pairs.patches(9)
+        assert torch.equal(pool.a[rows], a) and torch.equal(pool.b[rows], b)
+    assert torch.equal(pool.pos, torch.cat((torch.arange(10), torch.arange(20, 25))))
     assert pool.label[pool.pos].all() and not pool.label[pool.neg].any()
     assert torch.equal(pool.a[pool.pos], pool.a[pool.neg])  # same reference patch
     batch = pool.batch_fn(8)(0, torch.Generator().manual_seed(0))
@@ -55,8 +60,12 @@ def test_pool_keeps_brown_patches_once_in_uint8_and_scores_in_batches(tmp_path):
     batch = pool.batch_fn(8)(0, torch.Generator().manual_seed(0))
     assert batch["a"].dtype == torch.float32 and torch.equal(batch["a"][:4], batch["a"][4:])
     # with a float source (sampled stereo patches) the pool holds float32 throughout
-    mixed = recipe.PatchPool.from_pairs([brown, _shift_pairs(5, seed=1)], 64)
+    stereo = _shift_pairs(5, seed=1)
+    mixed = recipe.PatchPool.from_pairs([brown, stereo], 64)
     assert mixed.patches.dtype == torch.float32 and torch.equal(mixed.a[:30], a)
+    sa, sb = stereo.patches(64)
+    assert torch.equal(mixed.a[30:], sa) and torch.equal(mixed.b[30:], sb)
+    assert torch.equal(mixed.b[:30], b)
     # scores read the table in batches: the same as scoring the float patches at once
     torch.manual_seed(0)
     model = recipe.build_model("deepdesc", recipe.config("paper")).eval()  # 64 px patches
