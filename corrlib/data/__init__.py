@@ -40,7 +40,12 @@ from corrlib.data.digits import (
     read_idx,
 )
 from corrlib.data.images import read_image, read_mask
-from corrlib.data.kitti import KITTI2012_SPLITS, KITTI2012_URL, KITTI2012Stereo
+from corrlib.data.kitti import (
+    KITTI2012_SPLITS,
+    KITTI2012_URL,
+    KITTI2012_VAL_SCENES,
+    KITTI2012Stereo,
+)
 from corrlib.data.masked import (
     FASHION_CLASSES,
     FASHION_MASK_THRESHOLD,
@@ -110,6 +115,7 @@ __all__ = [
     "HELDOUT_BACKGROUNDS",
     "KITTI2012_SPLITS",
     "KITTI2012_URL",
+    "KITTI2012_VAL_SCENES",
     "OPENCV_SAMPLES",
     "PFPASCAL_CATEGORIES",
     "PHOTOTOUR_NAMES",

@@ -31,18 +31,34 @@ from corrlib.data._common import DatasetNotFoundError, download_and_extract, res
 from corrlib.data.images import read_image
 from corrlib.data.patches import StereoPair, _stereo_pair
 
-__all__ = ["KITTI2012_SPLITS", "KITTI2012_URL", "KITTI2012Stereo"]
+__all__ = ["KITTI2012_SPLITS", "KITTI2012_URL", "KITTI2012_VAL_SCENES", "KITTI2012Stereo"]
 
 #: The official archive (about 2 GB, registration on the KITTI site asks for an e-mail). No
 #: checksum is published: the first download records its SHA-256 in
 #: ``KITTI2012/.corrlib-downloads.json`` and later downloads are checked against it.
 KITTI2012_URL = "https://s3.eu-central-1.amazonaws.com/avg-kitti/data_stereo_flow.zip"
 
+#: The 40 held-out scenes of :data:`KITTI2012_SPLITS` (``"val"``). MC-CNN's code
+#: (``preprocess_kitti.lua``) holds out 40 of the 194 training scenes at random for validation
+#: (``perm = torch.randperm(194)``, ``te = perm[1..40]``, under Lua Torch's seed 42) and trains on
+#: the other 154. Its permutation cannot be reproduced outside Lua Torch, so these 40 were drawn
+#: once with ``numpy.random.RandomState(0).permutation(194)[:40]`` and are listed here: the
+#: code's sizes, not its scenes.
+KITTI2012_VAL_SCENES = (
+    4, 5, 7, 12, 18, 22, 26, 33, 37, 44, 45, 55, 56, 61, 71, 74, 89, 92, 98, 108,
+    113, 122, 123, 125, 131, 149, 154, 155, 160, 163, 169, 175, 176, 177, 178, 179, 180, 182,
+    184, 193,
+)  # fmt: skip
+
 #: Scenes of each split. The 194 training scenes are the only ones with public ground truth;
-#: MC-CNN trains on all of them and reports on KITTI's server. Here ``"train"`` is scenes
-#: 0-159 and ``"val"`` 160-193 (a split of this library, so that a held-out error can be
-#: computed locally), ``"all"`` every one.
-KITTI2012_SPLITS = {"train": range(0, 160), "val": range(160, 194), "all": range(0, 194)}
+#: MC-CNN's reported errors come from KITTI's server. ``"train"``: 154 scenes (as many as MC-CNN's
+#: code trains on), ``"val"``: the 40 held out (:data:`KITTI2012_VAL_SCENES`), so that a held-out
+#: error can be computed locally; ``"all"``: every one. Each in increasing order.
+KITTI2012_SPLITS = {
+    "train": tuple(i for i in range(194) if i not in KITTI2012_VAL_SCENES),
+    "val": KITTI2012_VAL_SCENES,
+    "all": tuple(range(194)),
+}
 
 _SOURCE = "KITTI 2012 stereo (Geiger et al., CVPR 2012)"
 

@@ -129,7 +129,7 @@ class Config(TrainingConfig):
     # Brown training pairs drawn from Liberty's 3-D point labels (half matches); the pool holds
     # 2 x 64 x 64 float32 per pair: 3.3 GB at 100,000
     n_train_brown: int = 100000
-    # KITTI 2012 scenes used of each split (None: all; train 160, val 34, see KITTI2012_SPLITS)
+    # KITTI 2012 scenes used of each split (None: all; train 154, val 40, see KITTI2012_SPLITS)
     kitti_scenes: int | None = None
     train_stereo_scale: float = 1.0
     # KITTI 2012 at full resolution, as MC-CNN is evaluated
@@ -464,7 +464,7 @@ def _papers_data(cfg: Config, data_root, seed: int, g, sampling) -> PatchData:
         test[f"{name} (brown)"] = PhotoTourPairs(data_root, name, train=False)
     info = {
         "train": (
-            f"MC-CNN: KITTI 2012 train scenes 0-{len(train_scenes) - 1} at scale "
+            f"MC-CNN: {len(train_scenes)} KITTI 2012 train scenes at scale "
             f"{cfg.train_stereo_scale:g}; DeepCompare/DeepDesc: Brown {cfg.brown_train} "
             f"({len(brown)} pairs from its 3-D points)"
         ),

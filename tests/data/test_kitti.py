@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from corrlib.data import KITTI2012_URL, DatasetNotFoundError, KITTI2012Stereo
+from corrlib.data import KITTI2012_SPLITS, KITTI2012_URL, DatasetNotFoundError, KITTI2012Stereo
 from corrlib.data import kitti as kitti_module
 from tests.fake_layouts import KITTI_DISP, KITTI_SIZE, write_kitti2012
 
@@ -44,9 +44,10 @@ def test_download_fetches_the_official_archive(tmp_path, monkeypatch):
 
 def test_splits_disparity_and_validity(kitti_root):
     sizes = {s: len(KITTI2012Stereo(kitti_root, s)) for s in ("train", "val", "all")}
-    assert sizes == {"train": 160, "val": 34, "all": 194}
+    assert sizes == {"train": 154, "val": 40, "all": 194}  # MC-CNN's code: 40 held out
+    assert not set(KITTI2012_SPLITS["train"]) & set(KITTI2012_SPLITS["val"])
     pair = KITTI2012Stereo(kitti_root, "val")[0]
-    assert pair.name == "kitti2012-000160" and pair.size == KITTI_SIZE
+    assert pair.name == "kitti2012-000004" and pair.size == KITTI_SIZE
     assert pair.left.dtype == torch.float32 and pair.left_rgb.shape == (3, *KITTI_SIZE)
     d = int(KITTI_DISP)
     assert not pair.valid[:, :d].any() and pair.valid[:, d:].all()
@@ -65,12 +66,13 @@ def test_missing_scene_and_bad_disparity_are_named(tmp_path):
     ds = KITTI2012Stereo(root, "train")
     with pytest.raises(DatasetNotFoundError, match=r"000003_10\.png.*unzip"):
         ds[3]
-    bad = tmp_path / "KITTI2012" / "training" / "disp_noc" / "000004_10.png"
+    assert KITTI2012_SPLITS["train"][4] == 6  # scenes 4 and 5 are held out
+    bad = tmp_path / "KITTI2012" / "training" / "disp_noc" / "000006_10.png"
     Image.fromarray(np.zeros(KITTI_SIZE, dtype=np.uint8)).save(bad)
-    with pytest.raises(ValueError, match=r"000004_10\.png: expected a 16-bit"):
+    with pytest.raises(ValueError, match=r"000006_10\.png: expected a 16-bit"):
         ds[4]
-    with pytest.raises(IndexError, match="160 pairs"):
-        ds[160]
+    with pytest.raises(IndexError, match="154 pairs"):
+        ds[154]
     with pytest.raises(ValueError, match="Unknown value 'test'"):
         KITTI2012Stereo(root, "test")
 
@@ -81,7 +83,7 @@ def test_grey_views_by_default_colour_on_request(tmp_path):
     colour = KITTI2012Stereo(tmp_path, "val", colour=True)[0]
     assert torch.equal(grey.left_rgb[0], grey.left_rgb[1])  # image_0 repeated on 3 channels
     torch.testing.assert_close(colour.left, grey.left)  # the fake colour views are grey copies
-    (tmp_path / "KITTI2012" / "training" / "colored_1" / "000160_10.png").unlink()
+    (tmp_path / "KITTI2012" / "training" / "colored_1" / "000004_10.png").unlink()
     with pytest.raises(DatasetNotFoundError, match="colored_1"):
         KITTI2012Stereo(tmp_path, "val", colour=True)[0]
     assert KITTI2012Stereo(tmp_path, "val")[0].size == KITTI_SIZE  # grey needs no colour file

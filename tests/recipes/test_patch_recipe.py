@@ -263,7 +263,7 @@ def test_paper_preset_trains_on_kitti_and_brown_in_their_official_layouts(tmp_pa
         "kitti2012-000001",
     ]
     assert data.train_for("deepdesc") == data.train_for("2ch") == [data.train[-1]]
-    assert data.stereo_test.name == "kitti2012-000160" and len(data.test["yosemite (brown)"]) == 48
+    assert data.stereo_test.name == "kitti2012-000004" and len(data.test["yosemite (brown)"]) == 48
     # corrlib train reads only what one family trains on, and draws the same pairs
     alone = recipe.training_sets(cfg, "mccnn-fast", tmp_path, 0)
     reference = data.train_for("mccnn-fast")
@@ -287,7 +287,7 @@ def test_paper_preset_trains_on_kitti_and_brown_in_their_official_layouts(tmp_pa
     # the loader's disparity convention agrees with the views: census finds d = 8 inside
     assert float(disp[8:-8, 24:-8].median()) == 8.0
     # the stereo scores average over every val scene used, each scored on its own map
-    assert [p.name for p in data.stereo_tests] == ["kitti2012-000160", "kitti2012-000161"]
+    assert [p.name for p in data.stereo_tests] == ["kitti2012-000004", "kitti2012-000005"]
     assert data.stereo_tests[0] is data.stereo_test and "2 val scenes" in data.stereo_test_name
     result = recipe.stereo_benchmark("census", data.stereo_tests, 16, first=disp)
     each = [
