@@ -189,6 +189,28 @@ class KeypointPair:
     flip: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
+    def item(self, src_img: torch.Tensor, trg_img: torch.Tensor, index: int) -> dict[str, Any]:
+        """The dataset item of this pair, unflipped (:func:`make_pair_item`): the images given
+        (``(3, H, W)`` uint8) and copies of this record's keypoints and boxes (a missing box:
+        the keypoints' box)."""
+
+        def copy(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.clone()
+
+        return make_pair_item(
+            src_img=src_img,
+            trg_img=trg_img,
+            src_kps=copy(self.src_kps),
+            trg_kps=copy(self.trg_kps),
+            src_bbox=copy(self.src_bbox),
+            trg_bbox=copy(self.trg_bbox),
+            category=self.category,
+            src_name=self.src_name,
+            trg_name=self.trg_name,
+            pair_index=index,
+            flip=False,
+        )
+
 
 # --------------------------------------------------------------------------------------------
 # Downloads

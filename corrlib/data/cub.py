@@ -35,7 +35,6 @@ from corrlib.data._common import (
     KeypointPair,
     PairDataset,
     download_and_extract,
-    make_pair_item,
 )
 
 __all__ = ["CUB2011_MD5", "CUB2011_URL", "CUB2011Pairs"]
@@ -199,19 +198,7 @@ class CUB2011Pairs(PairDataset):
 
     def _load(self, index: int) -> dict:
         p = self.pairs[index]
-        return make_pair_item(
-            src_img=self._read_image(p.src_name),
-            trg_img=self._read_image(p.trg_name),
-            src_kps=p.src_kps.clone(),
-            trg_kps=p.trg_kps.clone(),
-            src_bbox=p.src_bbox.clone(),
-            trg_bbox=p.trg_bbox.clone(),
-            category=p.category,
-            src_name=p.src_name,
-            trg_name=p.trg_name,
-            pair_index=index,
-            flip=False,
-        )
+        return p.item(self._read_image(p.src_name), self._read_image(p.trg_name), index)
 
 
 def _box(xywh: list[float]) -> torch.Tensor:

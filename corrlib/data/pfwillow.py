@@ -22,7 +22,6 @@ from corrlib.data._common import (
     PairDataset,
     download_and_extract,
     download_url,
-    make_pair_item,
     matlab_to_zero_based,
     resolve_data_root,
 )
@@ -262,19 +261,7 @@ class PFWillow(PairDataset):
                     "The pair list does not match the images or is corrupt: re-download "
                     f"{PFWILLOW_PAIRS_URL} (and {PFWILLOW_IMAGES_URL})."
                 )
-        return make_pair_item(
-            src_img=src_img,
-            trg_img=trg_img,
-            src_kps=p.src_kps.clone(),
-            trg_kps=p.trg_kps.clone(),
-            src_bbox=None,  # no box annotation: keypoint box
-            trg_bbox=None,
-            category=p.category,
-            src_name=p.src_name,
-            trg_name=p.trg_name,
-            pair_index=index,
-            flip=False,
-        )
+        return p.item(src_img, trg_img, index)  # no box annotation: the keypoints' box
 
 
 def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:

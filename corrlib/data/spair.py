@@ -18,7 +18,6 @@ from corrlib.data._common import (
     KeypointPair,
     PairDataset,
     download_and_extract,
-    make_pair_item,
     resolve_data_root,
 )
 from corrlib.data.images import first_point_outside, point_outside_text, shown_path
@@ -260,19 +259,7 @@ class SPair71k(PairDataset):
                     f"{point_outside_text(kps, i, size, name)}. The annotation does not match "
                     "the image or is corrupt: re-extract the dataset."
                 )
-        item = make_pair_item(
-            src_img=src_img,
-            trg_img=trg_img,
-            src_kps=p.src_kps.clone(),
-            trg_kps=p.trg_kps.clone(),
-            src_bbox=p.src_bbox.clone(),
-            trg_bbox=p.trg_bbox.clone(),
-            category=p.category,
-            src_name=p.src_name,
-            trg_name=p.trg_name,
-            pair_index=index,
-            flip=False,
-        )
+        item = p.item(src_img, trg_img, index)
         # the pair's difficulty flags, for the per-flag breakdown of corrlib.eval
         item["difficulty"] = {f: int(p.info[f]) for f in SPAIR_DIFFICULTY_FLAGS if f in p.info}
         return item
