@@ -209,6 +209,10 @@ def test_paper_preset_trains_end_to_end_on_the_official_layouts(
         img = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
         kps = torch.tensor([[20.0, 30.0], [40.0, 10.0]])
         assert method.match(img, img, kps).shape == (2, 2)
+    if chapter == "01_patch":  # MC-CNN's preprocessing travels with the exported network
+        from corrlib.models.patch import load_patch_model
+
+        assert load_patch_model(trained.exported).input_norm == "image"
 
 
 def test_every_training_chapter_has_its_paper_preset_run_here():

@@ -40,7 +40,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from corrlib._check import check_choice, check_shape, check_tensor
-from corrlib.color import rgb_to_grey
+from corrlib.color import rgb_to_grey, standardize_images
 from corrlib.data._common import DatasetNotFoundError, require_file, resolve_data_root
 from corrlib.data.images import read_image
 from corrlib.data.synthetic import SyntheticPairs
@@ -433,7 +433,7 @@ class PatchPairs(Dataset):
         self.xy_a, self.A_b = xy_a.float(), A_b.float()
         self.label, self.offset, self.source = label.bool(), offset, source
         self.patch_size = _check_size(patch_size)
-        self._cache: dict[int, torch.Tensor] = {}
+        self._cache: dict[tuple[int, bool], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -474,24 +474,32 @@ class PatchPairs(Dataset):
         n = len(self)
         return table[:n], table[n:]
 
-    def patch_table(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def patch_table(
+        self, size: int, *, standardize: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The patches once, and each pair's rows: ``(table, index_a, index_b)``.
 
         ``table`` ``(U, 1, size, size)`` (float32 here: every sampled patch, the ``a`` patches
         first), ``index_a``/``index_b`` ``(N,)`` int64 rows of each pair's patches. Read rows with
-        :func:`gather_patches`. Cached per size.
+        :func:`gather_patches`. Cached per size and ``standardize``.
+
+        ``standardize``: cut the patches from the images standardised each on its own
+        (:func:`corrlib.color.standardize_images`: MC-CNN's preprocessing, the input of an
+        MC-CNN with ``input_norm="image"``) instead of from the images in ``[0, 1]``.
         """
         size = _check_size(size)
-        if size not in self._cache:
+        key = (size, bool(standardize))
+        if key not in self._cache:
             pts_a, pts_b = self.patch_coords(size)
+            images = [standardize_images(im) for im in self.images] if standardize else self.images
             out = _sample_patches(
-                self.images,
+                images,
                 torch.cat((self.img_a_index, self.img_b_index)),
                 torch.cat((pts_a, pts_b)),
             )
-            self._cache[size] = out[:, None]
+            self._cache[key] = out[:, None]
         n = len(self)
-        return self._cache[size], torch.arange(n), torch.arange(n, 2 * n)
+        return self._cache[key], torch.arange(n), torch.arange(n, 2 * n)
 
 
 def _check_size(size: int) -> int:
@@ -906,26 +914,37 @@ class PhotoTourPairs(Dataset):
         table, index_a, index_b = self.patch_table(size)
         return gather_patches(table, index_a), gather_patches(table, index_b)
 
-    def patch_table(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def patch_table(
+        self, size: int, *, standardize: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every distinct patch the pairs use, once, and each pair's rows:
-        ``(table, index_a, index_b)`` (cached per size).
+        ``(table, index_a, index_b)`` (cached per size and ``standardize``).
 
         ``table`` ``(U, 1, size, size)``: at 64 px the scene's own uint8 patches (1 byte a
         pixel, no copy per pair: 4 KiB a patch), at another size float32 in ``[0, 1]`` resized
         with antialiasing; ``index_a``/``index_b`` ``(N,)`` int64 rows. Read rows as float32 in
         ``[0, 1]`` with :func:`gather_patches`.
+
+        ``standardize``: the input of an MC-CNN with ``input_norm="image"``. Brown's patches
+        come without their source images, so each patch is standardised on its own (the nearest
+        to MC-CNN's per-image statistics there is); the table is then float32.
         """
         size = _check_size(size)
         cache = self.__dict__.setdefault("_patch_cache", {})
-        if size not in cache:
+        key = (size, bool(standardize))
+        if key not in cache:
             used, inverse = torch.unique(self.pairs.flatten(), return_inverse=True)
             p = self.data[used][:, None]  # (U, 1, 64, 64) uint8
             if size != p.shape[-1]:
                 resize = dict(size=(size, size), mode="bilinear", antialias=True)
                 p = torch.cat([F.interpolate(c.float() / 255.0, **resize) for c in p.split(4096)])
+            if standardize:
+                p = torch.cat(
+                    [standardize_images(gather_patches(c, slice(None))) for c in p.split(4096)]
+                )
             inverse = inverse.view(-1, 2)
-            cache[size] = (p, inverse[:, 0].contiguous(), inverse[:, 1].contiguous())
-        return cache[size]
+            cache[key] = (p, inverse[:, 0].contiguous(), inverse[:, 1].contiguous())
+        return cache[key]
 
     def __repr__(self) -> str:
         split = "train" if self.train else "test"

@@ -72,8 +72,7 @@ class LearnedPatchMethod(DescriptorMethod):
         rgb, ratio = resize_longer_side(img, self.max_side)
         grey = rgb_to_grey(rgb)[None, None]  # (1, 1, H, W) in [0, 1]
         if hasattr(self.model, "features"):  # MC-CNN: dense, one descriptor per pixel
-            pad = (self.model.receptive_field - 1) // 2
-            feat = self.model.features(F.pad(grey, (pad,) * 4, mode="replicate"))[0]
+            feat = self.model.image_features(grey)[0]
             return feat, FeatureGrid((0.0, 0.0), (1.0, 1.0)).in_original(ratio)
         p, s = self.model.patch_size, self.stride
         padded = F.pad(grey, (p // 2,) * 4, mode="replicate")

@@ -13,9 +13,13 @@ metrics can rank pairs from any model the same way. ``patch_size`` is the size a
 
 Normalisation, done inside every model:
 
-* MC-CNN subtracts 0.5 (a fixed, pointwise shift, so the dense ``features`` of an image equal
-  the features of its patches; the paper standardises whole images instead: do that before
-  if you want it).
+* MC-CNN, ``input_norm="shift"`` (the default): subtracts 0.5, a fixed pointwise shift, so
+  the dense ``features`` of an image equal the features of its patches. ``input_norm="image"``:
+  MC-CNN's own preprocessing, each whole image standardised
+  (:func:`corrlib.color.standardize_images`, as ``preprocess_kitti.lua`` does). ``features``
+  and ``image_features`` then standardise the image they are given, and ``forward`` takes
+  patches cut from standardised images (``PatchPairs.patch_table(size, standardize=True)``):
+  :attr:`PatchModel.standardized_patches` says which a model expects.
 * DeepCompare and DeepDesc subtract each patch's mean, as the DeepCompare release does ("input
   patches in [0;1] range before mean subtraction", github.com/szagoruyko/cvpr15deepcompare).
 
@@ -50,11 +54,13 @@ from corrlib.checkpoint import (
     read_model_file,
     save_checkpoint,
 )
+from corrlib.color import standardize_images
 from corrlib.correlation import l2_normalize
 
 __all__ = [
     "DEEPCOMPARE_KINDS",
     "DEEPCOMPARE_PATCH_SIZES",
+    "MCCNN_INPUT_NORMS",
     "OUTPUTS",
     "PATCH_FORMAT",
     "PATCH_MODELS",
@@ -78,6 +84,8 @@ OUTPUTS = ("similarity", "logit", "distance")
 DEEPCOMPARE_KINDS = ("2ch", "2ch-deep", "siamese", "pseudo-siamese", "2ch-2stream", "siamese-spp")
 DEEPCOMPARE_PATCH_SIZES = (32, 64)
 SPP_LEVELS = (1, 2, 4)
+#: MC-CNN's input normalisations: ``"shift"`` (minus 0.5) or ``"image"`` (each image standardised)
+MCCNN_INPUT_NORMS = ("shift", "image")
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +249,10 @@ class PatchModel(nn.Module):
     arch: str = ""
     #: keyword arguments that rebuild this network with :func:`patch_model` (set in ``__init__``)
     config: dict
+    #: True when ``forward`` takes patches cut from standardised images (MC-CNN with
+    #: ``input_norm="image"``: read them with ``patch_table(size, standardize=True)``); False
+    #: when it takes patches in ``[0, 1]``
+    standardized_patches: bool = False
 
     def _record(self, arch: str, **config: Any) -> None:
         self.arch, self.config = arch, dict(config)
@@ -293,35 +305,71 @@ def _mccnn_tower(features: int, layers: int, kernel: int, relu_last: bool) -> nn
 
 
 class _MCCNN(PatchModel):
-    """Shared part of the two MC-CNN nets: the unpadded tower and its dense evaluation."""
+    """Shared part of the two MC-CNN nets: the unpadded tower, its input normalisation
+    (``input_norm``, one of :data:`MCCNN_INPUT_NORMS`) and its dense evaluation."""
 
-    def __init__(self, features: int, layers: int, kernel: int, relu_last: bool):
+    def __init__(
+        self, features: int, layers: int, kernel: int, relu_last: bool, input_norm: str = "shift"
+    ):
         super().__init__()
         check_int(features, "features", 1)
         check_int(layers, "layers", 1)
         check_int(kernel, "kernel", 1)
+        check_choice(input_norm, "input_norm", MCCNN_INPUT_NORMS)
         self.n_features = features
         self.receptive_field = layers * (kernel - 1) + 1
         self.min_patch_size = self.receptive_field
+        self.input_norm = input_norm
+        self.standardized_patches = input_norm == "image"
         self.tower = _mccnn_tower(features, layers, kernel, relu_last)
 
-    def _dense(self, image: torch.Tensor) -> torch.Tensor:
-        rf = self.receptive_field
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """The tower's input for whole images ``(B, 1, H, W)`` in ``[0, 1]``: minus 0.5
+        (``"shift"``) or each image standardised (``"image"``)."""
         check_shape(image, ("B", 1, "H", "W"), "image")
-        if min(image.shape[-2:]) < rf:
+        return standardize_images(image, "image") if self.standardized_patches else image - 0.5
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The tower on prepared input ``x (B, 1, H, W)``: ``(B, F, H - rf + 1, W - rf + 1)``."""
+        rf = self.receptive_field
+        check_shape(x, ("B", 1, "H", "W"), "image")
+        if min(x.shape[-2:]) < rf:
             raise ValueError(
                 f"Argument image must be at least {rf}x{rf} (the receptive field), "
-                f"got shape {tuple(image.shape)}."
+                f"got shape {tuple(x.shape)}."
             )
-        return self.tower(image - 0.5)
+        return self._describe(self.tower(x))
+
+    def _describe(self, tower_out: torch.Tensor) -> torch.Tensor:
+        return tower_out
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """Dense features of ``image (B, 1, H, W)`` in ``[0, 1]`` (prepared first, see
+        :meth:`prepare`): ``(B, F, H - rf + 1, W - rf + 1)`` (``rf = receptive_field``; ``H - 2L``
+        for 3x3 kernels); cell ``(x, y)`` describes the window whose top-left pixel is
+        ``(x, y)``."""
+        return self._dense(self.prepare(image))
+
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Dense features at every pixel of ``image (B, 1, H, W)`` in ``[0, 1]``: ``(B, F, H, W)``.
+
+        The image is prepared (:meth:`prepare`, statistics of the image itself), then
+        replicate-padded by ``(rf - 1) // 2`` on each side, so cell ``(x, y)`` describes the
+        window centred on pixel ``(x, y)`` (odd receptive fields).
+        """
+        pad = (self.receptive_field - 1) // 2
+        return self._dense(F.pad(self.prepare(image), (pad,) * 4, mode="replicate"))
 
     def _patch_features(
         self, a: torch.Tensor, b: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features ``(B, F, 1, 1)`` of the central receptive-field window of each patch."""
+        """Features ``(B, F, 1, 1)`` of the central receptive-field window of each patch
+        (patches in ``[0, 1]``, or cut from standardised images when
+        :attr:`standardized_patches`)."""
         self._check_pair(a, b)
         rf = self.receptive_field
-        return self.features(_centre_crop(a, rf)), self.features(_centre_crop(b, rf))
+        shift = 0.0 if self.standardized_patches else 0.5
+        return self._dense(_centre_crop(a, rf) - shift), self._dense(_centre_crop(b, rf) - shift)
 
 
 class MCCNNFast(_MCCNN):
@@ -330,24 +378,24 @@ class MCCNNFast(_MCCNN):
     ``layers`` convolutions ``kernel x kernel`` with ``features`` maps, ReLU between them (none
     after the last). A patch of ``receptive_field = layers * (kernel - 1) + 1`` pixels (9 for
     the defaults) gives one feature vector; larger patches are centre-cropped to it (top-left
-    offset ``(P - receptive_field) // 2``). Zbontar & LeCun, JMLR 2016 (KITTI: 4
-    layers, 64 maps, 3x3).
+    offset ``(P - receptive_field) // 2``). Features are unit length. ``input_norm``: see the
+    module notes (:data:`MCCNN_INPUT_NORMS`). Zbontar & LeCun, JMLR 2016 (KITTI: 4 layers, 64
+    maps, 3x3).
     """
 
     output = "similarity"
 
-    def __init__(self, features: int = 64, layers: int = 4, kernel: int = 3):
-        super().__init__(features, layers, kernel, relu_last=False)
-        self._record("mccnn-fast", features=features, layers=layers, kernel=kernel)
+    def __init__(
+        self, features: int = 64, layers: int = 4, kernel: int = 3, input_norm: str = "shift"
+    ):
+        super().__init__(features, layers, kernel, relu_last=False, input_norm=input_norm)
+        self._record(
+            "mccnn-fast", features=features, layers=layers, kernel=kernel, input_norm=input_norm
+        )
 
-    def features(self, image: torch.Tensor) -> torch.Tensor:
-        """Dense unit-length features of ``image (B, 1, H, W)`` in ``[0, 1]``.
-
-        Returns ``(B, F, H - rf + 1, W - rf + 1)`` (``rf = receptive_field``; ``H - 2L`` for 3x3
-        kernels): cell ``(x, y)`` describes the window whose top-left pixel is ``(x, y)``.
-        Cosine similarities are plain dot products of these.
-        """
-        return l2_normalize(self._dense(image), dim=1)
+    def _describe(self, tower_out: torch.Tensor) -> torch.Tensor:
+        # unit length: cosine similarities are plain dot products of the features
+        return l2_normalize(tower_out, dim=1)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Cosine similarity ``(B,)`` of patches ``a, b (B, 1, P, P)``, ``P >= receptive_field``."""
@@ -375,8 +423,9 @@ class MCCNNAccurate(_MCCNN):
         kernel: int = 3,
         fc_units: int = 384,
         fc_layers: int = 3,
+        input_norm: str = "shift",
     ):
-        super().__init__(features, layers, kernel, relu_last=True)
+        super().__init__(features, layers, kernel, relu_last=True, input_norm=input_norm)
         check_int(fc_units, "fc_units", 1)
         check_int(fc_layers, "fc_layers", 1)
         self.head = _mlp([2 * features] + [fc_units] * (fc_layers - 1) + [1], conv1x1=True)
@@ -387,12 +436,8 @@ class MCCNNAccurate(_MCCNN):
             kernel=kernel,
             fc_units=fc_units,
             fc_layers=fc_layers,
+            input_norm=input_norm,
         )
-
-    def features(self, image: torch.Tensor) -> torch.Tensor:
-        """Dense features of ``image (B, 1, H, W)`` in ``[0, 1]``:
-        ``(B, F, H - rf + 1, W - rf + 1)``."""
-        return self._dense(image)
 
     def decision(self, f_left: torch.Tensor, f_right: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, H, W)`` of the fully connected layers at every cell of two feature maps.
@@ -410,7 +455,9 @@ class MCCNNAccurate(_MCCNN):
         return self.decision(*self._patch_features(a, b)).flatten()
 
 
-def mccnn_fast(*, features: int = 64, layers: int = 4, kernel: int = 3) -> MCCNNFast:
+def mccnn_fast(
+    *, features: int = 64, layers: int = 4, kernel: int = 3, input_norm: str = "shift"
+) -> MCCNNFast:
     """MC-CNN fast (cosine of tower features); see :class:`MCCNNFast`.
 
     Example:
@@ -420,7 +467,7 @@ def mccnn_fast(*, features: int = 64, layers: int = 4, kernel: int = 3) -> MCCNN
         >>> net.features(torch.rand(1, 1, 20, 30)).shape
         torch.Size([1, 8, 12, 22])
     """
-    return MCCNNFast(features, layers, kernel)
+    return MCCNNFast(features, layers, kernel, input_norm)
 
 
 def mccnn_accurate(
@@ -430,6 +477,7 @@ def mccnn_accurate(
     kernel: int = 3,
     fc_units: int = 384,
     fc_layers: int = 3,
+    input_norm: str = "shift",
 ) -> MCCNNAccurate:
     """MC-CNN accurate (tower + fully connected decision); see :class:`MCCNNAccurate`.
 
@@ -439,7 +487,7 @@ def mccnn_accurate(
         >>> net.decision(f, f).shape
         torch.Size([1, 12, 22])
     """
-    return MCCNNAccurate(features, layers, kernel, fc_units, fc_layers)
+    return MCCNNAccurate(features, layers, kernel, fc_units, fc_layers, input_norm)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ LeCun, JMLR 2016, Sec. 3.1): a positive within ``p_hi`` pixels of the true match
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -58,11 +59,14 @@ __all__ = [
     "CHAPTER",
     "DATA_SETTINGS",
     "HANDCRAFTED_PATCH_SCORES",
+    "MCCNN_KITTI_AUGMENT",
     "PRESETS",
     "TRAINABLE",
     "Config",
+    "PatchAugment",
     "PatchData",
     "PatchPool",
+    "augmentation_for",
     "build_model",
     "build_patch_data",
     "check_fpr95",
@@ -71,6 +75,8 @@ __all__ = [
     "handcrafted_patch_scores",
     "patch_loss",
     "patch_size_for",
+    "pool_for",
+    "standardized_input",
     "stereo_benchmark",
     "stereo_disparity",
     "stereo_errors",
@@ -96,6 +102,21 @@ ARCHS = (
 )
 
 
+#: MC-CNN's KITTI augmentation (jzbontar/mc-cnn ``main.lua``, the KITTI 2012/2015 options):
+#: ``-rotate 7 -scale 1 -hscale 0.9 -hshear 0.1 -brightness 0.7 -contrast 1.3 -d_brightness
+#: 0.3``; its other options are the identity on KITTI (``-trans 0``, no flips, ``-d_rotate 0``,
+#: ``-d_hscale 1``, ``-d_hshear 0``, ``-d_vtrans 0``, ``-d_contrast 1``).
+MCCNN_KITTI_AUGMENT = {
+    "rotate": 7.0,
+    "scale": 1.0,
+    "hscale": 0.9,
+    "hshear": 0.1,
+    "brightness": 0.7,
+    "contrast": 1.3,
+    "d_brightness": 0.3,
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config(TrainingConfig):
     """Chapter 01's settings; the defaults are the papers' (sources beside each value).
@@ -106,8 +127,10 @@ class Config(TrainingConfig):
     and DeepDesc patches; ``mccnn_patch``: MC-CNN's receptive field; ``mccnn_fc_units``,
     ``mccnn_fc_layers``: MC-CNN accurate's decision head (``fc_layers`` of
     :class:`~corrlib.models.patch.MCCNNAccurate`: hidden layers + the output layer; paper: 4 + 1,
-    KITTI; ``lab``/``smoke``: 2 + 1). ``mining``: DeepDesc's hard
-    mining ratio. ``max_disp``: stereo search range; ``willow_limit``: PF-WILLOW pairs (None: all).
+    KITTI; ``lab``/``smoke``: 2 + 1). ``mccnn_input_norm``: MC-CNN's ``input_norm`` (paper:
+    ``"image"``, each image standardised; ``lab``/``smoke``: ``"shift"``). ``mining``:
+    DeepDesc's hard mining ratio. ``max_disp``: stereo search range; ``willow_limit``: PF-WILLOW
+    pairs (None: all).
     """
 
     EVAL_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -151,6 +174,14 @@ class Config(TrainingConfig):
     # the output Linear(384, 1). Official KITTI: -l2 4 hidden layers, so 5 (jzbontar/mc-cnn
     # main.lua:77, the network at :670-674); Middlebury uses -l2 3 (main.lua:123), so 4.
     mccnn_fc_layers: int = 5
+    # MC-CNN's input: "image" standardises each image (zero mean, unit std) before patches are
+    # cut, as MC-CNN's code does to every KITTI image (jzbontar/mc-cnn preprocess_kitti.lua:
+    # img:add(-img:mean()):div(img:std())); "shift": minus 0.5 (lab and smoke, our choice: the
+    # committed runs)
+    mccnn_input_norm: str = "image"
+    # MC-CNN's training augmentation (PatchAugment fields): its code's KITTI options,
+    # MCCNN_KITTI_AUGMENT; None: none (lab and smoke, our choice: the committed runs)
+    mccnn_augment: dict | None = field(default_factory=lambda: dict(MCCNN_KITTI_AUGMENT))
     width_mult: float = 1.0
     batch_size: int = 128
     steps: dict = field(default_factory=lambda: {"default": 100000})
@@ -179,9 +210,14 @@ class Config(TrainingConfig):
     def data_description(self) -> str:
         """What the preset trains and tests on, in words (chapter 08's table of presets)."""
         if self.data == "papers":
+            how = [
+                *(["each image standardised"] if self.mccnn_input_norm == "image" else []),
+                *(["the code's augmentation"] if self.mccnn_augment else []),
+            ]
             return (
-                f"MC-CNN: KITTI 2012 train scenes (test: val scenes); DeepCompare, DeepDesc: "
-                f"Brown {self.brown_train} (test: {', '.join(self.brown_test)})"
+                f"MC-CNN: KITTI 2012 train scenes{''.join(', ' + h for h in how)} (test: val "
+                f"scenes); DeepCompare, DeepDesc: Brown {self.brown_train} (test: "
+                f"{', '.join(self.brown_test)})"
             )
         return "Motorcycle + synthetic warps (test: Aloe, graffiti)"
 
@@ -203,6 +239,8 @@ PRESETS = make_presets(
         patch_size=32,
         mccnn_fc_units=128,
         mccnn_fc_layers=3,  # 2 hidden + output, as the committed notebooks were run
+        mccnn_input_norm="shift",
+        mccnn_augment=None,
         width_mult=0.5,
         steps={"default": 600, "mccnn-fast": 1200, "mccnn-accurate": 1200, "deepdesc": 400},
         optim={
@@ -224,6 +262,8 @@ PRESETS = make_presets(
         patch_size=32,
         mccnn_fc_units=64,
         mccnn_fc_layers=3,
+        mccnn_input_norm="shift",
+        mccnn_augment=None,
         width_mult=0.25,
         batch_size=32,
         steps={"default": 6},
@@ -244,6 +284,97 @@ config = config_getter(PRESETS)
 TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
+@dataclass(frozen=True)
+class PatchAugment:
+    """MC-CNN's per-example patch augmentation (``make_patch`` in its ``main.lua``).
+
+    For each reference (its positive and its negative pair alike) one draw of: rotation
+    ``phi ~ U[-rotate, rotate]`` degrees, scale ``s ~ U[scale, 1]`` with horizontal factor
+    ``U[hscale, 1]``, horizontal shear ``U[-hshear, hshear]``, brightness ``U[-brightness,
+    brightness]`` (added) and contrast ``U[1/contrast, contrast]`` (multiplied). Patch ``a`` and
+    patch ``b`` take the same geometric map about their centres and contrast; ``b``'s brightness
+    differs from ``a``'s by ``U[-d_brightness, d_brightness]``. The map sends a source offset
+    ``p`` from the patch centre to ``shear @ rotation @ scale @ p`` (the code's order); the
+    patch samples its inverse. Brightness is in the images' units: MC-CNN applies it to
+    standardised images (``mccnn_input_norm="image"``).
+
+    Our patches are warped from a larger pre-cut patch (:meth:`margin` pixels more on each side)
+    with bilinear sampling, where the code warps the image itself: the patch values are
+    interpolated twice, a slight extra smoothing.
+    """
+
+    rotate: float = 7.0
+    scale: float = 1.0
+    hscale: float = 0.9
+    hshear: float = 0.1
+    brightness: float = 0.7
+    contrast: float = 1.3
+    d_brightness: float = 0.3
+
+    def __post_init__(self):
+        if not (0 < self.scale <= 1 and 0 < self.hscale <= 1 and self.contrast >= 1):
+            raise ValueError(
+                "PatchAugment needs 0 < scale <= 1, 0 < hscale <= 1 and contrast >= 1 (as "
+                f"MC-CNN's code asserts), got {self}."
+            )
+        for name in ("rotate", "hshear", "brightness", "d_brightness"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PatchAugment.{name} must be >= 0, got {getattr(self, name)}.")
+
+    def margin(self, size: int) -> int:
+        """Pixels to cut beyond a ``size`` patch on each side so that every warped sample and
+        its bilinear neighbours stay inside (the farthest corner under the largest draw)."""
+        half = (size - 1) / 2
+        phi = math.radians(min(self.rotate, 45.0))
+        reach = half * (1 + self.hshear) * (math.cos(phi) + math.sin(phi))
+        reach /= self.scale * self.hscale
+        return max(0, math.ceil(reach - half)) + 1
+
+    def __call__(
+        self, a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Warp pre-cut patches ``a, b (B, 1, Q, Q)`` (``Q >= size + 2 margin(size)``) to
+        ``(B, 1, size, size)``: rows ``j`` and ``j + B / 2`` (a reference's positive and
+        negative) share one draw from ``gen``."""
+        n, q = a.shape[0], a.shape[-1]
+        if q < size + 2 * self.margin(size):
+            raise ValueError(
+                f"PatchAugment needs patches of at least {size + 2 * self.margin(size)} px for "
+                f"{size} px outputs, got {q}: build the pool with pool_for(arch, cfg, sets)."
+            )
+        half = n // 2
+
+        def draw(lo: float, hi: float) -> torch.Tensor:
+            v = lo + (hi - lo) * torch.rand(half, generator=gen)
+            return torch.cat((v, v))  # a reference's positive and negative alike
+
+        phi = torch.deg2rad(draw(-self.rotate, self.rotate))
+        s = draw(self.scale, 1.0)
+        sx, sy = s * draw(self.hscale, 1.0), s
+        shear = draw(-self.hshear, self.hshear)
+        brightness = draw(-self.brightness, self.brightness)
+        contrast = draw(1 / self.contrast, self.contrast)
+        brightness_b = brightness + draw(-self.d_brightness, self.d_brightness)
+        c, si = torch.cos(phi), torch.sin(phi)
+        # forward map M = shear @ rotation @ scale (MC-CNN's make_patch); the patch samples M^-1
+        rot = torch.stack((torch.stack((c, si), -1), torch.stack((-si, c), -1)), -2)
+        sh = torch.eye(2).repeat(n, 1, 1)
+        sh[:, 0, 1] = shear
+        m = sh @ rot @ torch.diag_embed(torch.stack((sx, sy), -1))
+        r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+        vv, uu = torch.meshgrid(r, r, indexing="ij")
+        offsets = torch.stack((uu, vv), -1).reshape(-1, 2)  # (size^2, 2) x, y
+        src = torch.einsum("nij,kj->nki", torch.linalg.inv(m), offsets)  # (B, size^2, 2)
+        grid = (src / ((q - 1) / 2)).reshape(n, size, size, 2)
+        warp = dict(mode="bilinear", padding_mode="border", align_corners=True)
+        a_out = F.grid_sample(a, grid, **warp) * contrast[:, None, None, None]
+        b_out = F.grid_sample(b, grid, **warp) * contrast[:, None, None, None]
+        return (
+            a_out + brightness[:, None, None, None],
+            b_out + brightness_b[:, None, None, None],
+        )
+
+
 @dataclass
 class PatchPool:
     """Training pairs of several sources stacked at one patch size, paired by reference.
@@ -253,6 +384,10 @@ class PatchPool:
     ``index_b`` ``(N,)``: each pair's rows; ``label``: ``(N,)`` bool; ``pos``, ``neg``: ``(M,)``
     pair indices such that ``pos[j]`` and ``neg[j]`` share their reference patch (MC-CNN's
     example pairs). :attr:`a` and :attr:`b` give the pairs' patches as float32.
+    ``standardized``: the patches were cut from standardised images (the input of an MC-CNN
+    with ``input_norm="image"``), not in ``[0, 1]``. ``margin``: the stored patches are
+    ``P + 2 margin`` pixels, concentric, so that :class:`PatchAugment` can warp them; batches
+    and :attr:`a`, :attr:`b` are ``P x P`` (centre crops without augmentation).
     """
 
     patches: torch.Tensor
@@ -261,19 +396,29 @@ class PatchPool:
     label: torch.Tensor
     pos: torch.Tensor
     neg: torch.Tensor
+    standardized: bool = False
+    margin: int = 0
+
+    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Stored rows as float32, centre-cropped to ``P x P``."""
+        out = gather_patches(self.patches, rows)
+        m = self.margin
+        return out[..., m : out.shape[-2] - m, m : out.shape[-1] - m] if m else out
 
     @property
     def a(self) -> torch.Tensor:
         """The first patch of every pair, float32 ``(N, 1, P, P)`` in the sources' range."""
-        return gather_patches(self.patches, self.index_a)
+        return self._rows(self.index_a)
 
     @property
     def b(self) -> torch.Tensor:
         """The second patch of every pair, float32 ``(N, 1, P, P)``."""
-        return gather_patches(self.patches, self.index_b)
+        return self._rows(self.index_b)
 
     @staticmethod
-    def from_pairs(sets: list[PatchPairs], size: int) -> PatchPool:
+    def from_pairs(
+        sets: list[PatchPairs], size: int, *, standardize: bool = False, margin: int = 0
+    ) -> PatchPool:
         """Stack the patches of several pair sets at one size, pairing positives with negatives.
 
         Args:
@@ -281,6 +426,11 @@ class PatchPool:
                 whose first half are positives and second half one negative per positive, in
                 the same order (as the samplers make them; else ``ValueError``).
             size: the patch side ``P`` in pixels.
+            standardize: patches cut from standardised images
+                (``patch_table(size, standardize=True)``), for an MC-CNN with
+                ``input_norm="image"`` (:func:`pool_for` decides from the config).
+            margin: also keep ``margin`` pixels around each patch (``PatchPairs`` only: Brown's
+                patches have no surroundings), for :class:`PatchAugment`.
 
         Returns:
             A :class:`PatchPool`: the sets' patch tables (:meth:`PatchPairs.patch_table`) stacked
@@ -296,7 +446,12 @@ class PatchPool:
                 raise ValueError(
                     "PatchPool needs pair sets with positives first and one negative per positive."
                 )
-        tables = [s.patch_table(size) for s in sets]
+        if margin and any(not isinstance(s, PatchPairs) for s in sets):
+            raise ValueError(
+                "PatchPool margin > 0 needs pairs cut from images (PatchPairs); Brown's stored "
+                "patches have no surroundings to warp: build their pool with margin=0."
+            )
+        tables = [s.patch_table(size + 2 * margin, standardize=standardize) for s in sets]
         if any(t.dtype != torch.uint8 for t, _, _ in tables):  # one dtype: float32 in [0, 1]
             tables = [
                 (gather_patches(t, torch.arange(len(t))), ia, ib)
@@ -322,9 +477,11 @@ class PatchPool:
             torch.cat(label),
             torch.cat(pos),
             torch.cat(neg),
+            standardize,
+            margin,
         )
 
-    def batch_fn(self, batch_size: int):
+    def batch_fn(self, batch_size: int, augment: PatchAugment | None = None):
         """A resumable ``batch_fn(step, generator)`` for :class:`corrlib.train.Trainer`.
 
         Each batch holds ``batch_size // 2`` references: their positives first, then their
@@ -332,6 +489,9 @@ class PatchPool:
 
         Args:
             batch_size: the pairs per batch ``B`` (even; an odd one gives ``B - 1`` pairs).
+            augment: warp and relight each reference's patches (MC-CNN's augmentation, drawn
+                from the same generator after the references); needs a pool built with
+                ``margin >= augment.margin(P)``. None: the patches as cut.
 
         Returns:
             ``fn(step, generator) -> batch``: references drawn uniformly with replacement from
@@ -339,15 +499,24 @@ class PatchPool:
             bool}``, rows ``j`` and ``j + B / 2`` sharing their reference patch.
         """
         half = batch_size // 2
+        size = self.patches.shape[-1] - 2 * self.margin
+        if augment is not None and self.margin < augment.margin(size):
+            raise ValueError(
+                f"this augmentation needs a pool margin of {augment.margin(size)} px around the "
+                f"{size} px patches, the pool has {self.margin}: build it with "
+                "pool_for(arch, cfg, sets)."
+            )
 
         def fn(step: int, gen: torch.Generator) -> dict:
             j = torch.randint(len(self.pos), (half,), generator=gen)
             rows = torch.cat((self.pos[j], self.neg[j]))
-            return {
-                "a": gather_patches(self.patches, self.index_a[rows]),
-                "b": gather_patches(self.patches, self.index_b[rows]),
-                "label": self.label[rows],
-            }
+            if augment is None:
+                a, b = self._rows(self.index_a[rows]), self._rows(self.index_b[rows])
+            else:
+                a = gather_patches(self.patches, self.index_a[rows])
+                b = gather_patches(self.patches, self.index_b[rows])
+                a, b = augment(a, b, size, gen)
+            return {"a": a, "b": b, "label": self.label[rows]}
 
         def shard(batch: dict, rank: int, world: int) -> dict:
             # several processes (corrlib.distributed): each keeps its references' positives and
@@ -600,14 +769,45 @@ def patch_size_for(arch: str, cfg: Config) -> int:
     return cfg.mccnn_patch if arch.startswith("mccnn") else cfg.patch_size
 
 
+def standardized_input(arch: str, cfg: Config) -> bool:
+    """Whether ``arch`` trains on patches cut from standardised images: MC-CNN with
+    ``cfg.mccnn_input_norm == "image"`` (the other families take patches in ``[0, 1]``)."""
+    check_choice(arch, "arch", PATCH_MODELS)
+    return arch.startswith("mccnn") and cfg.mccnn_input_norm == "image"
+
+
+def augmentation_for(arch: str, cfg: Config) -> PatchAugment | None:
+    """MC-CNN's training augmentation at ``cfg`` (``cfg.mccnn_augment``; None: none); the other
+    families train on the patches as cut."""
+    check_choice(arch, "arch", PATCH_MODELS)
+    if not arch.startswith("mccnn") or not cfg.mccnn_augment:
+        return None
+    return PatchAugment(**cfg.mccnn_augment)
+
+
+def pool_for(arch: str, cfg: Config, sets: list) -> PatchPool:
+    """The training pool of ``arch``: ``sets`` stacked at :func:`patch_size_for` with the input
+    :func:`standardized_input` says and the margin :func:`augmentation_for` needs
+    (:meth:`PatchPool.from_pairs`)."""
+    size = patch_size_for(arch, cfg)
+    augment = augmentation_for(arch, cfg)
+    return PatchPool.from_pairs(
+        sets,
+        size,
+        standardize=standardized_input(arch, cfg),
+        margin=augment.margin(size) if augment is not None else 0,
+    )
+
+
 def _model_kwargs(arch: str, cfg: Config) -> dict:
     if arch == "mccnn-fast":
-        return {"layers": (cfg.mccnn_patch - 1) // 2}
+        return {"layers": (cfg.mccnn_patch - 1) // 2, "input_norm": cfg.mccnn_input_norm}
     if arch == "mccnn-accurate":
         return {
             "layers": (cfg.mccnn_patch - 1) // 2,
             "fc_units": cfg.mccnn_fc_units,
             "fc_layers": cfg.mccnn_fc_layers,
+            "input_norm": cfg.mccnn_input_norm,
         }
     if arch == "deepdesc":
         return {"patch_size": cfg.patch_size, "width_mult": cfg.width_mult}
@@ -723,6 +923,13 @@ def train_patch_model(
     """
     seed_everything(seed)  # the model's initialisation
     model = build_model(arch, cfg)
+    if pool.standardized != model.standardized_patches:
+        want = "standardised images" if model.standardized_patches else "images in [0, 1]"
+        raise ValueError(
+            f"{arch} at this config takes patches cut from {want}, but the pool's patches are "
+            f"{'standardised' if pool.standardized else 'in [0, 1]'}: build the pool with "
+            "pool_for(arch, cfg, sets)."
+        )
     if mining is None:
         mining = cfg.mining if arch == "deepdesc" else 1.0
     if mining != 1.0 and distributed.world_size() > 1:
@@ -738,7 +945,7 @@ def train_patch_model(
     trainer = Trainer(
         model,
         lambda m, batch: patch_loss(arch, m, batch, mining=mining),
-        pool.batch_fn(cfg.batch_size),
+        pool.batch_fn(cfg.batch_size, augmentation_for(arch, cfg)),
         config,
         ckpt_path=ckpt_path,
         progress=progress,
@@ -765,7 +972,8 @@ def verification_scores(
         Float ``(N,)`` scores on the CPU, in the order of ``pairs``.
     """
     model.eval()
-    table, index_a, index_b = pairs.patch_table(size)  # patches once; float per batch only
+    # patches once (cut from standardised images when the model takes those); float per batch
+    table, index_a, index_b = pairs.patch_table(size, standardize=model.standardized_patches)
     device = next(model.parameters()).device
     return torch.cat(
         [
@@ -854,7 +1062,8 @@ def stereo_disparity(method, pair, max_disp: int, *, window: int = 0) -> torch.T
             :class:`~corrlib.models.patch.MCCNNAccurate`; runs on its parameters' device), or
             ``"census"`` or ``"zncc"``.
         pair: a rectified stereo pair (e.g. ``PatchData.stereo_test``) with ``left``, ``right``
-            grey float ``(H, W)`` in ``[0, 1]``.
+            grey float ``(H, W)`` in ``[0, 1]`` (an MC-CNN with ``input_norm="image"``
+            standardises each view itself, :meth:`~corrlib.models.patch.MCCNNFast.image_features`).
         max_disp: the largest disparity searched, in pixels (``D = max_disp + 1`` candidates).
         window: hand-crafted costs only: average the scores over a ``(2 window + 1)^2`` box
             (0: per pixel); ignored for an MC-CNN.
@@ -870,11 +1079,10 @@ def stereo_disparity(method, pair, max_disp: int, *, window: int = 0) -> torch.T
         vol = vol if vol.dim() == 4 else vol[None]
         return disparity_wta(vol)[0]
     model = method.eval()
-    pad = (model.receptive_field - 1) // 2
     device = next(model.parameters()).device
-    left = F.pad(pair.left[None, None], (pad,) * 4, mode="replicate").to(device)
-    right = F.pad(pair.right[None, None], (pad,) * 4, mode="replicate").to(device)
-    fl, fr = model.features(left), model.features(right)
+    # each view prepared on its own (MC-CNN's standardisation uses that image's statistics)
+    fl = model.image_features(pair.left[None, None].to(device))
+    fr = model.image_features(pair.right[None, None].to(device))
     if model.output == "similarity":
         vol = cost_volume_from_features(fl, fr, max_disp)
     else:
@@ -1029,9 +1237,7 @@ def train_main(run, variant: str | None = None, *, progress: bool = True):
     arch = variant or TRAINABLE[0]
     check_choice(arch, "variant", TRAINABLE)
     cfg = run.cfg
-    pool = PatchPool.from_pairs(
-        training_sets(cfg, arch, run.root, run.seed), patch_size_for(arch, cfg)
-    )
+    pool = pool_for(arch, cfg, training_sets(cfg, arch, run.root, run.seed))
     ckpt = run.ckpt_dir / f"{arch}.ckpt"
     model, history, seconds = train_patch_model(
         arch,

@@ -13,6 +13,7 @@ import torchvision.datasets  # noqa: F401 (slow first import, paid once at colle
 from PIL import Image
 
 import corrlib.data.patches as P
+from corrlib.color import standardize_images
 from corrlib.data import DatasetNotFoundError, SyntheticPairs
 from corrlib.data.patches import (
     ALOE_GT_SCALE,
@@ -138,6 +139,25 @@ def test_patches_cached_per_size_and_getitem():
     a, b, label = pp[0]
     assert a.shape == b.shape == (1, 9, 9) and label.dtype == torch.bool and bool(label)
     assert len(pp) == 6 and "positives=3" in repr(pp)
+
+
+def test_patch_table_standardized_cuts_from_each_image_standardised_on_its_own():
+    pair = _translation_pair()
+    pp = sample_stereo_pairs(pair, 6, patch_size=9)
+    table, index_a, index_b = pp.patch_table(9, standardize=True)
+    assert pp.patch_table(9, standardize=True)[0] is table  # cached apart from [0, 1] patches
+    assert pp.patch_table(9)[0] is not table
+    scaled = PatchPairs(
+        [standardize_images(im) for im in pp.images],
+        pp.img_a_index,
+        pp.xy_a,
+        pp.img_b_index,
+        pp.A_b,
+        pp.label,
+    )
+    want, _, _ = scaled.patch_table(9)
+    torch.testing.assert_close(table, want)
+    assert torch.equal(index_a, torch.arange(6)) and torch.equal(index_b, torch.arange(6, 12))
     with pytest.raises(IndexError, match="6 pairs"):
         pp[6]
 
@@ -557,6 +577,10 @@ def test_phototour_reads_the_official_layout_and_stacks_patches(tmp_path):
     torch.testing.assert_close(
         small_a[5], PhotoTourPairs(tmp_path, "notredame", False, size=32)[5][0]
     )
+    # standardised (the input of an MC-CNN with input_norm="image"): each patch on its own
+    std_table, _, std_b = test.patch_table(64, standardize=True)
+    assert std_table.dtype == torch.float32 and len(std_table) == len(table)
+    torch.testing.assert_close(std_table[std_b], standardize_images(b))
     train = PhotoTourPairs(tmp_path, "notredame", train=True, n_pairs=30, seed=2)
     assert train.label.tolist() == [True] * 15 + [False] * 15
     # each non-match keeps the reference patch of the match in its row: MC-CNN's layout

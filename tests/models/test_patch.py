@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from corrlib.checkpoint import load_checkpoint, save_checkpoint
+from corrlib.color import standardize_images
 from corrlib.losses import contrastive_hinge, label_hinge, margin_ranking_hinge
 from corrlib.models.patch import (
     DEEPCOMPARE_KINDS,
@@ -436,3 +437,51 @@ def test_load_wrong_shape_weights_names_the_file(tmp_path):
         ValueError, match=r"dd\.pt: its settings .* do not build a 'deepdesc' network"
     ):
         load_patch_model(path)
+
+
+# --------------------------------------------------------------------------------------------
+# MC-CNN's per-image standardisation (input_norm="image")
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("builder", [mccnn_fast, mccnn_accurate])
+def test_mccnn_image_norm_dense_features_equal_patches_of_the_standardised_image(builder):
+    torch.manual_seed(0)
+    model = builder(features=8, input_norm="image").eval()
+    assert model.standardized_patches and model.config["input_norm"] == "image"
+    left = 0.2 + 0.5 * torch.rand(1, 1, 20, 30)
+    right = 0.1 + 0.3 * torch.rand(1, 1, 20, 30)
+    sl, sr = standardize_images(left), standardize_images(right)
+    with torch.no_grad():
+        fl, fr = model.image_features(left), model.image_features(right)  # (1, 8, 20, 30)
+        assert fl.shape == (1, 8, 20, 30)
+        # interior pixels: the 9x9 window centred on (x, y) of the standardised image
+        xs, ys, d = [6, 10, 20], [5, 9, 14], 2
+        a = torch.cat([sl[..., y - 4 : y + 5, x - 4 : x + 5] for x, y in zip(xs, ys)])
+        b = torch.cat([sr[..., y - 4 : y + 5, x - d - 4 : x - d + 5] for x, y in zip(xs, ys)])
+        dense_l = torch.stack([fl[0, :, y, x] for x, y in zip(xs, ys)])[..., None, None]
+        dense_r = torch.stack([fr[0, :, y, x - d] for x, y in zip(xs, ys)])[..., None, None]
+        if model.output == "similarity":
+            dense = (dense_l * dense_r).sum(1).flatten()
+        else:
+            dense = model.decision(dense_l, dense_r).flatten()
+        torch.testing.assert_close(model(a, b), dense, atol=1e-5, rtol=1e-5)
+        # the image's own statistics: an affine change of its intensities changes nothing
+        torch.testing.assert_close(model.image_features(0.5 * left + 0.1), fl, atol=1e-4, rtol=0)
+
+
+def test_mccnn_shift_norm_is_unchanged_and_the_norm_is_checked_and_exported(tmp_path):
+    torch.manual_seed(0)
+    model = mccnn_fast(features=8).eval()
+    assert model.input_norm == "shift" and not model.standardized_patches
+    image = torch.rand(1, 1, 20, 30)
+    with torch.no_grad():
+        padded = F.pad(image, (4,) * 4, mode="replicate")
+        assert torch.equal(model.image_features(image), model.features(padded))
+    with pytest.raises(ValueError, match="input_norm"):
+        mccnn_fast(input_norm="standard")
+    std = mccnn_accurate(features=8, fc_units=16, input_norm="image")
+    loaded = load_patch_model(export_patch_model(tmp_path / "acc.pt", std))
+    assert loaded.input_norm == "image" and loaded.standardized_patches
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.image_features(image), std.eval().image_features(image))

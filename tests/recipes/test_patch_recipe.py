@@ -75,6 +75,29 @@ def test_pool_keeps_brown_patches_once_in_uint8_and_scores_in_batches(tmp_path):
     torch.testing.assert_close(ssd, recipe.HANDCRAFTED_PATCH_SCORES["ssd"](a, b))
 
 
+def test_paper_mccnn_trains_on_patches_of_standardised_images(tmp_path):
+    paper, lab = recipe.config("paper"), recipe.config("lab")
+    assert paper.mccnn_input_norm == "image" and lab.mccnn_input_norm == "shift"
+    assert recipe.standardized_input("mccnn-accurate", paper)
+    assert not recipe.standardized_input("deepdesc", paper)
+    assert not recipe.standardized_input("mccnn-fast", lab)
+    sets = [_shift_pairs(8)]
+    pool = recipe.pool_for("mccnn-fast", paper, sets)
+    assert pool.standardized
+    torch.testing.assert_close(pool.a, sets[0].patch_table(9, standardize=True)[0][:16])
+    cfg = paper.replace(batch_size=8, log_every=1, ckpt_every=0)
+    model, hist, _ = recipe.train_patch_model("mccnn-fast", cfg, pool, steps=2, device="cpu")
+    assert model.input_norm == "image" and len(hist) >= 2
+    # scores read the standardised table for such a model
+    with torch.no_grad():
+        want = model.match_score(pool.a, pool.b)
+    torch.testing.assert_close(recipe.verification_scores(model, sets[0], 9), want)
+    with pytest.raises(ValueError, match=r"pool_for\(arch, cfg, sets\)"):
+        recipe.train_patch_model(
+            "mccnn-fast", cfg, recipe.PatchPool.from_pairs(sets, 9), steps=1, device="cpu"
+        )
+
+
 def test_pool_rejects_unpaired_sets():
     pp = _shift_pairs(4)
     pp.label[0] = False
@@ -276,9 +299,14 @@ def test_paper_preset_trains_on_kitti_and_brown_in_their_official_layouts(tmp_pa
     assert len(recipe.training_sets(cfg, "mccnn-accurate", kitti_only, 0)) == 2
     for arch in ("mccnn-fast", "deepdesc"):
         size = recipe.patch_size_for(arch, cfg)
-        pool = recipe.PatchPool.from_pairs(data.train_for(arch), size)
+        pool = recipe.pool_for(arch, cfg, data.train_for(arch))
+        # MC-CNN's code standardises every KITTI image; the Brown families take [0, 1] patches
+        assert pool.standardized == (arch == "mccnn-fast")
         model, history, _ = recipe.train_patch_model(arch, cfg, pool, seed=0, device="cpu")
         assert len(history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+        if arch == "mccnn-fast":  # the stereo map of a standardising MC-CNN
+            disp = recipe.stereo_disparity(model, data.stereo_test, 16)
+            assert disp.shape == data.stereo_test.left.shape
         for name, pairs in data.test.items():
             scores = recipe.verification_scores(model, pairs, size)
             metrics = recipe.verification_metrics(scores, pairs.label)
@@ -297,3 +325,75 @@ def test_paper_preset_trains_on_kitti_and_brown_in_their_official_layouts(tmp_pa
     assert result["bad3"] == pytest.approx((each[0]["bad3"] + each[1]["bad3"]) / 2)
     with pytest.raises(ValueError, match="at least one stereo pair"):
         recipe.stereo_benchmark("census", [], 16)
+
+
+# --------------------------------------------------------------------------------------------
+# MC-CNN's augmentation (paper preset)
+# --------------------------------------------------------------------------------------------
+
+
+def test_kitti_augmentation_is_the_codes_and_its_margin_keeps_samples_inside():
+    paper = recipe.config("paper")
+    augment = recipe.augmentation_for("mccnn-fast", paper)
+    assert augment == recipe.PatchAugment(**recipe.MCCNN_KITTI_AUGMENT)
+    assert recipe.augmentation_for("deepdesc", paper) is None
+    assert recipe.augmentation_for("mccnn-fast", recipe.config("lab")) is None
+    m = augment.margin(9)
+    assert m == 3
+    # the outer ring of the pre-cut patches is never read, whatever the draw
+    q = 9 + 2 * m
+    patches = torch.rand(64, 1, q, q)
+    patches[..., [0, -1], :] = patches[..., :, [0, -1]] = 1e6
+    a, b = augment(patches, patches.clone(), 9, torch.Generator().manual_seed(0))
+    assert a.shape == b.shape == (64, 1, 9, 9) and a.abs().max() < 10 and b.abs().max() < 10
+    with pytest.raises(ValueError, match="at least 15 px"):
+        augment(patches[..., 1:-1, 1:-1], patches[..., 1:-1, 1:-1], 9, torch.Generator())
+    with pytest.raises(ValueError, match="contrast >= 1"):
+        recipe.PatchAugment(contrast=0.5)
+
+
+def test_augmentation_identity_crops_and_photometric_draws_are_per_reference():
+    g = torch.Generator().manual_seed(1)
+    patches = torch.rand(8, 1, 13, 13, generator=g)
+    crop = patches[..., 2:-2, 2:-2]
+    identity = recipe.PatchAugment(
+        rotate=0, hscale=1, hshear=0, brightness=0, contrast=1, d_brightness=0
+    )
+    a, b = identity(patches, patches.flip(0), 9, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, crop, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b, crop.flip(0), atol=1e-5, rtol=0)
+    light = recipe.PatchAugment(rotate=0, hscale=1, hshear=0, contrast=1)  # brightness only
+    a, b = light(patches, patches, 9, torch.Generator().manual_seed(0))
+    shift_a = (a - crop).mean((1, 2, 3))
+    shift_b = (b - crop).mean((1, 2, 3))
+    torch.testing.assert_close(
+        a - crop, shift_a[:, None, None, None].expand_as(a), atol=1e-5, rtol=0
+    )
+    assert shift_a.abs().max() <= 0.7 and (shift_b - shift_a).abs().max() <= 0.3 + 1e-5
+    # a reference's positive (row j) and negative (row j + 4) take the same draw
+    torch.testing.assert_close(shift_a[:4], shift_a[4:])
+    torch.testing.assert_close(shift_b[:4], shift_b[4:])
+
+
+def test_pool_for_an_augmented_mccnn_keeps_a_margin_and_batches_its_patch_size(tmp_path):
+    from tests.fake_layouts import write_phototour
+
+    paper = recipe.config("paper")
+    sets = [_shift_pairs(8)]
+    pool = recipe.pool_for("mccnn-accurate", paper, sets)
+    assert pool.margin == 3 and pool.patches.shape[-1] == 15 and pool.standardized
+    torch.testing.assert_close(pool.a, sets[0].patch_table(9, standardize=True)[0][:16])
+    augment = recipe.augmentation_for("mccnn-accurate", paper)
+    fn = pool.batch_fn(8, augment)
+    batch = fn(0, torch.Generator().manual_seed(0))
+    again = fn(0, torch.Generator().manual_seed(0))
+    assert batch["a"].shape == (8, 1, 9, 9) and torch.equal(batch["a"], again["a"])  # resumable
+    assert torch.equal(batch["a"][:4], batch["a"][4:])  # the reference patch, one draw
+    plain = pool.batch_fn(8)(0, torch.Generator().manual_seed(0))  # no augmentation: crops
+    assert plain["a"].shape == (8, 1, 9, 9)
+    with pytest.raises(ValueError, match="pool margin of 3 px"):
+        recipe.PatchPool.from_pairs(sets, 9).batch_fn(8, augment)
+    write_phototour(tmp_path, "liberty")
+    brown = PhotoTourPairs(tmp_path, "liberty", train=True, n_pairs=30, seed=0)
+    with pytest.raises(ValueError, match="no surroundings"):
+        recipe.PatchPool.from_pairs([brown], 64, margin=2)
