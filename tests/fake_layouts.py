@@ -198,3 +198,54 @@ def write_voc2011(root: Path, n: int = 6, size: tuple[int, int] = (90, 120)) -> 
     (sets / "val.txt").write_text("".join(f"{i}\n" for i in ids[-2:]))
     (sets / "trainval.txt").write_text("".join(f"{i}\n" for i in ids))
     return voc
+
+
+def write_pascal_keypoints(root: Path, per_category: int = 6, size=(60, 80)) -> Path:
+    """``root/PASCAL-Berkeley/annotations/<category>/<image>_<object>.xml`` (Bourdev et al.'s
+    files, as ``voc2011_keypoints_Feb2012.tgz`` extracts) over ``root/TrainVal/VOCdevkit/VOC2011``
+    photographs. Two categories, ``car`` and ``person``, ``per_category`` images each (the last
+    two of each in VOC's ``val``): the images of a category are views of one scene shifted by 4
+    px each, so keypoint ``K<i>`` sits at one scene point in all of them; ``K5`` is never visible.
+    Person images from 2010 are written too (the loader leaves them out, as uncurated). Coordinates
+    are 1-based, as in the real files. Returns the annotations folder."""
+    voc = Path(root) / "TrainVal" / "VOCdevkit" / "VOC2011"
+    (voc / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (voc / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    ann = Path(root) / "PASCAL-Berkeley" / "annotations"
+    rng = np.random.default_rng(5)
+    h, w = size
+    train, val = [], []
+    for c, category in enumerate(("car", "person")):
+        (ann / category).mkdir(parents=True, exist_ok=True)
+        scene = np.asarray(
+            Image.fromarray(rng.integers(0, 256, (h // 5, w // 5 + 6, 3), dtype=np.uint8)).resize(
+                (w + 30, h), Image.BILINEAR
+            )
+        )
+        points = np.stack([rng.uniform(30, w - 4, 6), rng.uniform(4, h - 4, 6)], 1)
+        for k in range(per_category):
+            year = 2010 if category == "person" and k == 1 else 2008
+            image = f"{year}_{c:03d}{k:03d}"
+            dx = 4 * k
+            Image.fromarray(scene[:, dx : dx + w]).save(voc / "JPEGImages" / f"{image}.jpg")
+            (val if k >= per_category - 2 else train).append(image)
+            rows = []
+            for p in range(6):
+                x, y = points[p, 0] - dx, points[p, 1]
+                visible = int(p < 5)
+                rows.append(
+                    f'\t\t<keypoint name="K{p}" visible="{visible}" x="{x + 1:.2f}" '
+                    f'y="{y + 1:.2f}" z="0.00"/>\n'
+                )
+            (ann / category / f"{image}_1.xml").write_text(
+                '<?xml version="1.0" encoding="utf-8"?>\n<annotation>\n'
+                f"\t<image>{image}</image>\n\t<voc_id>1</voc_id>\n"
+                f"\t<category>{category}</category>\n\t<subcategory>x</subcategory>\n"
+                '\t<visible_bounds height="50.00" width="70.00" xmin="3.00" ymin="4.00"/>\n'
+                f"\t<keypoints>\n{''.join(rows)}\t</keypoints>\n</annotation>\n"
+            )
+    sets = voc / "ImageSets" / "Main"
+    (sets / "train.txt").write_text("".join(f"{i}\n" for i in train))
+    (sets / "val.txt").write_text("".join(f"{i}\n" for i in val))
+    (sets / "trainval.txt").write_text("".join(f"{i}\n" for i in train + val))
+    return ann

@@ -33,6 +33,7 @@ from tests.fake_layouts import (
     write_cub2011,
     write_graffiti,
     write_kitti2012,
+    write_pascal_keypoints,
     write_phototour,
     write_voc2011,
     write_voc2012,
@@ -219,3 +220,32 @@ def test_every_training_chapter_has_its_paper_preset_run_here():
     from tests.test_presets import TRAINING_CHAPTERS
 
     assert sorted(SHRINK) == sorted(TRAINING_CHAPTERS)
+
+
+def test_ucn_paper_preset_also_trains_on_pascal_keypoints(tmp_path, monkeypatch, one_thread):
+    """``data="pascal"``: UCN's PASCAL training set (Bourdev et al.'s keypoints on VOC 2011),
+    end to end on its fake official layout, the rest of the ``paper`` preset unchanged."""
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    root = tmp_path / "data"
+    write_pascal_keypoints(root)
+    make_fake_pfwillow(root)
+    _random_imagenet_file(hub, "googlenet")
+    paper = get_config("03_ucn", "paper")
+    shrink = dict(SHRINK["03_ucn"], pascal_pairs_per_class=3, data="pascal")
+    shrink["optim"] = {
+        name: {**o, **({"warmup_steps": 1} if "warmup_steps" in o else {})}
+        for name, o in paper.optim.items()
+    }
+    cfg = paper.replace(**shrink)
+    assert "PASCAL VOC 2011 train keypoint pairs" in cfg.data_description
+    out = tmp_path / "runs"
+    run = ChapterRun(
+        "03_ucn", "paper", 0, cfg, root, torch.device("cpu"), out, out / "ckpt" / "seed0"
+    )
+    recipe = recipe_for("03_ucn")
+    pool = recipe.train_pool(cfg, 0, root)
+    assert isinstance(pool, recipe.KeypointPool) and len(pool) == 6  # 3 per category
+    trained = recipe.train_main(run, progress=False)
+    losses = [row["loss"] for row in trained.history if "loss" in row]
+    assert losses and all(math.isfinite(v) for v in losses)

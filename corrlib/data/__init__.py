@@ -11,6 +11,7 @@ returns pixel coordinates that are 0-based, (x, y), pixel centres at integers (s
 from corrlib.data._common import (
     DATA_ENV,
     DatasetNotFoundError,
+    DrawnPairDataset,
     KeypointPair,
     PairDataset,
     download_and_extract,
@@ -62,6 +63,7 @@ from corrlib.data.masked import (
     masked_pairs,
     read_voc_segmentation,
 )
+from corrlib.data.pascal_keypoints import PASCAL_KEYPOINTS_URL, PascalKeypointPairs
 from corrlib.data.patches import (
     ALOE_GT_SCALE,
     OPENCV_SAMPLES,
@@ -117,6 +119,7 @@ __all__ = [
     "KITTI2012_URL",
     "KITTI2012_VAL_SCENES",
     "OPENCV_SAMPLES",
+    "PASCAL_KEYPOINTS_URL",
     "PFPASCAL_CATEGORIES",
     "PHOTOTOUR_NAMES",
     "SKIMAGE_PHOTOS",
@@ -136,6 +139,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DigitSet",
     "DistortedDigits",
+    "DrawnPairDataset",
     "FashionComposites",
     "HomographyPair",
     "KITTI2012Stereo",
@@ -144,6 +148,7 @@ __all__ = [
     "PFWillow",
     "PairDataset",
     "PairPool",
+    "PascalKeypointPairs",
     "PatchPairs",
     "PhotoTourPairs",
     "SPair71k",

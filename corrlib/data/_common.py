@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from corrlib._check import check_choice, check_image, check_shape
+from corrlib._check import check_choice, check_image, check_int, check_shape
 from corrlib.data.images import read_image, shown_path
 
 __all__ = [
@@ -1019,6 +1019,55 @@ class PairDataset(torch.utils.data.Dataset):
         return (
             f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, len={len(self)})"
         )
+
+
+class DrawnPairDataset(PairDataset):
+    """A keypoint-pair dataset without an official pair list: this library draws its pairs.
+
+    Subclasses implement ``_draw_pairs`` (a list of :class:`KeypointPair`: for each class,
+    ordered pairs of two images of the split drawn with ``seed``, the first ``pairs_per_class``
+    with at least ``min_common`` keypoints visible in both) and document the rule; the draw is
+    made once, on first use of :attr:`pairs`. ``pairs_per_class=None`` takes the class's
+    ``PAIRS_PER_CLASS``.
+    """
+
+    PAIRS_PER_CLASS = 20
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        split: str = "train",
+        transform: Any = None,
+        download: bool = False,
+        *,
+        pairs_per_class: int | None = None,
+        min_common: int = 3,
+        seed: int = 0,
+    ) -> None:
+        if pairs_per_class is None:
+            pairs_per_class = self.PAIRS_PER_CLASS
+        self.pairs_per_class = check_int(pairs_per_class, "pairs_per_class", 1)
+        self.min_common = check_int(min_common, "min_common", 1)
+        self.seed = int(seed)
+        super().__init__(root, split, transform, download)
+
+    @property
+    def pairs(self) -> list:
+        """The drawn pairs of this split (drawn once, then cached)."""
+        if self._pairs is None:
+            self._pairs = self._draw_pairs()
+        return self._pairs
+
+    @classmethod
+    def read_pairs(cls, root=None, split: str = "train") -> list:
+        """The pairs of ``split`` with the class's default draw."""
+        return cls(root, split).pairs
+
+    def _draw_pairs(self) -> list[KeypointPair]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def categories(self) -> list[str]:
+        return sorted({p.category for p in self.pairs})
 
 
 def item_index(index: int, n: int, what: str) -> int:

@@ -25,15 +25,13 @@ Wah, Branson, Welinder, Perona & Belongie, *The Caltech-UCSD Birds-200-2011 Data
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from corrlib._check import check_int
 from corrlib.data._common import (
+    DrawnPairDataset,
     KeypointPair,
-    PairDataset,
     download_and_extract,
 )
 
@@ -69,7 +67,7 @@ def _read_rows(path: Path, width: int, what: str) -> list[list[str]]:
     return rows
 
 
-class CUB2011Pairs(PairDataset):
+class CUB2011Pairs(DrawnPairDataset):
     """CUB-200-2011 keypoint pairs (see the module docstring for the pair rule).
 
     Args:
@@ -77,7 +75,7 @@ class CUB2011Pairs(PairDataset):
         split: ``"train"`` or ``"test"`` (the official image split).
         transform: applied to each item.
         download: fetch and extract :data:`CUB2011_URL` (MD5-checked) when missing.
-        pairs_per_class: ordered pairs drawn per species.
+        pairs_per_class: ordered pairs drawn per species (None: 20).
         min_common: the fewest parts visible in both images a pair must have.
         seed: the seed of the draw.
 
@@ -87,27 +85,12 @@ class CUB2011Pairs(PairDataset):
     NAME = "CUB-200-2011"
     FOLDER = "CUB_200_2011"
     SPLITS = ("train", "test")
+    PAIRS_PER_CLASS = 20
     TREE = """
 <root>/CUB_200_2011/
     images.txt  train_test_split.txt  image_class_labels.txt  bounding_boxes.txt
     parts/part_locs.txt  images/<class>/<name>.jpg
 """
-
-    def __init__(
-        self,
-        root: str | os.PathLike | None = None,
-        split: str = "train",
-        transform=None,
-        download: bool = False,
-        *,
-        pairs_per_class: int = 20,
-        min_common: int = 3,
-        seed: int = 0,
-    ) -> None:
-        self.pairs_per_class = check_int(pairs_per_class, "pairs_per_class", 1)
-        self.min_common = check_int(min_common, "min_common", 1)
-        self.seed = int(seed)
-        super().__init__(root, split, transform, download)
 
     @classmethod
     def _how_to_get(cls, folder: Path) -> str:
@@ -124,17 +107,6 @@ class CUB2011Pairs(PairDataset):
     def _check_exists(self) -> None:
         for name in _FILES:
             self._require_file(self.folder / name, self.folder)
-
-    @property
-    def pairs(self) -> list:
-        if self._pairs is None:
-            self._pairs = self._draw_pairs()
-        return self._pairs
-
-    @classmethod
-    def read_pairs(cls, root=None, split: str = "train") -> list:
-        """The pairs of ``split`` with the default draw (``pairs_per_class=20``, ``seed=0``)."""
-        return cls(root, split).pairs
 
     def _annotations(self):
         f = self.folder
@@ -192,9 +164,6 @@ class CUB2011Pairs(PairDataset):
                 f"visible in both images; lower min_common or check {self.folder / _FILES[4]}."
             )
         return out
-
-    def categories(self) -> list[str]:
-        return sorted({p.category for p in self.pairs})
 
     def _load(self, index: int) -> dict:
         p = self.pairs[index]

@@ -30,6 +30,7 @@ from corrlib._check import check_choice
 from corrlib.data import (
     CUB2011Pairs,
     PairPool,
+    PascalKeypointPairs,
     PFWillow,
     SyntheticPairs,
     photometric_jitter,
@@ -112,10 +113,13 @@ class Config(TrainingConfig):
     """Chapter 03's settings. The paper (Choy et al., NeurIPS 2016, Sec. 4) trains on real
     annotated pairs (KITTI; PASCAL and CUB-2011 keypoints) with ImageNet GoogLeNet layers as the
     trunk, loss Eq. 1, hard negatives and the conv spatial transformer. The defaults (``paper``):
-    CUB-200-2011's keypoint pairs (``data="cub"``, ``cub_pairs_per_class`` per species), ImageNet
-    GoogLeNet up to ``inception4a`` fine-tuned (``trunk``, ``trunk_tap``, ``trunk_weights``,
-    ``train_trunk``), 256 px, Caffe-style SGD (PASCAL and KITTI training are not reproduced;
-    the optimiser and size are our choices: the paper's were not read). ``lab`` and ``smoke``:
+    CUB-200-2011's keypoint pairs (``data="cub"``, ``cub_pairs_per_class`` per species; or
+    ``data="pascal"``: PASCAL VOC 2011 keypoint pairs of Bourdev et al.'s annotations,
+    ``pascal_pairs_per_class`` per category, the paper's PASCAL training set with pairs of our
+    drawing, :class:`corrlib.data.PascalKeypointPairs`), ImageNet GoogLeNet up to ``inception4a``
+    fine-tuned (``trunk``, ``trunk_tap``, ``trunk_weights``, ``train_trunk``), 256 px,
+    Caffe-style SGD (KITTI training is not reproduced; the optimiser and size are our choices:
+    the paper's were not read). ``lab`` and ``smoke``:
     synthetic warps of photographs and a small trunk trained from scratch (``data="synthetic"``,
     ``trunk=None``), offline.
 
@@ -142,11 +146,13 @@ class Config(TrainingConfig):
     )
 
     variants: tuple = VARIANTS
-    # training data: "cub" (the paper trains on PASCAL, CUB-2011 and KITTI keypoints; CUB's
-    # keypoint pairs are what is reproduced here, corrlib.data.CUB2011Pairs) or "synthetic"
-    # (warps of photographs: lab and smoke, offline; our choice)
+    # training data: "cub" (the paper trains one network per benchmark, on KITTI, PASCAL or
+    # CUB-2011 keypoints; corrlib.data.CUB2011Pairs), "pascal" (PASCAL VOC 2011 train objects
+    # with Bourdev et al.'s keypoints, corrlib.data.PascalKeypointPairs) or "synthetic" (warps of
+    # photographs: lab and smoke, offline; our choice)
     data: str = "cub"
     cub_pairs_per_class: int = 50
+    pascal_pairs_per_class: int = 200
     # the trunk: ImageNet GoogLeNet up to inception4a, fine-tuned end to end (UCN's, per a
     # re-implementation citing the supplementary: fidelity of this choice in papers.md 5.4);
     # None: corrlib's small UCNTrunk(trunk_widths) trained from scratch (lab and smoke)
@@ -196,6 +202,11 @@ class Config(TrainingConfig):
         """What the preset trains on, in words (chapter 08's table of presets)."""
         if self.data == "cub":
             return f"CUB-200-2011 train keypoint pairs ({self.cub_pairs_per_class} per species)"
+        if self.data == "pascal":
+            return (
+                "PASCAL VOC 2011 train keypoint pairs, Bourdev et al.'s annotations "
+                f"({self.pascal_pairs_per_class} per category)"
+            )
         return f"synthetic warps of {len(TRAIN_PHOTOS)} photographs"
 
 
@@ -383,29 +394,32 @@ def train_pool(cfg: Config, seed: int = 0, root=None) -> PairPool | KeypointPool
     Args:
         cfg: the chapter's :class:`Config` (its fields used: ``data``; for ``"synthetic"``
             ``pool_pairs``, ``size``, ``kind``, ``strength``, ``crops``; for ``"cub"``
-            ``cub_pairs_per_class``, ``size``).
+            ``cub_pairs_per_class``, ``size``; for ``"pascal"`` ``pascal_pairs_per_class``,
+            ``size``).
         seed: ignored: the pool is the same for every seed, so that ``corrlib train --seed S``
             trains seed ``S`` on the notebook's data (seeds change the initialisation and the
             batch order only; the crops and warps use seed 0).
-        root: the data root (``"cub"``: it holds ``CUB_200_2011/``; None: ``$CORRLIB_DATA``).
+        root: the data root (``"cub"``: it holds ``CUB_200_2011/``; ``"pascal"``:
+            ``PASCAL-Berkeley/`` and VOC 2011; None: ``$CORRLIB_DATA``).
 
     Returns:
         ``"synthetic"``: the :class:`PairPool` of :func:`build_pair_pool` over
-        :data:`TRAIN_PHOTOS`; ``"cub"``: a :class:`KeypointPool` of CUB-200-2011's train pairs
-        (the same object for equal settings: do not modify it).
+        :data:`TRAIN_PHOTOS`; ``"cub"``/``"pascal"``: a :class:`KeypointPool` of CUB-200-2011's
+        or PASCAL VOC 2011's train pairs (the same object for equal settings: do not modify it).
     """
     check_choice(cfg.data, "data", DATA_SETTINGS)
     seed = 0  # the ablation's data never depend on the run's seed (seeds: init and batch order)
-    if cfg.data == "cub":  # the pairs are CUB2011Pairs' default draw: seed plays no part
-        return _cached_cub_pool(
-            str(resolve_data_root(root).resolve()), cfg.cub_pairs_per_class, tuple(cfg.size)
+    if cfg.data in _KEYPOINT_DATA:  # the datasets' default draws: seed plays no part
+        per = cfg.cub_pairs_per_class if cfg.data == "cub" else cfg.pascal_pairs_per_class
+        return _cached_keypoint_pool(
+            cfg.data, str(resolve_data_root(root).resolve()), per, tuple(cfg.size)
         )
     key = (TRAIN_PHOTOS, cfg.pool_pairs, tuple(cfg.size), cfg.kind, cfg.strength, cfg.crops, seed)
     return _cached_pool(key)
 
 
 #: Chapter 03's training data settings (``Config.data``).
-DATA_SETTINGS = ("cub", "synthetic")
+DATA_SETTINGS = ("cub", "pascal", "synthetic")
 
 
 @dataclass
@@ -487,13 +501,21 @@ def show_training_pair(pool: PairPool | KeypointPool, index: int = 0):
     return fig
 
 
+#: ``Config.data`` of the annotated keypoint sets: (dataset class, its pairs' description).
+_KEYPOINT_DATA = {
+    "cub": (CUB2011Pairs, "CUB-200-2011 train pairs ({per} per species, visible parts in both)"),
+    "pascal": (
+        PascalKeypointPairs,
+        "PASCAL VOC 2011 train pairs ({per} per category, keypoints visible in both)",
+    ),
+}
+
+
 @functools.lru_cache(maxsize=2)
-def _cached_cub_pool(root, pairs_per_class: int, size: tuple) -> KeypointPool:
-    ds = CUB2011Pairs(root, "train", pairs_per_class=pairs_per_class)
-    info = (
-        f"{len(ds)} CUB-200-2011 train pairs ({pairs_per_class} per species, visible parts in "
-        f"both) at {tuple(size)}"
-    )
+def _cached_keypoint_pool(data: str, root, pairs_per_class: int, size: tuple) -> KeypointPool:
+    dataset, description = _KEYPOINT_DATA[data]
+    ds = dataset(root, "train", pairs_per_class=pairs_per_class)
+    info = f"{len(ds)} {description.format(per=pairs_per_class)} at {tuple(size)}"
     return KeypointPool.from_dataset(ds, size, info)
 
 
