@@ -127,10 +127,14 @@ Train one chapter's model at a preset, exactly as its notebook does, resumably.
 
 Checkpoints go where the notebook keeps them, <out>/checkpoints/<chapter>/<preset>/seed<seed>/,
 so the notebook run with out_dir=<out> (or `corrlib series --out <out>`) reuses them instead of
-training again. A killed or interrupted run resumes from its last checkpoint when the same
-command is given again, and ends with the same parameters as an uninterrupted one. A checkpoint
-written with other settings is refused (the error names the file and the fields). Two runs of the
-same model into the same --out are refused while one is running.
+training again. `--set FIELD=VALUE` changes one config field, as a notebook's config_overrides
+parameter does; such a run keeps its checkpoints in <preset>+<8 hex digits of the overrides>/,
+with overrides.json beside them, so it never mixes with the preset's own run.
+
+A killed or interrupted run resumes from its last checkpoint when the same command is given
+again, and ends with the same parameters as an uninterrupted one. A checkpoint written with other
+settings is refused (the error names the file and the fields). Two runs of the same model into the
+same --out are refused while one is running.
 
 Several processes (one per GPU, or CPU processes with gloo):
 
@@ -165,8 +169,35 @@ def _add_train(sub):
     p.add_argument("--out", required=True, help="run folder (checkpoints under <out>/checkpoints)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one config field (repeatable; VALUE a Python literal, else a string), as a "
+        "notebook's config_overrides: e.g. --set data=pascal --set 'size=(320, 320)'",
+    )
     _add_data_root(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _parse_sets(items: list[str]) -> dict:
+    """``["FIELD=VALUE", ...]`` as ``{FIELD: value}``: VALUE read as a Python literal
+    (:func:`ast.literal_eval`: numbers, strings, tuples, dicts, None, booleans), else kept as
+    the string it is."""
+    import ast
+
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--set {item!r}: write FIELD=VALUE, e.g. --set data=pascal.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        out[name.strip()] = value
+    return out
 
 
 def _finish_distributed(ok: bool) -> None:
@@ -220,6 +251,7 @@ def _run_train(args) -> int:
             device=args.device,
             seed=args.seed,
             out_dir=args.out,
+            overrides=_parse_sets(args.set),
         )
         with contextlib.ExitStack() as stack:
             refusal = ""

@@ -72,7 +72,7 @@ def standardize_images(images: torch.Tensor, name: str = "images") -> torch.Tens
         )
     dims = (0, 1) if images.dim() == 2 else (1, 2, 3)
     mean = images.mean(dim=dims, keepdim=True)
-    if (images.numel() if images.dim() == 2 else images[0].numel()) < 2:
+    if images.numel() == 0 or (images.numel() if images.dim() == 2 else images[0].numel()) < 2:
         return torch.zeros_like(images)
     std = images.std(dim=dims, keepdim=True)
     # a constant image: its std is rounding noise (summation order), so it maps to zeros

@@ -241,6 +241,10 @@ class TrainConfig:
     #: weights, model sizes; :meth:`corrlib.recipes.TrainingConfig.train_config` fills it): recorded
     #: in every checkpoint and compared when one is resumed or reused. None: not recorded.
     recipe: dict | None = None
+    #: What a setting added after older checkpoints were written was in those runs (``{key:
+    #: value}``, keys of ``recipe`` or of the model's ``config``): a key missing from a
+    #: checkpoint counts as this value when compared. Not itself compared.
+    legacy: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         check_int(self.steps, "config.steps", 1)
@@ -412,11 +416,16 @@ def _short(e: BaseException, limit: int = 400) -> str:
     return detail if len(detail) <= limit else detail[:limit] + " ..."
 
 
-def _differences(name: str, recorded, requested) -> list[str]:
-    """``"<name>: recorded ..., requested ..."`` for each differing entry (dicts one level deep)."""
+def _differences(name: str, recorded, requested, legacy: dict | None = None) -> list[str]:
+    """``"<name>: recorded ..., requested ..."`` for each differing entry (dicts one level deep;
+    a key missing from ``recorded`` counts as its ``legacy`` value when it has one)."""
     if recorded == requested:
         return []
     if isinstance(recorded, dict) and isinstance(requested, dict):
+        old = {
+            k: _plain(v) for k, v in (legacy or {}).items() if k not in recorded and k in requested
+        }
+        recorded = {**old, **recorded}
         return [
             f"{name}[{k!r}]: recorded {recorded.get(k)!r}, requested {requested.get(k)!r}"
             for k in sorted(set(recorded) | set(requested))
@@ -430,7 +439,8 @@ def check_same_run(state: dict, config: TrainConfig, model: nn.Module, path) -> 
     run that ``config`` and ``model`` describe, so resuming or reusing it gives that run's model.
 
     Compared: every :class:`TrainConfig` field except :data:`UNCHECKED_FIELDS` (a field missing
-    from an older checkpoint counts as its default), the model's :func:`model_info` (where the
+    from an older checkpoint counts as its default, a key missing from its ``recipe`` or model
+    ``config`` as its ``config.legacy`` value), the model's :func:`model_info` (where the
     checkpoint records one), and the steps done, which may not exceed ``config.steps``. The
     message names the file, each differing field with its recorded and requested values, and the
     fix.
@@ -443,18 +453,21 @@ def check_same_run(state: dict, config: TrainConfig, model: nn.Module, path) -> 
     saved = state.get("config") or {}
     diffs = []
     for field in dataclasses.fields(TrainConfig):
-        if field.name in UNCHECKED_FIELDS:
+        if field.name in UNCHECKED_FIELDS or field.name == "legacy":  # legacy: how to compare
             continue
         default = None if field.default is dataclasses.MISSING else field.default
         diffs += _differences(
             f"config.{field.name}",
             _plain(saved.get(field.name, default)),
             _plain(getattr(config, field.name)),
+            config.legacy,
         )
     if state.get("model_info") is not None:
         recorded, current = state["model_info"], model_info(model)
         for key in sorted(set(recorded) | set(current), key=["class", *MODEL_INFO_ATTRS].index):
-            diffs += _differences(f"model {key}", recorded.get(key), current.get(key))
+            diffs += _differences(
+                f"model {key}", recorded.get(key), current.get(key), config.legacy
+            )
     done = int(state.get("step", 0))
     if done > config.steps:
         diffs.append(f"it has done {done} steps, more than the {config.steps} requested")

@@ -7,6 +7,7 @@ also checks the Trainer's ``loss_weight``; chapter 02: plain per-sample means).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 from corrlib import cli
-from corrlib.recipes import chapters, recipe_for
+from corrlib.recipes import chapter_setup, chapters, recipe_for
+from corrlib.recipes._common import apply_overrides, overrides_tag
 from corrlib.train import CKPT_FORMAT, load_checkpoint
 
 from ._cli import eval_checkpoint
@@ -131,3 +133,58 @@ def test_torchrun_refuses_scnet_at_once(tmp_path, data_root):
     assert res.returncode != 0
     assert "trains one pair per step" in res.stderr
     assert not (tmp_path / "checkpoints").exists()  # refused before any preparation
+
+
+def test_set_changes_config_fields_into_a_folder_of_their_own(
+    tmp_path, capsys, data_root, one_thread
+):
+    out = tmp_path / "runs"
+    base = ["--chapter", "02_stn", "--preset", "smoke", "--out", str(out)]
+    base += ["--data-root", str(data_root)]
+    sets = ["--set", "aligner_steps=3", "--set", "log_every=1"]
+    assert _train(*base, *sets) == 0
+    tag = overrides_tag({"aligner_steps": 3, "log_every": 1})
+    folder = out / "checkpoints" / "02_stn" / f"smoke{tag}"
+    assert tag.startswith("+") and len(tag) == 9
+    assert json.loads((folder / "overrides.json").read_text()) == {
+        "aligner_steps": 3,
+        "log_every": 1,
+    }
+    [ckpt] = (folder / "seed0").glob("*.ckpt")
+    assert load_checkpoint(ckpt)["step"] == 3
+    capsys.readouterr()
+    # the preset's own folder is untouched; an unknown field or a wrong kind is refused
+    assert not (out / "checkpoints" / "02_stn" / "smoke").exists()
+    assert _train(*base, "--set", "stepz=3") == 2
+    assert "has no field 'stepz'" in capsys.readouterr().err
+    assert _train(*base, "--set", "steps=3") == 2
+    assert "steps is {'default'" in capsys.readouterr().err
+    assert _train(*base, "--set", "steps") == 2
+    assert "write FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_overrides_in_chapter_setup_and_their_kinds(tmp_path, data_root):
+    run = chapter_setup(
+        "03_ucn",
+        "smoke",
+        data_root=data_root,
+        out_dir=tmp_path,
+        overrides='{"size": [48, 48], "data": "synthetic"}',  # JSON text, as papermill's -p gives
+    )
+    assert run.cfg.size == (48, 48) and run.overrides == {"size": [48, 48], "data": "synthetic"}
+    assert run.ckpt_dir.parent.name == "smoke" + overrides_tag(
+        {"data": "synthetic", "size": [48, 48]}
+    )
+    assert "config overrides: data='synthetic', size=[48, 48]" in run.describe()
+    plain = chapter_setup("03_ucn", "smoke", data_root=data_root, out_dir=tmp_path, overrides={})
+    assert plain.ckpt_dir.parent.name == "smoke" and "overrides" not in plain.describe()
+    cfg = plain.cfg
+    assert apply_overrides(cfg, None) is cfg
+    assert apply_overrides(cfg, {"willow_limit": 3}).willow_limit == 3  # None field: any value
+    assert apply_overrides(cfg, {"margin": 2}).margin == 2  # an int for a float
+    with pytest.raises(ValueError, match=r"True \(bool\) is not a value of that kind"):
+        apply_overrides(cfg, {"margin": True})
+    with pytest.raises(ValueError, match="not a JSON object"):
+        apply_overrides(cfg, "{size: 3}")
+    with pytest.raises(ValueError, match="must be a dict"):
+        apply_overrides(cfg, "[1, 2]")

@@ -359,9 +359,10 @@ def _apply_homography(h: torch.Tensor, pts: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def gather_patches(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` ``(K,)`` of a patch table ``(U, 1, P, P)`` as float32 ``(K, 1, P, P)`` in
-    ``[0, 1]``: a uint8 table (8-bit patches kept as they are stored) is divided by 255, a
-    float one is gathered as it is (see :meth:`PatchPairs.patch_table`)."""
+    """Rows ``index`` ``(K,)`` of a patch table ``(U, 1, P, P)`` as float32 ``(K, 1, P, P)``: a
+    uint8 table (8-bit patches kept as they are stored) is divided by 255, into ``[0, 1]``; a
+    float one is gathered as it is (``[0, 1]``, or standardised values for a table read with
+    ``standardize=True``; see :meth:`PatchPairs.patch_table`)."""
     out = table[index]
     return out.float().div_(255.0) if out.dtype == torch.uint8 else out
 
@@ -926,8 +927,9 @@ class PhotoTourPairs(Dataset):
         ``[0, 1]`` with :func:`gather_patches`.
 
         ``standardize``: the input of an MC-CNN with ``input_norm="image"``. Brown's patches
-        come without their source images, so each patch is standardised on its own (the nearest
-        to MC-CNN's per-image statistics there is); the table is then float32.
+        come without their source images, so each stored 64 px patch is standardised on its own
+        (the nearest to MC-CNN's per-image statistics there is), then resized; the table is then
+        float32.
         """
         size = _check_size(size)
         cache = self.__dict__.setdefault("_patch_cache", {})
@@ -935,12 +937,12 @@ class PhotoTourPairs(Dataset):
         if key not in cache:
             used, inverse = torch.unique(self.pairs.flatten(), return_inverse=True)
             p = self.data[used][:, None]  # (U, 1, 64, 64) uint8
+            if standardize:  # each stored 64 px patch's statistics, before any resize
+                p = torch.cat([standardize_images(c.float() / 255.0) for c in p.split(4096)])
             if size != p.shape[-1]:
                 resize = dict(size=(size, size), mode="bilinear", antialias=True)
-                p = torch.cat([F.interpolate(c.float() / 255.0, **resize) for c in p.split(4096)])
-            if standardize:
                 p = torch.cat(
-                    [standardize_images(gather_patches(c, slice(None))) for c in p.split(4096)]
+                    [F.interpolate(gather_patches(c, slice(None)), **resize) for c in p.split(4096)]
                 )
             inverse = inverse.view(-1, 2)
             cache[key] = (p, inverse[:, 0].contiguous(), inverse[:, 1].contiguous())

@@ -398,7 +398,9 @@ class MCCNNFast(_MCCNN):
         return l2_normalize(tower_out, dim=1)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity ``(B,)`` of patches ``a, b (B, 1, P, P)``, ``P >= receptive_field``."""
+        """Cosine similarity ``(B,)`` of patches ``a, b (B, 1, P, P)``, ``P >= receptive_field``:
+        in ``[0, 1]``, or cut from standardised images when :attr:`standardized_patches`
+        (``input_norm="image"``)."""
         fa, fb = self._patch_features(a, b)
         return (fa * fb).sum(1).flatten()
 
@@ -451,7 +453,8 @@ class MCCNNAccurate(_MCCNN):
         return self.head(torch.cat([f_left, f_right], dim=1)).squeeze(1)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Logit ``(B,)`` of patches ``a, b (B, 1, P, P)``, ``P >= receptive_field``."""
+        """Logit ``(B,)`` of patches ``a, b (B, 1, P, P)``, ``P >= receptive_field`` (in
+        ``[0, 1]``, or cut from standardised images when :attr:`standardized_patches`)."""
         return self.decision(*self._patch_features(a, b)).flatten()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 
 from corrlib import __version__
 from corrlib._check import check_choice
+from corrlib.checkpoint import atomic_write_text
 from corrlib.data import DATA_ENV, resolve_data_root
 from corrlib.presets import PRESETS, check_preset
 from corrlib.train import TrainConfig, pick_device, seed_everything
@@ -28,10 +31,12 @@ __all__ = [
     "ChapterRun",
     "TrainedModel",
     "TrainingConfig",
+    "apply_overrides",
     "chapter_setup",
     "config_getter",
     "make_presets",
     "optim",
+    "overrides_tag",
     "pick",
 ]
 
@@ -64,6 +69,10 @@ class ChapterConfig:
     #: chapter is recorded with its checkpoints (:attr:`corrlib.train.TrainConfig.recipe`) and
     #: compared when one is reused.
     EVAL_FIELDS: ClassVar[tuple[str, ...]] = ()
+    #: Settings added after checkpoints of this chapter were written, with the value those runs
+    #: had (:attr:`corrlib.train.TrainConfig.legacy`): such a checkpoint is still reused when the
+    #: setting asks for that value.
+    LEGACY_SETTINGS: ClassVar[dict] = {}
 
     def replace(self, **changes) -> ChapterConfig:
         """A copy with ``changes`` (``dataclasses.replace``); unknown fields raise ``TypeError``.
@@ -159,6 +168,7 @@ class TrainingConfig(ChapterConfig):
             seed=seed,
             device=str(device),
             recipe={**self.run_settings(), **(settings or {})},
+            legacy=dict(self.LEGACY_SETTINGS),
             **self.optim_for(name),
         )
 
@@ -313,6 +323,89 @@ class TrainedModel:
     method: str | None = None
 
 
+def _same_kind(old, new) -> bool:
+    """Whether ``new`` may replace a field whose value is ``old`` (numbers for numbers, a dict for
+    a dict, a sequence for a tuple, a string for a string; anything where the field is None)."""
+    if old is None or new is None:
+        return True
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, (int, float)):
+        return isinstance(new, (int, float))
+    if isinstance(old, (tuple, list)):
+        return isinstance(new, (tuple, list))
+    return isinstance(new, type(old))
+
+
+def _frozen(value):
+    """Lists (JSON's, papermill's) as tuples, as the configs keep sequences; inside dicts too."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _frozen(v) if isinstance(v, (list, tuple)) else v for k, v in value.items()}
+    return value
+
+
+def apply_overrides(cfg: ChapterConfig, overrides) -> ChapterConfig:
+    """``cfg`` with some fields replaced: a notebook's ``config_overrides`` parameter, or
+    ``corrlib train --set FIELD=VALUE``.
+
+    Args:
+        cfg: a chapter's config at a preset.
+        overrides: ``{field: value}``; a JSON object as a string is taken too (papermill's
+            ``-p config_overrides '{...}'``); None or ``{}``: no change. A field's whole value is
+            replaced (``{"steps": {"default": 100}}`` is every model's steps, not one entry).
+
+    Returns:
+        The new config (``cfg`` itself when there is nothing to change).
+
+    Raises:
+        ValueError: naming an unknown field (and listing the config's fields) or a value of
+            another kind than the field's (a number for a number, a dict for a dict, ...).
+    """
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"config_overrides {overrides!r} is not a JSON object ({err}); write it as "
+                "'{\"field\": value}'."
+            ) from None
+    if not overrides:
+        return cfg
+    if not isinstance(overrides, dict):
+        raise ValueError(
+            f"config_overrides must be a dict of config fields, got {type(overrides).__name__}."
+        )
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    changes = {}
+    for name, value in overrides.items():
+        if name not in fields:
+            raise ValueError(
+                f"config_overrides: {type(cfg).__module__.rsplit('.', 1)[-1]}'s Config has no "
+                f"field {name!r}; its fields: {', '.join(sorted(fields))}."
+            )
+        if not _same_kind(fields[name], value):
+            raise ValueError(
+                f"config_overrides: {name} is {fields[name]!r} ({type(fields[name]).__name__}); "
+                f"{value!r} ({type(value).__name__}) is not a value of that kind."
+            )
+        changes[name] = _frozen(value)
+    return cfg.replace(**changes)
+
+
+def overrides_tag(overrides) -> str:
+    """The checkpoint-folder suffix of a run with ``overrides``: ``""`` without, else ``"+"`` and
+    8 hex digits of the SHA-256 of the overrides as sorted JSON (equal overrides, equal folder;
+    other overrides never share a run's checkpoints)."""
+    if isinstance(overrides, str):
+        overrides = json.loads(overrides) if overrides.strip() else {}
+    if not overrides:
+        return ""
+    text = json.dumps(_frozen(overrides), sort_keys=True, default=repr)
+    return "+" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 @dataclass(frozen=True)
 class ChapterRun:
     """What a notebook's set-up cell resolves once: config, data root, device, output folders.
@@ -331,6 +424,8 @@ class ChapterRun:
     ckpt_dir: Path
     #: the lab's trunk line (chapters with a :class:`LabImageNet` setting at ``lab``), else ""
     trunk: str = ""
+    #: the config fields this run changed (:func:`apply_overrides`), else empty
+    overrides: dict = field(default_factory=dict)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -353,6 +448,9 @@ class ChapterRun:
             f"corrlib {__version__} · {self.chapter} · preset: {self.preset} · seed: {self.seed} · "
             f"device: {self.device} · torch threads: {torch.get_num_threads()}"
         )
+        if self.overrides:
+            changed = ", ".join(f"{k}={v!r}" for k, v in sorted(self.overrides.items()))
+            line += f"\nconfig overrides: {changed}"
         return line + (f"\n{self.trunk}" if self.trunk else "")
 
 
@@ -379,7 +477,14 @@ NOTEBOOK_DATA_FALLBACK = Path("../../shared/data")
 
 
 def chapter_setup(
-    chapter: str, preset: str, *, data_root=None, device="auto", seed: int = 0, out_dir=None
+    chapter: str,
+    preset: str,
+    *,
+    data_root=None,
+    device="auto",
+    seed: int = 0,
+    out_dir=None,
+    overrides=None,
 ) -> ChapterRun:
     """Resolve a notebook's parameters once: validate the preset, seed, find the data and device.
 
@@ -392,6 +497,9 @@ def chapter_setup(
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device string.
         seed: seeds python, numpy and torch (:func:`corrlib.train.seed_everything`).
         out_dir: where checkpoints and results go (None: ``../runs``).
+        overrides: config fields to change (:func:`apply_overrides`; a notebook's
+            ``config_overrides``). The run's checkpoints then go to ``<preset><tag>``
+            (:func:`overrides_tag`), where ``overrides.json`` records them.
 
     Returns:
         A :class:`ChapterRun` (``cfg``, ``root``, ``device``, ``out_dir`` and ``ckpt_dir``
@@ -405,6 +513,9 @@ def chapter_setup(
     cfg = get_config(chapter, check_preset(preset))
     lab_imagenet = getattr(getattr(recipe_for(chapter), "config", None), "lab_imagenet", None)
     preset_dir = preset_folder(chapter, preset)
+    if isinstance(overrides, str):
+        overrides = json.loads(overrides) if overrides.strip() else {}
+    overrides = dict(overrides or {})
     trunk = ""
     if preset == "lab" and lab_imagenet is not None:
         trunk = lab_imagenet.describe(preset_dir == LAB_IMAGENET_FOLDER)
@@ -414,5 +525,15 @@ def chapter_setup(
     root = resolve_data_root(data_root)
     out = Path(out_dir) if out_dir is not None else Path("../runs")
     ckpt_dir = out / "checkpoints" / chapter / preset_dir / f"seed{seed}"
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+        ckpt_dir = out / "checkpoints" / chapter / (preset_dir + overrides_tag(overrides))
+        record = ckpt_dir / "overrides.json"
+        if not record.is_file():
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(record, json.dumps(overrides, indent=1, sort_keys=True, default=repr))
+        ckpt_dir = ckpt_dir / f"seed{seed}"
     use_style()
-    return ChapterRun(chapter, preset, seed, cfg, root, pick_device(device), out, ckpt_dir, trunk)
+    return ChapterRun(
+        chapter, preset, seed, cfg, root, pick_device(device), out, ckpt_dir, trunk, overrides
+    )

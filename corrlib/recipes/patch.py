@@ -14,6 +14,7 @@ LeCun, JMLR 2016, Sec. 3.1): a positive within ``p_hi`` pixels of the true match
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -102,19 +103,140 @@ ARCHS = (
 )
 
 
-#: MC-CNN's KITTI augmentation (jzbontar/mc-cnn ``main.lua``, the KITTI 2012/2015 options):
+@dataclass(frozen=True)
+class PatchAugment:
+    """MC-CNN's per-example patch augmentation (``make_patch`` in its ``main.lua``); the defaults
+    are its code's KITTI 2012/2015 options (:data:`MCCNN_KITTI_AUGMENT`).
+
+    For each reference (its positive and its negative pair alike) one draw of: rotation
+    ``phi ~ U[-rotate, rotate]`` degrees, scale ``s ~ U[scale, 1]`` with horizontal factor
+    ``U[hscale, 1]``, horizontal shear ``U[-hshear, hshear]``, brightness ``U[-brightness,
+    brightness]`` (added) and contrast ``U[1/contrast, contrast]`` (multiplied, then the
+    brightness added). Patch ``a`` and patch ``b`` take the same geometric map about their
+    centres and contrast; ``b``'s brightness differs from ``a``'s by ``U[-d_brightness,
+    d_brightness]``. The map sends a source offset ``p`` (pixels from the patch centre, x then y)
+    to ``M p`` with ``M = shear @ rotation @ scale`` (the code's order, OpenCV's forward map);
+    the patch samples the source at ``M^-1 q``, bicubically (OpenCV's ``INTER_CUBIC``, which the
+    code asks for, and PyTorch's ``bicubic`` share the kernel, ``a = -0.75``). Brightness is in
+    the images' units: MC-CNN applies it to standardised images (``mccnn_input_norm="image"``).
+    The options MC-CNN's code leaves at the identity on KITTI (``-trans 0``, no flips,
+    ``-d_rotate 0``, ``-d_hscale 1``, ``-d_hshear 0``, ``-d_vtrans 0``, ``-d_contrast 1``) are
+    not parameters here.
+
+    Our patches are warped from a larger pre-cut patch (:meth:`margin` pixels more on each side,
+    itself sampled bilinearly from the image), where the code warps the image itself: the values
+    are interpolated twice, a slight extra smoothing.
+    """
+
+    rotate: float = 7.0
+    scale: float = 1.0
+    hscale: float = 0.9
+    hshear: float = 0.1
+    brightness: float = 0.7
+    contrast: float = 1.3
+    d_brightness: float = 0.3
+
+    def __post_init__(self):
+        if not (0 < self.scale <= 1 and 0 < self.hscale <= 1 and self.contrast >= 1):
+            raise ValueError(
+                "PatchAugment needs 0 < scale <= 1, 0 < hscale <= 1 and contrast >= 1 (as "
+                f"MC-CNN's code asserts), got {self}."
+            )
+        for name in ("rotate", "hshear", "brightness", "d_brightness"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PatchAugment.{name} must be >= 0, got {getattr(self, name)}.")
+
+    def margin(self, size: int) -> int:
+        """Pixels to cut beyond a ``size`` patch on each side so that every warped sample and
+        the 4 x 4 neighbours bicubic sampling reads stay inside (the farthest corner under the
+        largest draw)."""
+        half = (size - 1) / 2
+        phi = math.radians(min(self.rotate, 45.0))
+        reach = half * (1 + self.hshear) * (math.cos(phi) + math.sin(phi))
+        reach /= self.scale * self.hscale
+        return max(0, math.ceil(reach - half)) + 2
+
+    def draw(self, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """One draw per reference for a batch of ``n`` pairs (``n`` even: rows ``j`` and
+        ``j + n / 2`` are a reference's positive and negative and share it): ``{"inverse": (n, 2,
+        2) M^-1, "contrast": (n,), "brightness_a": (n,), "brightness_b": (n,)}``."""
+        if n % 2:
+            raise ValueError(
+                f"PatchAugment needs an even number of pairs (B / 2 references), got {n}."
+            )
+        half = n // 2
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:
+            v = lo + (hi - lo) * torch.rand(half, generator=gen, dtype=torch.float64)
+            return torch.cat((v, v))
+
+        phi = torch.deg2rad(uniform(-self.rotate, self.rotate))
+        s = uniform(self.scale, 1.0)
+        sx, sy = s * uniform(self.hscale, 1.0), s
+        shear = uniform(-self.hshear, self.hshear)
+        brightness = uniform(-self.brightness, self.brightness)
+        contrast = uniform(1 / self.contrast, self.contrast)
+        brightness_b = brightness + uniform(-self.d_brightness, self.d_brightness)
+        # M = shear @ rotation @ scale, rotation = [[c, s], [-s, c]] (the code's); in closed form
+        # M^-1 = scale^-1 @ rotation^T @ [[1, -shear], [0, 1]]
+        c, si = torch.cos(phi), torch.sin(phi)
+        inverse = torch.stack(
+            (
+                torch.stack((c / sx, (-c * shear - si) / sx), -1),
+                torch.stack((si / sy, (-si * shear + c) / sy), -1),
+            ),
+            -2,
+        )
+        return {
+            "inverse": inverse,
+            "contrast": contrast,
+            "brightness_a": brightness,
+            "brightness_b": brightness_b,
+        }
+
+    def apply(
+        self, a: torch.Tensor, b: torch.Tensor, size: int, params: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Warp pre-cut patches ``a, b (B, 1, Q, Q)`` (``Q >= size + 2 margin(size)``) with the
+        drawn ``params`` (:meth:`draw`) to ``(B, 1, size, size)``, then relight them."""
+        if a.shape != b.shape or a.dim() != 4:
+            raise ValueError(
+                f"PatchAugment needs patches a, b of one shape (B, 1, Q, Q), got "
+                f"{tuple(a.shape)} and {tuple(b.shape)}."
+            )
+        n, q = a.shape[0], a.shape[-1]
+        if q < size + 2 * self.margin(size):
+            raise ValueError(
+                f"PatchAugment needs patches of at least {size + 2 * self.margin(size)} px for "
+                f"{size} px outputs, got {q}: build the pool with pool_for(arch, cfg, sets)."
+            )
+        r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        vv, uu = torch.meshgrid(r, r, indexing="ij")
+        offsets = torch.stack((uu, vv), -1).reshape(-1, 2)  # (size^2, 2) x, y from the centre
+        src = torch.einsum("nij,kj->nki", params["inverse"], offsets)  # (B, size^2, 2)
+        grid = (src / ((q - 1) / 2)).reshape(n, size, size, 2).to(a.device, a.dtype)
+        warp = dict(mode="bicubic", padding_mode="border", align_corners=True)
+
+        def per_row(v: torch.Tensor) -> torch.Tensor:
+            return v.to(a.device, a.dtype)[:, None, None, None]
+
+        gain = per_row(params["contrast"])
+        return (
+            F.grid_sample(a, grid, **warp) * gain + per_row(params["brightness_a"]),
+            F.grid_sample(b, grid, **warp) * gain + per_row(params["brightness_b"]),
+        )
+
+    def __call__(
+        self, a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`apply` with a fresh :meth:`draw` from ``gen``."""
+        return self.apply(a, b, size, self.draw(a.shape[0], gen))
+
+
+#: MC-CNN's KITTI augmentation (jzbontar/mc-cnn ``main.lua``, the KITTI 2012/2015 options
 #: ``-rotate 7 -scale 1 -hscale 0.9 -hshear 0.1 -brightness 0.7 -contrast 1.3 -d_brightness
-#: 0.3``; its other options are the identity on KITTI (``-trans 0``, no flips, ``-d_rotate 0``,
-#: ``-d_hscale 1``, ``-d_hshear 0``, ``-d_vtrans 0``, ``-d_contrast 1``).
-MCCNN_KITTI_AUGMENT = {
-    "rotate": 7.0,
-    "scale": 1.0,
-    "hscale": 0.9,
-    "hshear": 0.1,
-    "brightness": 0.7,
-    "contrast": 1.3,
-    "d_brightness": 0.3,
-}
+#: 0.3``): :class:`PatchAugment`'s defaults, as the config's dict.
+MCCNN_KITTI_AUGMENT = dataclasses.asdict(PatchAugment())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +255,13 @@ class Config(TrainingConfig):
     pairs (None: all).
     """
 
+    #: checkpoints written before MC-CNN's image standardisation and augmentation existed were
+    #: trained with the shift and without augmentation (every preset then)
+    LEGACY_SETTINGS: ClassVar[dict] = {
+        "mccnn_input_norm": "shift",
+        "mccnn_augment": None,
+        "input_norm": "shift",
+    }
     EVAL_FIELDS: ClassVar[tuple[str, ...]] = (
         "archs",
         "brown_test",
@@ -284,103 +413,13 @@ config = config_getter(PRESETS)
 TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
-@dataclass(frozen=True)
-class PatchAugment:
-    """MC-CNN's per-example patch augmentation (``make_patch`` in its ``main.lua``).
-
-    For each reference (its positive and its negative pair alike) one draw of: rotation
-    ``phi ~ U[-rotate, rotate]`` degrees, scale ``s ~ U[scale, 1]`` with horizontal factor
-    ``U[hscale, 1]``, horizontal shear ``U[-hshear, hshear]``, brightness ``U[-brightness,
-    brightness]`` (added) and contrast ``U[1/contrast, contrast]`` (multiplied). Patch ``a`` and
-    patch ``b`` take the same geometric map about their centres and contrast; ``b``'s brightness
-    differs from ``a``'s by ``U[-d_brightness, d_brightness]``. The map sends a source offset
-    ``p`` from the patch centre to ``shear @ rotation @ scale @ p`` (the code's order); the
-    patch samples its inverse. Brightness is in the images' units: MC-CNN applies it to
-    standardised images (``mccnn_input_norm="image"``).
-
-    Our patches are warped from a larger pre-cut patch (:meth:`margin` pixels more on each side)
-    with bilinear sampling, where the code warps the image itself: the patch values are
-    interpolated twice, a slight extra smoothing.
-    """
-
-    rotate: float = 7.0
-    scale: float = 1.0
-    hscale: float = 0.9
-    hshear: float = 0.1
-    brightness: float = 0.7
-    contrast: float = 1.3
-    d_brightness: float = 0.3
-
-    def __post_init__(self):
-        if not (0 < self.scale <= 1 and 0 < self.hscale <= 1 and self.contrast >= 1):
-            raise ValueError(
-                "PatchAugment needs 0 < scale <= 1, 0 < hscale <= 1 and contrast >= 1 (as "
-                f"MC-CNN's code asserts), got {self}."
-            )
-        for name in ("rotate", "hshear", "brightness", "d_brightness"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"PatchAugment.{name} must be >= 0, got {getattr(self, name)}.")
-
-    def margin(self, size: int) -> int:
-        """Pixels to cut beyond a ``size`` patch on each side so that every warped sample and
-        its bilinear neighbours stay inside (the farthest corner under the largest draw)."""
-        half = (size - 1) / 2
-        phi = math.radians(min(self.rotate, 45.0))
-        reach = half * (1 + self.hshear) * (math.cos(phi) + math.sin(phi))
-        reach /= self.scale * self.hscale
-        return max(0, math.ceil(reach - half)) + 1
-
-    def __call__(
-        self, a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Warp pre-cut patches ``a, b (B, 1, Q, Q)`` (``Q >= size + 2 margin(size)``) to
-        ``(B, 1, size, size)``: rows ``j`` and ``j + B / 2`` (a reference's positive and
-        negative) share one draw from ``gen``."""
-        n, q = a.shape[0], a.shape[-1]
-        if q < size + 2 * self.margin(size):
-            raise ValueError(
-                f"PatchAugment needs patches of at least {size + 2 * self.margin(size)} px for "
-                f"{size} px outputs, got {q}: build the pool with pool_for(arch, cfg, sets)."
-            )
-        half = n // 2
-
-        def draw(lo: float, hi: float) -> torch.Tensor:
-            v = lo + (hi - lo) * torch.rand(half, generator=gen)
-            return torch.cat((v, v))  # a reference's positive and negative alike
-
-        phi = torch.deg2rad(draw(-self.rotate, self.rotate))
-        s = draw(self.scale, 1.0)
-        sx, sy = s * draw(self.hscale, 1.0), s
-        shear = draw(-self.hshear, self.hshear)
-        brightness = draw(-self.brightness, self.brightness)
-        contrast = draw(1 / self.contrast, self.contrast)
-        brightness_b = brightness + draw(-self.d_brightness, self.d_brightness)
-        c, si = torch.cos(phi), torch.sin(phi)
-        # forward map M = shear @ rotation @ scale (MC-CNN's make_patch); the patch samples M^-1
-        rot = torch.stack((torch.stack((c, si), -1), torch.stack((-si, c), -1)), -2)
-        sh = torch.eye(2).repeat(n, 1, 1)
-        sh[:, 0, 1] = shear
-        m = sh @ rot @ torch.diag_embed(torch.stack((sx, sy), -1))
-        r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-        vv, uu = torch.meshgrid(r, r, indexing="ij")
-        offsets = torch.stack((uu, vv), -1).reshape(-1, 2)  # (size^2, 2) x, y
-        src = torch.einsum("nij,kj->nki", torch.linalg.inv(m), offsets)  # (B, size^2, 2)
-        grid = (src / ((q - 1) / 2)).reshape(n, size, size, 2)
-        warp = dict(mode="bilinear", padding_mode="border", align_corners=True)
-        a_out = F.grid_sample(a, grid, **warp) * contrast[:, None, None, None]
-        b_out = F.grid_sample(b, grid, **warp) * contrast[:, None, None, None]
-        return (
-            a_out + brightness[:, None, None, None],
-            b_out + brightness_b[:, None, None, None],
-        )
-
-
 @dataclass
 class PatchPool:
     """Training pairs of several sources stacked at one patch size, paired by reference.
 
-    ``patches`` ``(U, 1, P, P)``: every patch once (uint8 when every source stores 8-bit
-    patches, as Brown's do at 64 px: 4 KiB a patch; else float32 in ``[0, 1]``); ``index_a``,
+    ``patches`` ``(U, 1, P + 2 margin, P + 2 margin)``: every patch once (uint8 when every
+    source stores 8-bit patches, as Brown's do at 64 px: 4 KiB a patch; else float32, in
+    ``[0, 1]`` or standardised); ``index_a``,
     ``index_b`` ``(N,)``: each pair's rows; ``label``: ``(N,)`` bool; ``pos``, ``neg``: ``(M,)``
     pair indices such that ``pos[j]`` and ``neg[j]`` share their reference patch (MC-CNN's
     example pairs). :attr:`a` and :attr:`b` give the pairs' patches as float32.
@@ -778,10 +817,18 @@ def standardized_input(arch: str, cfg: Config) -> bool:
 
 def augmentation_for(arch: str, cfg: Config) -> PatchAugment | None:
     """MC-CNN's training augmentation at ``cfg`` (``cfg.mccnn_augment``; None: none); the other
-    families train on the patches as cut."""
+    families train on the patches as cut. Warns when it is asked for on patches in ``[0, 1]``
+    (``mccnn_input_norm="shift"``): its brightness and contrast are meant for standardised
+    images."""
     check_choice(arch, "arch", PATCH_MODELS)
     if not arch.startswith("mccnn") or not cfg.mccnn_augment:
         return None
+    if cfg.mccnn_input_norm != "image":
+        warnings.warn(
+            "mccnn_augment's brightness and contrast are MC-CNN's, for standardised images; "
+            "with mccnn_input_norm='shift' they act on [0, 1] patches, far stronger.",
+            stacklevel=2,
+        )
     return PatchAugment(**cfg.mccnn_augment)
 
 
@@ -906,8 +953,10 @@ def train_patch_model(
     Args:
         arch: one of :data:`corrlib.models.patch.PATCH_MODELS`.
         cfg: the chapter's :class:`Config` (its fields used: ``batch_size``, ``steps``, ``optim``,
-            ``log_every``, ``ckpt_every``, ``mining`` and those of :func:`build_model`).
-        pool: the training pairs at ``patch_size_for(arch, cfg)`` (:meth:`PatchPool.from_pairs`).
+            ``log_every``, ``ckpt_every``, ``mining``, ``mccnn_augment`` and those of
+            :func:`build_model`, ``mccnn_input_norm`` among them).
+        pool: the training pairs of ``arch`` at ``cfg`` (:func:`pool_for`: its patch size,
+            input domain and augmentation margin; a pool in another domain is refused).
         ckpt_path: the checkpoint file (None: no checkpoints, no resume).
         seed: seeds the initialisation and the batches.
         device: ``"auto"`` or a torch device string.

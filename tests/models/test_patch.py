@@ -478,6 +478,9 @@ def test_mccnn_shift_norm_is_unchanged_and_the_norm_is_checked_and_exported(tmp_
     with torch.no_grad():
         padded = F.pad(image, (4,) * 4, mode="replicate")
         assert torch.equal(model.image_features(image), model.features(padded))
+        # the shift is 0.5, as the committed lab runs were trained with
+        want = torch.nn.functional.normalize(model.tower(padded - 0.5), dim=1)
+        torch.testing.assert_close(model.features(padded), want)
     with pytest.raises(ValueError, match="input_norm"):
         mccnn_fast(input_norm="standard")
     std = mccnn_accurate(features=8, fc_units=16, input_norm="image")

@@ -339,14 +339,14 @@ def test_kitti_augmentation_is_the_codes_and_its_margin_keeps_samples_inside():
     assert recipe.augmentation_for("deepdesc", paper) is None
     assert recipe.augmentation_for("mccnn-fast", recipe.config("lab")) is None
     m = augment.margin(9)
-    assert m == 3
+    assert m == 4  # corners reach 5.45 px from the centre; bicubic reads 2 px beyond
     # the outer ring of the pre-cut patches is never read, whatever the draw
     q = 9 + 2 * m
     patches = torch.rand(64, 1, q, q)
     patches[..., [0, -1], :] = patches[..., :, [0, -1]] = 1e6
     a, b = augment(patches, patches.clone(), 9, torch.Generator().manual_seed(0))
     assert a.shape == b.shape == (64, 1, 9, 9) and a.abs().max() < 10 and b.abs().max() < 10
-    with pytest.raises(ValueError, match="at least 15 px"):
+    with pytest.raises(ValueError, match="at least 17 px"):
         augment(patches[..., 1:-1, 1:-1], patches[..., 1:-1, 1:-1], 9, torch.Generator())
     with pytest.raises(ValueError, match="contrast >= 1"):
         recipe.PatchAugment(contrast=0.5)
@@ -381,7 +381,7 @@ def test_pool_for_an_augmented_mccnn_keeps_a_margin_and_batches_its_patch_size(t
     paper = recipe.config("paper")
     sets = [_shift_pairs(8)]
     pool = recipe.pool_for("mccnn-accurate", paper, sets)
-    assert pool.margin == 3 and pool.patches.shape[-1] == 15 and pool.standardized
+    assert pool.margin == 4 and pool.patches.shape[-1] == 17 and pool.standardized
     torch.testing.assert_close(pool.a, sets[0].patch_table(9, standardize=True)[0][:16])
     augment = recipe.augmentation_for("mccnn-accurate", paper)
     fn = pool.batch_fn(8, augment)
@@ -390,10 +390,74 @@ def test_pool_for_an_augmented_mccnn_keeps_a_margin_and_batches_its_patch_size(t
     assert batch["a"].shape == (8, 1, 9, 9) and torch.equal(batch["a"], again["a"])  # resumable
     assert torch.equal(batch["a"][:4], batch["a"][4:])  # the reference patch, one draw
     plain = pool.batch_fn(8)(0, torch.Generator().manual_seed(0))  # no augmentation: crops
-    assert plain["a"].shape == (8, 1, 9, 9)
-    with pytest.raises(ValueError, match="pool margin of 3 px"):
+    rows = torch.randint(len(pool.pos), (4,), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain["a"][:4], pool.a[pool.pos[rows]])
+    with pytest.raises(ValueError, match="pool margin of 4 px"):
         recipe.PatchPool.from_pairs(sets, 9).batch_fn(8, augment)
     write_phototour(tmp_path, "liberty")
     brown = PhotoTourPairs(tmp_path, "liberty", train=True, n_pairs=30, seed=0)
     with pytest.raises(ValueError, match="no surroundings"):
         recipe.PatchPool.from_pairs([brown], 64, margin=2)
+
+
+def test_augmentation_warps_and_relights_as_opencv_does_mccnns_make_patch():
+    """The code's make_patch: cv.warp_affine(src, dst, m) with the forward map m = shift to the
+    patch centre @ shear @ rotation @ scale @ shift from the source centre, bicubic, then
+    dst * contrast + brightness. OpenCV on the pre-cut patch is the reference (its bicubic
+    weights are tabulated at 1/32 px, hence the tolerance)."""
+    import cv2
+    import numpy as np
+
+    augment = recipe.PatchAugment(rotate=20, hscale=0.7, hshear=0.3, contrast=1.5)
+    size, q = 9, 9 + 2 * augment.margin(9)
+    g = torch.Generator().manual_seed(3)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(8, 1, q + 4, q + 4, generator=g), 5, 1)
+    ramp = torch.arange(q, dtype=torch.float32)[None, :] * 0.05  # a slope: a wrong map shows
+    a, b = smooth + ramp, smooth.flip(0) - ramp.T
+    params = augment.draw(8, torch.Generator().manual_seed(1))
+    out_a, out_b = augment.apply(a, b, size, params)
+    c_src, c_dst = (q - 1) / 2, (size - 1) / 2
+    for i in range(8):
+        m = np.linalg.inv(params["inverse"][i].numpy())  # the forward map M
+        full = np.concatenate([m, (np.array([c_dst, c_dst]) - m @ [c_src, c_src])[:, None]], 1)
+        gain, lift_a, lift_b = (
+            float(params[k][i]) for k in ("contrast", "brightness_a", "brightness_b")
+        )
+        for src, out, lift in ((a, out_a, lift_a), (b, out_b, lift_b)):
+            want = cv2.warpAffine(src[i, 0].numpy(), full, (size, size), flags=cv2.INTER_CUBIC)
+            want = torch.from_numpy(want) * gain + lift
+            torch.testing.assert_close(out[i, 0], want, atol=0.01, rtol=0)
+    # the draws are the options' ranges, and a reference's two rows share theirs
+    assert (params["contrast"] >= 1 / 1.5).all() and (params["contrast"] <= 1.5).all()
+    assert torch.equal(params["inverse"][:4], params["inverse"][4:])
+
+
+def test_checkpoints_from_before_the_input_settings_are_still_reused(tmp_path, cfg):
+    """A checkpoint written before mccnn_input_norm / mccnn_augment / input_norm existed was
+    trained with the shift and no augmentation: it is reused when those are asked for, and
+    refused otherwise (Config.LEGACY_SETTINGS)."""
+    from corrlib.checkpoint import load_checkpoint, save_checkpoint
+
+    sets = [_shift_pairs(8)]
+    path = tmp_path / "old.ckpt"
+    model, _, _ = recipe.train_patch_model(
+        "mccnn-fast", cfg, recipe.pool_for("mccnn-fast", cfg, sets), ckpt_path=path, steps=2
+    )
+    state = load_checkpoint(path)
+    for key in ("mccnn_input_norm", "mccnn_augment"):
+        del state["config"]["recipe"][key]
+    del state["model_info"]["config"]["input_norm"]
+    save_checkpoint(path, state)
+    again, _, _ = recipe.train_patch_model(
+        "mccnn-fast", cfg, recipe.pool_for("mccnn-fast", cfg, sets), ckpt_path=path, steps=2
+    )
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
+    standardized = cfg.replace(mccnn_input_norm="image")
+    with pytest.raises(ValueError, match=r"recipe\['mccnn_input_norm'\]: recorded 'shift'"):
+        recipe.train_patch_model(
+            "mccnn-fast",
+            standardized,
+            recipe.pool_for("mccnn-fast", standardized, sets),
+            ckpt_path=path,
+            steps=2,
+        )
