@@ -196,6 +196,8 @@ def _parse_sets(items: list[str]) -> dict:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             value = text
+        if name.strip() in out:
+            raise ValueError(f"--set {name.strip()} is given twice; give each field once.")
         out[name.strip()] = value
     return out
 

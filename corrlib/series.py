@@ -1,7 +1,9 @@
 """Run the notebook series with papermill and gather every chapter's results into a dashboard.
 
-Each notebook takes the parameters ``preset``, ``data_root``, ``device``, ``seed`` and ``out_dir``
-and calls :func:`record_results` with its metrics; :func:`run_series` executes the notebooks in
+Each notebook takes the parameters ``preset``, ``data_root``, ``device``, ``seed``, ``out_dir``
+and ``config_overrides`` (a sweep point: its checkpoints go to ``<preset>+<tag>/`` and its
+metrics to ``<chapter>+<tag>.json``, :func:`corrlib.recipes.chapter_setup`) and calls
+:func:`record_results` with its metrics; :func:`run_series` executes the notebooks in
 order, collects the ``<out>/metrics/<chapter>.json`` files that *these* notebooks wrote (never
 files left by an earlier call) into ``<out>/results.json`` and draws ``dashboard.md`` and
 ``dashboard.png``: a paper-style results table per benchmark (methods as rows, metrics as

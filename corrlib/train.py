@@ -241,9 +241,10 @@ class TrainConfig:
     #: weights, model sizes; :meth:`corrlib.recipes.TrainingConfig.train_config` fills it): recorded
     #: in every checkpoint and compared when one is resumed or reused. None: not recorded.
     recipe: dict | None = None
-    #: What a setting added after older checkpoints were written was in those runs (``{key:
-    #: value}``, keys of ``recipe`` or of the model's ``config``): a key missing from a
-    #: checkpoint counts as this value when compared. Not itself compared.
+    #: What settings added after older checkpoints were written were in those runs: ``{"recipe":
+    #: {key: value}, "model": {key: value}}`` (keys of ``recipe``, keys of the model's
+    #: ``config``); a key missing from a checkpoint counts as this value when compared (and only
+    #: then). Not itself compared.
     legacy: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -460,13 +461,16 @@ def check_same_run(state: dict, config: TrainConfig, model: nn.Module, path) -> 
             f"config.{field.name}",
             _plain(saved.get(field.name, default)),
             _plain(getattr(config, field.name)),
-            config.legacy,
+            config.legacy.get(field.name),
         )
     if state.get("model_info") is not None:
         recorded, current = state["model_info"], model_info(model)
         for key in sorted(set(recorded) | set(current), key=["class", *MODEL_INFO_ATTRS].index):
             diffs += _differences(
-                f"model {key}", recorded.get(key), current.get(key), config.legacy
+                f"model {key}",
+                recorded.get(key),
+                current.get(key),
+                config.legacy.get("model") if key == "config" else None,
             )
     done = int(state.get("step", 0))
     if done > config.steps:

@@ -206,8 +206,10 @@ def write_pascal_keypoints(root: Path, per_category: int = 6, size=(60, 80)) -> 
     photographs. Two categories, ``car`` and ``person``, ``per_category`` images each (the last
     two of each in VOC's ``val``): the images of a category are views of one scene shifted by 4
     px each, so keypoint ``K<i>`` sits at one scene point in all of them; ``K5`` is never visible.
-    Person images from 2010 are written too (the loader leaves them out, as uncurated). Coordinates
-    are 1-based, as in the real files. Returns the annotations folder."""
+    Person images from 2010 are written too (the loader leaves them out, as uncurated), a car
+    object in a ``2007_`` image (in no Main list, as in VOC 2011) and a second car object in the
+    first car image (never paired with the first: one image). Coordinates are 1-based, as in the
+    real files. Returns the annotations folder."""
     voc = Path(root) / "TrainVal" / "VOCdevkit" / "VOC2011"
     (voc / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (voc / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
@@ -223,23 +225,28 @@ def write_pascal_keypoints(root: Path, per_category: int = 6, size=(60, 80)) -> 
             )
         )
         points = np.stack([rng.uniform(30, w - 4, 6), rng.uniform(4, h - 4, 6)], 1)
-        for k in range(per_category):
-            year = 2010 if category == "person" and k == 1 else 2008
-            image = f"{year}_{c:03d}{k:03d}"
-            dx = 4 * k
-            Image.fromarray(scene[:, dx : dx + w]).save(voc / "JPEGImages" / f"{image}.jpg")
-            (val if k >= per_category - 2 else train).append(image)
+        objects = [(k, 1, 0.0) for k in range(per_category)]
+        if category == "car":
+            objects += [(0, 2, 1.0), (-1, 1, 0.0)]  # a 2nd object in image 0; a 2007 image
+        for k, voc_id, lift in objects:
+            year = 2010 if category == "person" and k == 1 else 2007 if k < 0 else 2008
+            image = f"{year}_{c:03d}{abs(k):03d}"
+            dx = 4 * abs(k)
+            if voc_id == 1:
+                Image.fromarray(scene[:, dx : dx + w]).save(voc / "JPEGImages" / f"{image}.jpg")
+                if k >= 0:
+                    (val if k >= per_category - 2 else train).append(image)
             rows = []
             for p in range(6):
-                x, y = points[p, 0] - dx, points[p, 1]
+                x, y = points[p, 0] - dx, points[p, 1] + lift
                 visible = int(p < 5)
                 rows.append(
                     f'\t\t<keypoint name="K{p}" visible="{visible}" x="{x + 1:.2f}" '
                     f'y="{y + 1:.2f}" z="0.00"/>\n'
                 )
-            (ann / category / f"{image}_1.xml").write_text(
+            (ann / category / f"{image}_{voc_id}.xml").write_text(
                 '<?xml version="1.0" encoding="utf-8"?>\n<annotation>\n'
-                f"\t<image>{image}</image>\n\t<voc_id>1</voc_id>\n"
+                f"\t<image>{image}</image>\n\t<voc_id>{voc_id}</voc_id>\n"
                 f"\t<category>{category}</category>\n\t<subcategory>x</subcategory>\n"
                 '\t<visible_bounds height="50.00" width="70.00" xmin="3.00" ymin="4.00"/>\n'
                 f"\t<keypoints>\n{''.join(rows)}\t</keypoints>\n</annotation>\n"

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from corrlib import cli
-from corrlib.recipes import chapter_setup, chapters, recipe_for
-from corrlib.recipes._common import apply_overrides, overrides_tag
+from corrlib.recipes import chapter_setup, chapters, get_config, recipe_for
+from corrlib.recipes._common import apply_overrides, normalize_overrides, overrides_tag
 from corrlib.train import CKPT_FORMAT, load_checkpoint
 
 from ._cli import eval_checkpoint
@@ -161,6 +161,8 @@ def test_set_changes_config_fields_into_a_folder_of_their_own(
     assert "steps is {'default'" in capsys.readouterr().err
     assert _train(*base, "--set", "steps") == 2
     assert "write FIELD=VALUE" in capsys.readouterr().err
+    assert _train(*base, "--set", "log_every=1", "--set", "log_every=2") == 2
+    assert "--set log_every is given twice" in capsys.readouterr().err
 
 
 def test_overrides_in_chapter_setup_and_their_kinds(tmp_path, data_root):
@@ -171,20 +173,64 @@ def test_overrides_in_chapter_setup_and_their_kinds(tmp_path, data_root):
         out_dir=tmp_path,
         overrides='{"size": [48, 48], "data": "synthetic"}',  # JSON text, as papermill's -p gives
     )
-    assert run.cfg.size == (48, 48) and run.overrides == {"size": [48, 48], "data": "synthetic"}
-    assert run.ckpt_dir.parent.name == "smoke" + overrides_tag(
-        {"data": "synthetic", "size": [48, 48]}
+    assert run.cfg.size == (48, 48) and run.overrides == {"data": "synthetic", "size": (48, 48)}
+    tag = overrides_tag({"data": "synthetic", "size": (48, 48)})
+    assert run.ckpt_dir.parent.name == "smoke" + tag and run.results_name == "03_ucn" + tag
+    assert "config overrides: data='synthetic', size=(48, 48)" in run.describe()
+    # the same changes written otherwise: one folder; other changes in the same folder: refused
+    again = chapter_setup(
+        "03_ucn",
+        "smoke",
+        data_root=data_root,
+        out_dir=tmp_path,
+        overrides={"size": (48, 48), "data": "synthetic"},
     )
-    assert "config overrides: data='synthetic', size=[48, 48]" in run.describe()
+    assert again.ckpt_dir == run.ckpt_dir
+    (run.ckpt_dir.parent / "overrides.json").write_text('{"size": [40, 40]}')
+    with pytest.raises(ValueError, match="records other overrides than this run's"):
+        chapter_setup(
+            "03_ucn", "smoke", data_root=data_root, out_dir=tmp_path, overrides=again.overrides
+        )
     plain = chapter_setup("03_ucn", "smoke", data_root=data_root, out_dir=tmp_path, overrides={})
     assert plain.ckpt_dir.parent.name == "smoke" and "overrides" not in plain.describe()
+    assert plain.results_name == "03_ucn"
     cfg = plain.cfg
-    assert apply_overrides(cfg, None) is cfg
+    assert apply_overrides(cfg, None) is cfg and apply_overrides(cfg, "") is cfg
     assert apply_overrides(cfg, {"willow_limit": 3}).willow_limit == 3  # None field: any value
-    assert apply_overrides(cfg, {"margin": 2}).margin == 2  # an int for a float
-    with pytest.raises(ValueError, match=r"True \(bool\) is not a value of that kind"):
-        apply_overrides(cfg, {"margin": True})
-    with pytest.raises(ValueError, match="not a JSON object"):
-        apply_overrides(cfg, "{size: 3}")
-    with pytest.raises(ValueError, match="must be a dict"):
-        apply_overrides(cfg, "[1, 2]")
+    assert apply_overrides(cfg, {"willow_limit": None}).willow_limit is None  # "int | None"
+    # an int for a float is a float, so both spellings share a folder
+    assert apply_overrides(cfg, {"margin": 2}).margin == 2.0
+    norm = normalize_overrides
+    assert overrides_tag(norm(cfg, {"margin": 1})) == overrides_tag(norm(cfg, {"margin": 1.0}))
+    for bad, match in (
+        ({"margin": True}, r"True \(bool\) is not a number"),
+        ({"batch_size": 2.5}, r"2\.5 \(float\) is not an int"),
+        ({"data": None}, "is not allowed: the field takes no None"),
+        ({"size": 3}, "is not a sequence"),
+        ("{size: 3}", "not a JSON object"),
+        ("[1, 2]", "must be a dict"),
+        ('[["margin", 2.0]]', "must be a dict"),
+        ({"stepz": 3}, "has no field 'stepz'"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            apply_overrides(cfg, bad)
+        if isinstance(bad, str):  # papermill's text: the same errors through chapter_setup
+            with pytest.raises(ValueError, match=match):
+                chapter_setup(
+                    "03_ucn", "smoke", data_root=data_root, out_dir=tmp_path, overrides=bad
+                )
+
+
+def test_dict_overrides_merge_into_the_presets_at_every_depth():
+    paper = get_config("03_ucn", "paper")
+    cfg = apply_overrides(paper, {"optim": {"default": {"lr": 1e-4}}})
+    want = {**paper.optim["default"], "lr": 1e-4}  # SGD, cosine, weight decay, warm-up kept
+    assert cfg.optim["default"] == want and paper.optim["default"]["lr"] == 1e-3
+    lab = get_config("01_patch", "lab")
+    steps = apply_overrides(lab, {"steps": {"default": 50}}).steps
+    assert steps == {**lab.steps, "default": 50} and steps["mccnn-fast"] == lab.steps["mccnn-fast"]
+    # nothing of the caller's dicts is shared with the frozen config
+    change = {"optim": {"default": {"lr": 1e-4}}}
+    cfg = apply_overrides(paper, change)
+    change["optim"]["default"]["lr"] = 5.0
+    assert cfg.optim["default"]["lr"] == 1e-4

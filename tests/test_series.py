@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import nbformat
@@ -508,3 +509,18 @@ def test_published_only_without_value_is_allowed(tmp_path):
     row = {**ROW, "value": None}
     record_results(tmp_path, "01_test", [row])
     assert gather_results(tmp_path)[0]["value"] is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+    ids=lambda p: p.stem,
+)
+def test_every_notebook_takes_config_overrides_and_records_apart(path):
+    """A sweep point (config_overrides) keeps its checkpoints and its metrics file apart."""
+    cells = json.loads(path.read_text())["cells"]
+    params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1 and "config_overrides = {}" in "".join(params[0]["source"])
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    assert re.search(r"chapter_setup\([^)]*overrides=config_overrides", code)
+    assert "record_results(out_dir, run.results_name, rows)" in code

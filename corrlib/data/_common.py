@@ -1027,8 +1027,8 @@ class DrawnPairDataset(PairDataset):
     Subclasses implement ``_draw_pairs`` (a list of :class:`KeypointPair`: for each class,
     ordered pairs of two images of the split drawn with ``seed``, the first ``pairs_per_class``
     with at least ``min_common`` keypoints visible in both) and document the rule; the draw is
-    made once, on first use of :attr:`pairs`. ``pairs_per_class=None`` takes the class's
-    ``PAIRS_PER_CLASS``.
+    made once, when the dataset is built (``EAGER_PAIRS``), and cached. ``pairs_per_class=None``
+    takes the class's ``PAIRS_PER_CLASS``.
     """
 
     PAIRS_PER_CLASS = 20

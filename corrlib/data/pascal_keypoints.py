@@ -15,9 +15,15 @@ object's 1-based index in the VOC annotation), ``<category>``, ``<visible_bounds
 height>`` (the VOC box, 1-based pixels) and ``<keypoints>`` of ``<keypoint name visible x y
 z>``. Coordinates are read in VOC's convention, 1-based, and returned 0-based (minus 1); the
 boxes as ``(xmin - 1, ymin - 1, xmin - 1 + width, ymin - 1 + height)``. Only keypoints with
-``visible="1"`` are used.
+``visible="1"`` are used; a name given twice in one file keeps its first position.
 
-Splits follow VOC 2011's own image split (``ImageSets/Main/{train,val}.txt``). UCN's list of
+Splits follow VOC 2011's own image split (``ImageSets/Main/{train,val}.txt``). Those lists hold
+the images of 2008 to 2011 only, so the annotated objects of ``2007_*`` images (VOC 2007's
+segmentation images, kept in VOC 2011's ``Segmentation`` lists) are left out of both splits;
+:attr:`PascalKeypointPairs.excluded` counts what is left out and why. That also keeps VOC 2007's
+photographs, where Willow's cars and motorbikes (PF-WILLOW) come from, out of training. A UCN
+trained on these pairs must not be scored on PF-PASCAL or SPair-71k: their images are VOC 2007 to
+2012 photographs, some of them these. UCN's list of
 pairs (Choy et al., NeurIPS 2016, its PASCAL experiments follow Long et al.'s protocol) was not
 found in a maintained copy, so this module defines its pairs and says how: for each category,
 ordered pairs of two objects in different images of the split are drawn with ``seed``
@@ -96,11 +102,17 @@ def read_keypoint_annotation(path: str | os.PathLike) -> dict:
     box = [x0, y0, x0 + _float(bounds, "width", path), y0 + _float(bounds, "height", path)]
     keypoints = {}
     for kp in root.iter("keypoint"):
-        if kp.get("visible") == "1" and kp.get("name"):
+        if kp.get("visible") == "1" and kp.get("name") and kp.get("name") not in keypoints:
             keypoints[kp.get("name")] = (_float(kp, "x", path) - 1.0, _float(kp, "y", path) - 1.0)
+    voc_id = (root.findtext("voc_id") or "0").strip()
+    if not voc_id.isdigit():
+        raise ValueError(
+            f"{shown_path(path)}: <voc_id> is {voc_id!r}, not an object number; extract "
+            "voc2011_keypoints_Feb2012.tgz again."
+        )
     return {
         "image": image.strip(),
-        "voc_id": int(root.findtext("voc_id") or 0),
+        "voc_id": int(voc_id),
         "category": category.strip(),
         "bbox": torch.tensor(box, dtype=torch.float32),
         "keypoints": keypoints,
@@ -122,7 +134,9 @@ class PascalKeypointPairs(DrawnPairDataset):
         seed: the seed of the draw.
 
     Items have the keypoint-pair layout of :mod:`corrlib.data` (0-based pixels, (x, y); the
-    boxes are the objects' VOC boxes).
+    boxes are the objects' VOC boxes). Pairs are drawn uniformly over objects, so images with
+    many annotated objects of a category contribute more. ``excluded``: how many annotated
+    objects were left out, by reason.
     """
 
     NAME = "PASCAL VOC 2011 keypoints (Bourdev et al.)"
@@ -162,16 +176,37 @@ class PascalKeypointPairs(DrawnPairDataset):
         return self._voc.folder
 
     def _objects(self) -> dict[str, list[dict]]:
-        """The split's annotated objects by category (files in sorted order)."""
+        """The split's annotated objects by category (files in sorted order); fills
+        :attr:`excluded`."""
         ids = set(self._voc.ids)
+        files = sorted((self.folder / "annotations").glob("*/*.xml"))
+        if not files:
+            raise ValueError(
+                f"{self.NAME}: no <category>/<image>_<object>.xml file under "
+                f"{shown_path(self.folder / 'annotations')}; {self._how_to_get(self.folder)}."
+            )
+        old, other, person = (
+            "2007 image (in no Main list)",
+            "not in this split",
+            "person of 2010 or 2011 (not curated)",
+        )
+        self.excluded = {old: 0, other: 0, person: 0}
         by_category: dict[str, list[dict]] = {}
-        for path in sorted((self.folder / "annotations").glob("*/*.xml")):
+        for path in files:
             ann = read_keypoint_annotation(path)
             if ann["image"] not in ids:
+                self.excluded[old if ann["image"].startswith("2007_") else other] += 1
                 continue
             if ann["category"] == "person" and ann["image"][:4] in ("2010", "2011"):
-                continue  # not curated (the annotators' README)
+                self.excluded[person] += 1  # not curated (the annotators' README)
+                continue
             by_category.setdefault(ann["category"], []).append(ann)
+        if not by_category:
+            raise ValueError(
+                f"{self.NAME}: none of the {len(files)} annotation files names an image of VOC "
+                f"2011 {self.split} ({shown_path(self.voc_folder / 'ImageSets' / 'Main')}); "
+                "check that both come from the official archives."
+            )
         return by_category
 
     def _draw_pairs(self) -> list[KeypointPair]:

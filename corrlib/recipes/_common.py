@@ -35,6 +35,7 @@ __all__ = [
     "chapter_setup",
     "config_getter",
     "make_presets",
+    "normalize_overrides",
     "optim",
     "overrides_tag",
     "pick",
@@ -70,8 +71,10 @@ class ChapterConfig:
     #: compared when one is reused.
     EVAL_FIELDS: ClassVar[tuple[str, ...]] = ()
     #: Settings added after checkpoints of this chapter were written, with the value those runs
-    #: had (:attr:`corrlib.train.TrainConfig.legacy`): such a checkpoint is still reused when the
-    #: setting asks for that value.
+    #: had: ``{"recipe": {field: value}, "model": {key: value}}`` (fields of this config, keys
+    #: of the model's ``config``; :attr:`corrlib.train.TrainConfig.legacy`). Such a checkpoint
+    #: is still reused when the setting asks for that value. A new field of a training chapter's
+    #: config goes here (``tests/recipes/test_run_settings.py`` keeps the list of fields).
     LEGACY_SETTINGS: ClassVar[dict] = {}
 
     def replace(self, **changes) -> ChapterConfig:
@@ -168,7 +171,7 @@ class TrainingConfig(ChapterConfig):
             seed=seed,
             device=str(device),
             recipe={**self.run_settings(), **(settings or {})},
-            legacy=dict(self.LEGACY_SETTINGS),
+            legacy=copy.deepcopy(self.LEGACY_SETTINGS),
             **self.optim_for(name),
         )
 
@@ -323,86 +326,145 @@ class TrainedModel:
     method: str | None = None
 
 
-def _same_kind(old, new) -> bool:
-    """Whether ``new`` may replace a field whose value is ``old`` (numbers for numbers, a dict for
-    a dict, a sequence for a tuple, a string for a string; anything where the field is None)."""
-    if old is None or new is None:
-        return True
-    if isinstance(old, bool) or isinstance(new, bool):
-        return isinstance(old, bool) and isinstance(new, bool)
-    if isinstance(old, (int, float)):
-        return isinstance(new, (int, float))
+def _kind_error(name: str, old, new, want: str) -> ValueError:
+    return ValueError(
+        f"config_overrides: {name} is {old!r} ({type(old).__name__}); {new!r} "
+        f"({type(new).__name__}) is not {want}."
+    )
+
+
+def _coerce(name: str, old, new, allows_none: bool):
+    """``new`` as a value of the field ``name`` whose preset value is ``old``: numbers for
+    numbers (ints stay ints; an int for a float becomes a float), a sequence for a tuple (as a
+    tuple), a string for a string, a dict for a dict (returned as given: merged later), None only
+    where the field's type allows it, anything where the preset value is None."""
+    if new is None:
+        if allows_none or old is None:
+            return None
+        raise _kind_error(name, old, new, "allowed: the field takes no None")
+    if old is None:
+        return _frozen(new)
+    if isinstance(old, bool):
+        if isinstance(new, bool):
+            return new
+        raise _kind_error(name, old, new, "a bool")
+    if isinstance(old, int):
+        if isinstance(new, int) and not isinstance(new, bool):
+            return new
+        raise _kind_error(name, old, new, "an int")
+    if isinstance(old, float):
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)
+        raise _kind_error(name, old, new, "a number")
     if isinstance(old, (tuple, list)):
-        return isinstance(new, (tuple, list))
-    return isinstance(new, type(old))
+        if isinstance(new, (tuple, list)):
+            return _frozen(new)
+        raise _kind_error(name, old, new, "a sequence")
+    if isinstance(old, dict):
+        if isinstance(new, dict):
+            return _frozen(new)
+        raise _kind_error(name, old, new, "a dict")
+    if isinstance(new, type(old)):
+        return new
+    raise _kind_error(name, old, new, f"a {type(old).__name__}")
 
 
 def _frozen(value):
-    """Lists (JSON's, papermill's) as tuples, as the configs keep sequences; inside dicts too."""
+    """A deep copy with lists (JSON's, papermill's) as tuples, as the configs keep sequences."""
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(v) for v in value)
     if isinstance(value, dict):
-        return {k: _frozen(v) if isinstance(v, (list, tuple)) else v for k, v in value.items()}
+        return {k: _frozen(v) for k, v in value.items()}
     return value
 
 
-def apply_overrides(cfg: ChapterConfig, overrides) -> ChapterConfig:
-    """``cfg`` with some fields replaced: a notebook's ``config_overrides`` parameter, or
-    ``corrlib train --set FIELD=VALUE``.
+def _merged(old, new):
+    """``new`` merged into ``old``, dicts key by key at every depth (``{"optim": {"default":
+    {"lr": 1e-4}}}`` changes one learning rate and keeps the optimiser, schedule, ...)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
+    return new
+
+
+def normalize_overrides(cfg: ChapterConfig, overrides) -> dict:
+    """Check ``overrides`` against ``cfg`` and return them normalised: ``{field: value}`` with
+    each value of its field's kind (:func:`apply_overrides` says which), sequences as tuples, keys
+    sorted. Equal changes give equal dicts, however they were written (``1`` or ``1.0`` for a
+    float field, a list or a tuple), hence one checkpoint folder (:func:`overrides_tag`).
 
     Args:
         cfg: a chapter's config at a preset.
-        overrides: ``{field: value}``; a JSON object as a string is taken too (papermill's
-            ``-p config_overrides '{...}'``); None or ``{}``: no change. A field's whole value is
-            replaced (``{"steps": {"default": 100}}`` is every model's steps, not one entry).
-
-    Returns:
-        The new config (``cfg`` itself when there is nothing to change).
+        overrides: ``{field: value}``, or a JSON object as a string (papermill's ``-p``); None,
+            ``{}`` or ``""``: none.
 
     Raises:
-        ValueError: naming an unknown field (and listing the config's fields) or a value of
-            another kind than the field's (a number for a number, a dict for a dict, ...).
+        ValueError: for text that is not a JSON object, an unknown field (the config's fields
+            are listed) or a value of another kind than the field's.
     """
     if isinstance(overrides, str):
+        text = overrides.strip()
         try:
-            overrides = json.loads(overrides)
+            overrides = json.loads(text) if text else {}
         except json.JSONDecodeError as err:
             raise ValueError(
-                f"config_overrides {overrides!r} is not a JSON object ({err}); write it as "
+                f"config_overrides {text!r} is not a JSON object ({err}); write it as "
                 "'{\"field\": value}'."
             ) from None
     if not overrides:
-        return cfg
+        return {}
     if not isinstance(overrides, dict):
         raise ValueError(
-            f"config_overrides must be a dict of config fields, got {type(overrides).__name__}."
+            f"config_overrides must be a dict of config fields, got {type(overrides).__name__} "
+            f"{overrides!r}."
         )
-    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    changes = {}
-    for name, value in overrides.items():
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    out = {}
+    for name in sorted(overrides):
         if name not in fields:
             raise ValueError(
                 f"config_overrides: {type(cfg).__module__.rsplit('.', 1)[-1]}'s Config has no "
                 f"field {name!r}; its fields: {', '.join(sorted(fields))}."
             )
-        if not _same_kind(fields[name], value):
-            raise ValueError(
-                f"config_overrides: {name} is {fields[name]!r} ({type(fields[name]).__name__}); "
-                f"{value!r} ({type(value).__name__}) is not a value of that kind."
-            )
-        changes[name] = _frozen(value)
-    return cfg.replace(**changes)
+        allows_none = "None" in str(fields[name].type)
+        out[name] = _coerce(name, getattr(cfg, name), overrides[name], allows_none)
+    return out
 
 
-def overrides_tag(overrides) -> str:
-    """The checkpoint-folder suffix of a run with ``overrides``: ``""`` without, else ``"+"`` and
-    8 hex digits of the SHA-256 of the overrides as sorted JSON (equal overrides, equal folder;
-    other overrides never share a run's checkpoints)."""
-    if isinstance(overrides, str):
-        overrides = json.loads(overrides) if overrides.strip() else {}
+def apply_overrides(cfg: ChapterConfig, overrides) -> ChapterConfig:
+    """``cfg`` with some fields changed: a notebook's ``config_overrides`` parameter, or
+    ``corrlib train --set FIELD=VALUE``.
+
+    A value must be of its field's kind: an int for an int field, a number for a float, a
+    sequence for a tuple, a string for a string, a dict for a dict, a bool for a bool; None only
+    where the field takes None. A dict is merged into the preset's, key by key at every depth:
+    ``{"optim": {"default": {"lr": 1e-4}}}`` changes that learning rate and keeps the optimiser,
+    schedule and the other models' entries; ``{"steps": {"default": 50}}`` keeps other models'
+    own steps.
+
+    Args:
+        cfg: a chapter's config at a preset.
+        overrides: what :func:`normalize_overrides` takes.
+
+    Returns:
+        The new config (``cfg`` itself when there is nothing to change).
+
+    Raises:
+        ValueError: as :func:`normalize_overrides`.
+    """
+    changes = normalize_overrides(cfg, overrides)
+    if not changes:
+        return cfg
+    return cfg.replace(**{k: _merged(getattr(cfg, k), v) for k, v in changes.items()})
+
+
+def overrides_tag(overrides: dict) -> str:
+    """The checkpoint-folder suffix of a run with normalised ``overrides``
+    (:func:`normalize_overrides`): ``""`` without, else ``"+"`` and 8 hex digits of the SHA-256
+    of the overrides as sorted JSON (equal overrides, equal folder; other overrides never share
+    a run's checkpoints or its metrics file)."""
     if not overrides:
         return ""
-    text = json.dumps(_frozen(overrides), sort_keys=True, default=repr)
+    text = json.dumps(overrides, sort_keys=True, default=repr)
     return "+" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -436,6 +498,13 @@ class ChapterRun:
     def ckpt_dir_for(self, seed: int) -> Path:
         """``<out_dir>/checkpoints/<chapter>/<preset>/seed<seed>``: the checkpoints of one seed."""
         return self.ckpt_dir.parent / f"seed{seed}"
+
+    @property
+    def results_name(self) -> str:
+        """The name of this run's metrics file (``corrlib.series.record_results``): the chapter,
+        and the overrides' tag when there are some, so a sweep point never overwrites the
+        preset's results."""
+        return self.chapter + overrides_tag(self.overrides)
 
     def describe(self) -> str:
         """One line for the set-up cell's output (no machine paths).
@@ -476,6 +545,20 @@ def preset_folder(chapter: str, preset: str) -> str:
 NOTEBOOK_DATA_FALLBACK = Path("../../shared/data")
 
 
+def _record_overrides(path: Path, overrides: dict) -> None:
+    """Write ``overrides`` (normalised) to ``path`` once; an existing record must say the same."""
+    text = json.dumps(overrides, indent=1, sort_keys=True, default=repr)
+    if path.is_file():
+        if json.loads(path.read_text()) != json.loads(text):
+            raise ValueError(
+                f"{path} records other overrides than this run's ({text}); the folder belongs to "
+                "another run: pass another out_dir."
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+
+
 def chapter_setup(
     chapter: str,
     preset: str,
@@ -499,7 +582,8 @@ def chapter_setup(
         out_dir: where checkpoints and results go (None: ``../runs``).
         overrides: config fields to change (:func:`apply_overrides`; a notebook's
             ``config_overrides``). The run's checkpoints then go to ``<preset><tag>``
-            (:func:`overrides_tag`), where ``overrides.json`` records them.
+            (:func:`overrides_tag`), where ``overrides.json`` records them, and its results to
+            the metrics file :attr:`ChapterRun.results_name`.
 
     Returns:
         A :class:`ChapterRun` (``cfg``, ``root``, ``device``, ``out_dir`` and ``ckpt_dir``
@@ -513,9 +597,7 @@ def chapter_setup(
     cfg = get_config(chapter, check_preset(preset))
     lab_imagenet = getattr(getattr(recipe_for(chapter), "config", None), "lab_imagenet", None)
     preset_dir = preset_folder(chapter, preset)
-    if isinstance(overrides, str):
-        overrides = json.loads(overrides) if overrides.strip() else {}
-    overrides = dict(overrides or {})
+    overrides = normalize_overrides(cfg, overrides)
     trunk = ""
     if preset == "lab" and lab_imagenet is not None:
         trunk = lab_imagenet.describe(preset_dir == LAB_IMAGENET_FOLDER)
@@ -528,10 +610,7 @@ def chapter_setup(
     if overrides:
         cfg = apply_overrides(cfg, overrides)
         ckpt_dir = out / "checkpoints" / chapter / (preset_dir + overrides_tag(overrides))
-        record = ckpt_dir / "overrides.json"
-        if not record.is_file():
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(record, json.dumps(overrides, indent=1, sort_keys=True, default=repr))
+        _record_overrides(ckpt_dir / "overrides.json", overrides)
         ckpt_dir = ckpt_dir / f"seed{seed}"
     use_style()
     return ChapterRun(

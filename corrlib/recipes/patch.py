@@ -135,8 +135,11 @@ class PatchAugment:
     brightness: float = 0.7
     contrast: float = 1.3
     d_brightness: float = 0.3
+    #: the warp's interpolation: ``"bicubic"`` (the code's) or ``"bilinear"``
+    interp: str = "bicubic"
 
     def __post_init__(self):
+        check_choice(self.interp, "interp", ("bicubic", "bilinear"))
         if not (0 < self.scale <= 1 and 0 < self.hscale <= 1 and self.contrast >= 1):
             raise ValueError(
                 "PatchAugment needs 0 < scale <= 1, 0 < hscale <= 1 and contrast >= 1 (as "
@@ -148,13 +151,13 @@ class PatchAugment:
 
     def margin(self, size: int) -> int:
         """Pixels to cut beyond a ``size`` patch on each side so that every warped sample and
-        the 4 x 4 neighbours bicubic sampling reads stay inside (the farthest corner under the
-        largest draw)."""
+        the neighbours its interpolation reads (4 x 4 bicubic, 2 x 2 bilinear) stay inside (the
+        farthest corner under the largest draw)."""
         half = (size - 1) / 2
         phi = math.radians(min(self.rotate, 45.0))
         reach = half * (1 + self.hshear) * (math.cos(phi) + math.sin(phi))
         reach /= self.scale * self.hscale
-        return max(0, math.ceil(reach - half)) + 2
+        return max(0, math.ceil(reach - half)) + (2 if self.interp == "bicubic" else 1)
 
     def draw(self, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """One draw per reference for a batch of ``n`` pairs (``n`` even: rows ``j`` and
@@ -215,7 +218,7 @@ class PatchAugment:
         offsets = torch.stack((uu, vv), -1).reshape(-1, 2)  # (size^2, 2) x, y from the centre
         src = torch.einsum("nij,kj->nki", params["inverse"], offsets)  # (B, size^2, 2)
         grid = (src / ((q - 1) / 2)).reshape(n, size, size, 2).to(a.device, a.dtype)
-        warp = dict(mode="bicubic", padding_mode="border", align_corners=True)
+        warp = dict(mode=self.interp, padding_mode="border", align_corners=True)
 
         def per_row(v: torch.Tensor) -> torch.Tensor:
             return v.to(a.device, a.dtype)[:, None, None, None]
@@ -258,9 +261,8 @@ class Config(TrainingConfig):
     #: checkpoints written before MC-CNN's image standardisation and augmentation existed were
     #: trained with the shift and without augmentation (every preset then)
     LEGACY_SETTINGS: ClassVar[dict] = {
-        "mccnn_input_norm": "shift",
-        "mccnn_augment": None,
-        "input_norm": "shift",
+        "recipe": {"mccnn_input_norm": "shift", "mccnn_augment": None},
+        "model": {"input_norm": "shift"},
     }
     EVAL_FIELDS: ClassVar[tuple[str, ...]] = (
         "archs",
@@ -287,7 +289,9 @@ class Config(TrainingConfig):
     # KITTI 2012 at full resolution, as MC-CNN is evaluated
     test_stereo_scale: float = 1.0
     synthetic_images: int = 400
-    # patch tensors are cached: ~5 GB at 64 px
+    # MC-CNN's training pairs, drawn once (offsets included) and cut as patches: MC-CNN's code
+    # instead draws fresh offsets for every example of every valid pixel of the 154 train scenes,
+    # 14 epochs of them (main.lua); a sampled subset and 100,000 steps here, our choice for memory
     n_train_stereo: int = 100000
     n_train_synthetic: int = 50000
     n_test: int = 50000

@@ -134,6 +134,8 @@ class Config(TrainingConfig):
     held-out synthetic test; ``willow_limit``, ``max_side``, ``tss_*``: the real benchmarks.
     """
 
+    #: checkpoints written before the PASCAL option existed: its pair count was not recorded
+    LEGACY_SETTINGS: ClassVar[dict] = {"recipe": {"pascal_pairs_per_class": 200}}
     EVAL_FIELDS: ClassVar[tuple[str, ...]] = (
         "variants",
         "test_pairs",
@@ -455,13 +457,16 @@ class KeypointPool:
                 name = item[f"{side}_name"]
                 if name not in index:
                     index[name] = len(images)
-                    images.append(network_input(item[f"{side}_img"], size=tuple(size)))
+                    img = network_input(item[f"{side}_img"], size=tuple(size))
+                    images.append((img * 255).round().clamp(0, 255).to(torch.uint8))
                 rows.append(index[name])
             pairs.append(rows)
             kps_src.append(scale_points(item["src_kps"], item["src_size"], tuple(size)))
             kps_trg.append(scale_points(item["trg_kps"], item["trg_size"], tuple(size)))
-        stacked = (torch.stack(images) * 255).round().clamp(0, 255).to(torch.uint8)
-        return KeypointPool(stacked, torch.tensor(pairs), kps_src, kps_trg, tuple(size), info)
+        # each image is kept as uint8 at once (a float copy of them all: 4 x the memory)
+        return KeypointPool(
+            torch.stack(images), torch.tensor(pairs), kps_src, kps_trg, tuple(size), info
+        )
 
 
 def describe_pool(pool: PairPool | KeypointPool) -> str:

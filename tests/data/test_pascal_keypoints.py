@@ -44,19 +44,29 @@ def test_download_fetches_the_annotations_and_the_photographs(tmp_path, monkeypa
 def test_pairs_are_one_category_visible_keypoints_no_repeats_and_seeded(pascal_root):
     ds = PascalKeypointPairs(pascal_root, "train", pairs_per_class=5, seed=3)
     assert ds.categories() == ["car", "person"]
-    keys = [(p.src_name, p.trg_name) for p in ds.pairs]
-    assert len(set(keys)) == len(keys)  # no pair twice
+    keys = [(p.src_name, p.trg_name, p.info["objects"]) for p in ds.pairs]
+    assert len(set(keys)) == len(keys)  # no pair of objects twice
     per = {c: [p for p in ds.pairs if p.category == c] for c in ds.categories()}
-    assert len(per["car"]) == 5  # 4 train images: 12 ordered pairs, 5 kept
+    assert len(per["car"]) == 5  # 5 objects in 4 train images: 18 ordered pairs, 5 kept
     # person: the 2010 image is left out (uncurated), so 3 train images, 6 ordered pairs, 5 kept
     assert len(per["person"]) == 5
     assert all("2010_" not in p.src_name + p.trg_name for p in per["person"])
     for p in ds.pairs:
         assert p.src_name != p.trg_name and p.info["keypoints"] == ["K0", "K1", "K2", "K3", "K4"]
+    # the 2007 object (in no Main list) and the uncurated person are counted, not used
+    assert ds.excluded == {
+        "2007 image (in no Main list)": 1,
+        "not in this split": 4,
+        "person of 2010 or 2011 (not curated)": 1,
+    }
+    many = PascalKeypointPairs(pascal_root, "train", pairs_per_class=100)
+    cars = [p for p in many.pairs if p.category == "car"]
+    assert len(cars) == 18  # every ordered pair of objects in two different images, once
+    assert all("2007_" not in p.src_name + p.trg_name for p in many.pairs)
     again = PascalKeypointPairs(pascal_root, "train", pairs_per_class=5, seed=3)
-    assert keys == [(p.src_name, p.trg_name) for p in again.pairs]
+    assert keys == [(p.src_name, p.trg_name, p.info["objects"]) for p in again.pairs]
     other = PascalKeypointPairs(pascal_root, "train", pairs_per_class=5, seed=4)
-    assert keys != [(p.src_name, p.trg_name) for p in other.pairs]
+    assert keys != [(p.src_name, p.trg_name, p.info["objects"]) for p in other.pairs]
 
 
 def test_items_keypoints_correspond_zero_based_with_the_voc_box(pascal_root):
@@ -70,6 +80,18 @@ def test_items_keypoints_correspond_zero_based_with_the_voc_box(pascal_root):
         item["src_kps"][:, 0] - item["trg_kps"][:, 0], torch.full((5,), 4.0 * (kb - ka))
     )
     torch.testing.assert_close(item["src_bbox"], torch.tensor([2.0, 3.0, 72.0, 53.0]))
+    # absolute positions: the file's 1-based x, y minus 1
+    import xml.etree.ElementTree as ET
+
+    image = ds.pairs[0].src_name[len("JPEGImages/") : -len(".jpg")]
+    voc_id = ds.pairs[0].info["objects"][0]
+    root = ET.parse(
+        pascal_root / "PASCAL-Berkeley" / "annotations" / "car" / f"{image}_{voc_id}.xml"
+    )
+    raw = [(float(k.get("x")), float(k.get("y"))) for k in root.iter("keypoint")][:5]
+    if ds.pairs[0].category != "car":  # the first pair is a car pair (categories in order)
+        raise AssertionError(ds.pairs[0].category)
+    torch.testing.assert_close(item["src_kps"], torch.tensor(raw) - 1.0)
 
 
 def test_corrupt_annotations_and_too_few_keypoints_are_named(tmp_path):
@@ -83,3 +105,25 @@ def test_corrupt_annotations_and_too_few_keypoints_are_named(tmp_path):
     bad.write_text("<annotation><image>2008_000000</image>")
     with pytest.raises(ValueError, match=r"2008_000000_1\.xml is not valid XML"):
         PascalKeypointPairs(tmp_path, "train")
+    bad.write_text(
+        "<annotation><image>2008_000000</image><voc_id>one</voc_id><category>car</category>"
+        '<visible_bounds height="1" width="1" xmin="1" ymin="1"/></annotation>'
+    )
+    with pytest.raises(ValueError, match=r"<voc_id> is 'one', not an object number"):
+        PascalKeypointPairs(tmp_path, "train")
+    (tmp_path / "Main").mkdir()
+    for f in (ann / "car").glob("*.xml"):
+        f.unlink()
+    for f in (ann / "person").glob("*.xml"):
+        f.unlink()
+    with pytest.raises(ValueError, match=r"no <category>/<image>_<object>\.xml file under"):
+        PascalKeypointPairs(tmp_path, "train")
+
+
+def test_annotations_of_no_split_image_are_named(tmp_path):
+    ann = write_pascal_keypoints(tmp_path)
+    main = tmp_path / "TrainVal" / "VOCdevkit" / "VOC2011" / "ImageSets" / "Main"
+    (main / "train.txt").write_text("2011_999999\n")
+    with pytest.raises(ValueError, match=r"none of the 14 annotation files names an image"):
+        PascalKeypointPairs(tmp_path, "train")
+    assert len(list(ann.glob("*/*.xml"))) == 14
