@@ -67,6 +67,7 @@ def _random_imagenet_file(hub: Path, arch: str) -> None:
 #: Per chapter: the fake data it reads, then the counts and sizes shrunk for CI (nothing else).
 SHRINK = {
     "01_patch": dict(
+        mccnn_epochs=None,  # the 2 steps below, not 14 passes over every reference
         n_train_stereo=40,
         n_test=40,
         n_train_brown=40,

@@ -185,7 +185,7 @@ LAB_CHANGES = {
         "train_stereo_scale", "test_stereo_scale", "synthetic_images", "n_train_stereo",
         "n_train_synthetic", "n_test", "patch_size", "mccnn_fc_units", "mccnn_fc_layers",
         "width_mult", "steps", "optim", "log_every", "ckpt_every", "max_disp", "data",
-        "mccnn_input_norm", "mccnn_augment",
+        "mccnn_input_norm", "mccnn_augment", "mccnn_sampling", "mccnn_epochs",
     },
     "02_stn": {
         "models", "cnn_channels", "loc_channels", "loc_hidden", "batch_size", "steps", "optim",

@@ -80,6 +80,7 @@ from corrlib.data.patches import (
     sample_homography_pairs,
     sample_stereo_pairs,
     sample_synthetic_pairs,
+    stereo_references,
 )
 from corrlib.data.pfpascal import (
     PFPASCAL_CATEGORIES,
@@ -196,5 +197,6 @@ __all__ = [
     "sha256_file",
     "skimage_photos",
     "sklearn_photos",
+    "stereo_references",
     "write_flo",
 ]

@@ -62,6 +62,7 @@ __all__ = [
     "sample_homography_pairs",
     "sample_stereo_pairs",
     "sample_synthetic_pairs",
+    "stereo_references",
 ]
 
 #: Folder of OpenCV's sample images under the data root.
@@ -622,6 +623,38 @@ def _draw(mask: torch.Tensor, n: int, gen: torch.Generator, what: str) -> torch.
 _MCCNN = "MC-CNN sampling (Zbontar & LeCun, JMLR 2016, Sec. 3.1)"
 
 
+def _reference_mask(pair: StereoPair, n_hi: float, margin: int) -> torch.Tensor:
+    """``(H, W)`` bool: the left pixels that can serve as MC-CNN references (valid finite
+    disparity ``d``, ``margin`` px inside the image, and ``x - d +- n_hi`` ``margin`` px inside
+    the right image)."""
+    h, w = pair.size
+    disp = pair.disparity.double()
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
+    ok = pair.valid & torch.isfinite(disp)
+    ok &= (xs >= margin) & (xs <= w - 1 - margin) & (ys >= margin) & (ys <= h - 1 - margin)
+    ok &= (xs - disp - n_hi >= margin) & (xs - disp + n_hi <= w - 1 - margin)
+    return ok
+
+
+def stereo_references(
+    pair: StereoPair, *, n_hi: float = 10.0, margin: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every left pixel of ``pair`` that can serve as an MC-CNN reference, with its disparity:
+    the pixels :func:`sample_stereo_pairs` draws from (same rule, same arguments).
+
+    Returns:
+        ``(xy, d)``: int64 ``(R, 2)`` pixel positions (x, y), row-major order, and float32
+        ``(R,)`` their ground-truth disparities in pixels (``x_right = x - d``).
+    """
+    ok = _reference_mask(pair, n_hi, margin)
+    flat = ok.flatten().nonzero()[:, 0]
+    w = ok.shape[1]
+    xy = torch.stack((flat % w, flat // w), 1)
+    return xy, pair.disparity.flatten()[flat].float()
+
+
 def sample_stereo_pairs(
     pair: StereoPair,
     n: int,
@@ -657,14 +690,8 @@ def sample_stereo_pairs(
     _check_offsets(p_hi, n_lo, n_hi)
     n_pos, n_neg = _split(n, pos_fraction)
     gen = _gen(generator)
-    h, w = pair.size
     disp = pair.disparity.double()
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
-    )
-    ok = pair.valid & torch.isfinite(disp)
-    ok &= (xs >= margin) & (xs <= w - 1 - margin) & (ys >= margin) & (ys <= h - 1 - margin)
-    ok &= (xs - disp - n_hi >= margin) & (xs - disp + n_hi <= w - 1 - margin)
+    ok = _reference_mask(pair, n_hi, margin)
     refs = _draw(ok, max(n_pos, n_neg), gen, f"no valid disparity {margin} px from the borders")
     rows = _references(n_pos, n_neg)
     xy = refs[rows]  # (N, 2)

@@ -41,6 +41,7 @@ __all__ = [
     "learned_methods",
     "paper_preset_rows",
     "results_markdown",
+    "steps_text",
 ]
 
 CHAPTER = "08_full_training"
@@ -165,6 +166,16 @@ def _fmt_data(cfg) -> str:
     return "-"
 
 
+def steps_text(cfg) -> str:
+    """A config's steps per model in words: its ``steps_description`` where it has one (steps
+    that depend on the data, as MC-CNN's epochs), else ``"name N, ..."`` of ``steps``."""
+    described = getattr(cfg, "steps_description", None)
+    if isinstance(described, str):
+        return described
+    steps = getattr(cfg, "steps", None)
+    return ", ".join(f"{k} {v:,}" for k, v in steps.items()) if steps else "-"
+
+
 def paper_preset_rows(chapters) -> list[dict]:
     """One row per chapter: the ``paper`` preset's data, backbone, size, optimiser and schedule
     (read from the config) and :data:`PAPER_SOURCES`' source.
@@ -174,7 +185,6 @@ def paper_preset_rows(chapters) -> list[dict]:
     """
     rows = []
     for chapter, cfg in chapters.items():
-        steps = getattr(cfg, "steps", None)
         optim = cfg.optim_for("default") if hasattr(cfg, "optim_for") else None
         opt = (
             f"{optim['optimizer']} lr {optim['lr']:g}, {optim.get('schedule', 'constant')}"
@@ -188,7 +198,7 @@ def paper_preset_rows(chapters) -> list[dict]:
                 "backbone": _fmt_trunk(cfg),
                 "image size": _fmt_size(cfg),
                 "optimiser": opt,
-                "steps": ", ".join(f"{k} {v:,}" for k, v in steps.items()) if steps else "-",
+                "steps": steps_text(cfg),
                 "batch": str(getattr(cfg, "batch_size", 1)),
                 "source": PAPER_SOURCES.get(chapter, "-"),
             }

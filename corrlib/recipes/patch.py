@@ -27,10 +27,12 @@ import torch.nn.functional as F
 
 from corrlib import distributed
 from corrlib._check import check_choice
+from corrlib.color import standardize_images
 from corrlib.data import (
     KITTI2012Stereo,
     PatchPairs,
     PhotoTourPairs,
+    StereoPair,
     SyntheticPairs,
     gather_patches,
     load_aloe,
@@ -40,6 +42,7 @@ from corrlib.data import (
     sample_stereo_pairs,
     sample_synthetic_pairs,
     skimage_photos,
+    stereo_references,
 )
 from corrlib.exercises import as_number, run_student
 from corrlib.losses import contrastive_hinge, hard_mining, label_hinge, margin_ranking_hinge
@@ -67,6 +70,7 @@ __all__ = [
     "PatchAugment",
     "PatchData",
     "PatchPool",
+    "StereoSampler",
     "augmentation_for",
     "build_model",
     "build_patch_data",
@@ -213,20 +217,35 @@ class PatchAugment:
                 f"PatchAugment needs patches of at least {size + 2 * self.margin(size)} px for "
                 f"{size} px outputs, got {q}: build the pool with pool_for(arch, cfg, sets)."
             )
-        r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-        vv, uu = torch.meshgrid(r, r, indexing="ij")
-        offsets = torch.stack((uu, vv), -1).reshape(-1, 2)  # (size^2, 2) x, y from the centre
-        src = torch.einsum("nij,kj->nki", params["inverse"], offsets)  # (B, size^2, 2)
+        src = self.offsets(size, params)  # (B, size^2, 2) pixels from the patch centre
         grid = (src / ((q - 1) / 2)).reshape(n, size, size, 2).to(a.device, a.dtype)
         warp = dict(mode=self.interp, padding_mode="border", align_corners=True)
+        return self.relight(F.grid_sample(a, grid, **warp), F.grid_sample(b, grid, **warp), params)
+
+    @staticmethod
+    def offsets(size: int, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Where each pixel of a ``size x size`` output patch samples its source: float64
+        ``(B, size^2, 2)`` offsets (x, y) in pixels from the patch centre, row-major, ``M^-1 q``
+        for output offset ``q`` (``params=None``: ``(1, size^2, 2)``, the identity)."""
+        r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        vv, uu = torch.meshgrid(r, r, indexing="ij")
+        q = torch.stack((uu, vv), -1).reshape(-1, 2)  # (size^2, 2) x, y from the centre
+        if params is None:
+            return q[None]
+        return torch.einsum("nij,kj->nki", params["inverse"], q)
+
+    @staticmethod
+    def relight(
+        a: torch.Tensor, b: torch.Tensor, params: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``patch * contrast + brightness`` per row (``b`` with its own brightness)."""
 
         def per_row(v: torch.Tensor) -> torch.Tensor:
             return v.to(a.device, a.dtype)[:, None, None, None]
 
         gain = per_row(params["contrast"])
-        return (
-            F.grid_sample(a, grid, **warp) * gain + per_row(params["brightness_a"]),
-            F.grid_sample(b, grid, **warp) * gain + per_row(params["brightness_b"]),
+        return a * gain + per_row(params["brightness_a"]), b * gain + per_row(
+            params["brightness_b"]
         )
 
     def __call__(
@@ -261,7 +280,13 @@ class Config(TrainingConfig):
     #: checkpoints written before MC-CNN's image standardisation and augmentation existed were
     #: trained with the shift and without augmentation (every preset then)
     LEGACY_SETTINGS: ClassVar[dict] = {
-        "recipe": {"mccnn_input_norm": "shift", "mccnn_augment": None},
+        "recipe": {
+            "mccnn_input_norm": "shift",
+            "mccnn_augment": None,
+            "mccnn_sampling": "pool",
+            "mccnn_epochs": None,
+            "mccnn_lr_epochs": 11,
+        },
         "model": {"input_norm": "shift"},
     }
     EVAL_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -289,9 +314,8 @@ class Config(TrainingConfig):
     # KITTI 2012 at full resolution, as MC-CNN is evaluated
     test_stereo_scale: float = 1.0
     synthetic_images: int = 400
-    # MC-CNN's training pairs, drawn once (offsets included) and cut as patches: MC-CNN's code
-    # instead draws fresh offsets for every example of every valid pixel of the 154 train scenes,
-    # 14 epochs of them (main.lua); a sampled subset and 100,000 steps here, our choice for memory
+    # MC-CNN's training pairs with mccnn_sampling="pool" (lab, smoke): drawn once (offsets
+    # included) and cut as patches; unused with "online"
     n_train_stereo: int = 100000
     n_train_synthetic: int = 50000
     n_test: int = 50000
@@ -315,6 +339,15 @@ class Config(TrainingConfig):
     # MC-CNN's training augmentation (PatchAugment fields): its code's KITTI options,
     # MCCNN_KITTI_AUGMENT; None: none (lab and smoke, our choice: the committed runs)
     mccnn_augment: dict | None = field(default_factory=lambda: dict(MCCNN_KITTI_AUGMENT))
+    # how MC-CNN's examples are drawn: "online" (the code's main.lua: every valid pixel of the
+    # train scenes is a reference, fresh offsets and augmentation each time it is drawn,
+    # StereoSampler) or "pool" (n_train_stereo pairs drawn once and cut: lab and smoke)
+    mccnn_sampling: str = "online"
+    # online: MC-CNN trains mccnn_epochs passes over its references (batch_size / 2 per step),
+    # the learning rate divided by 10 after mccnn_lr_epochs (main.lua: 14 epochs, lr / 10 from
+    # epoch 12 on); None: the steps and schedule of steps/optim
+    mccnn_epochs: int | None = 14
+    mccnn_lr_epochs: int = 11
     width_mult: float = 1.0
     batch_size: int = 128
     steps: dict = field(default_factory=lambda: {"default": 100000})
@@ -340,10 +373,22 @@ class Config(TrainingConfig):
     willow_limit: int | None = None
 
     @property
+    def steps_description(self) -> str | None:
+        """The steps per model in words where ``steps`` does not say them (chapter 08's tables):
+        MC-CNN's epochs when it samples online; None otherwise."""
+        if self.mccnn_sampling != "online" or not self.mccnn_epochs:
+            return None
+        return (
+            f"MC-CNN {self.mccnn_epochs} passes over every reference (lr / 10 after "
+            f"{self.mccnn_lr_epochs}), others {self.steps['default']:,}"
+        )
+
+    @property
     def data_description(self) -> str:
         """What the preset trains and tests on, in words (chapter 08's table of presets)."""
         if self.data == "papers":
             how = [
+                *(["every valid pixel, fresh offsets"] if self.mccnn_sampling == "online" else []),
                 *(["each image standardised"] if self.mccnn_input_norm == "image" else []),
                 *(["the code's augmentation"] if self.mccnn_augment else []),
             ]
@@ -374,6 +419,8 @@ PRESETS = make_presets(
         mccnn_fc_layers=3,  # 2 hidden + output, as the committed notebooks were run
         mccnn_input_norm="shift",
         mccnn_augment=None,
+        mccnn_sampling="pool",
+        mccnn_epochs=None,
         width_mult=0.5,
         steps={"default": 600, "mccnn-fast": 1200, "mccnn-accurate": 1200, "deepdesc": 400},
         optim={
@@ -397,6 +444,8 @@ PRESETS = make_presets(
         mccnn_fc_layers=3,
         mccnn_input_norm="shift",
         mccnn_augment=None,
+        mccnn_sampling="pool",
+        mccnn_epochs=None,
         width_mult=0.25,
         batch_size=32,
         steps={"default": 6},
@@ -561,24 +610,141 @@ class PatchPool:
                 a, b = augment(a, b, size, gen)
             return {"a": a, "b": b, "label": self.label[rows]}
 
-        def shard(batch: dict, rank: int, world: int) -> dict:
-            # several processes (corrlib.distributed): each keeps its references' positives and
-            # negatives, so a rank's batch has the same "positives, then negatives" layout
-            if half % world:
-                raise ValueError(
-                    f"a patch batch of {half} references does not split into {world} equal "
-                    f"slices; use a batch size that is a multiple of {2 * world}."
-                )
-            per = half // world
-            keep = torch.cat(
-                (
-                    torch.arange(rank * per, (rank + 1) * per),
-                    half + torch.arange(rank * per, (rank + 1) * per),
-                )
-            )
-            return {k: v[keep] for k, v in batch.items()}
+        fn.shard = _reference_shard(half)
+        return fn
 
-        fn.shard = shard
+
+def _reference_shard(half: int):
+    """``shard(batch, rank, world)`` of a batch of ``half`` references (positives, then their
+    negatives): each process keeps its references' positives and negatives, so a rank's batch
+    has the same "positives, then negatives" layout (:mod:`corrlib.distributed`)."""
+
+    def shard(batch: dict, rank: int, world: int) -> dict:
+        if half % world:
+            raise ValueError(
+                f"a patch batch of {half} references does not split into {world} equal "
+                f"slices; use a batch size that is a multiple of {2 * world}."
+            )
+        per = half // world
+        keep = torch.cat(
+            (
+                torch.arange(rank * per, (rank + 1) * per),
+                half + torch.arange(rank * per, (rank + 1) * per),
+            )
+        )
+        return {k: v[keep] for k, v in batch.items()}
+
+    return shard
+
+
+@dataclass
+class StereoSampler:
+    """MC-CNN's training examples drawn online, as its code draws them (``main.lua``).
+
+    Every left pixel of the training scenes that :func:`corrlib.data.stereo_references` accepts
+    is a reference. A batch draws ``B / 2`` references uniformly with replacement; each gets a
+    fresh positive offset ``U[-p_hi, p_hi]`` and negative offset ``+-U[n_lo, n_hi]`` along the
+    row, and (with ``augment``) a fresh :class:`PatchAugment` draw; its three ``size x size``
+    patches are sampled from the views themselves (bilinear without augmentation, the
+    augmentation's interpolation with it, border padding): one interpolation, as the code's.
+    ``views``: per scene ``(left, right)`` float ``(H, W)`` in the model's input domain
+    (``standardized``: each view standardised on its own, else in ``[0, 1]``); ``ref_scene``,
+    ``ref_xy`` (x, y), ``ref_d``: every reference, ``(R,)``, ``(R, 2)``, ``(R,)``.
+    """
+
+    views: list
+    ref_scene: torch.Tensor
+    ref_xy: torch.Tensor
+    ref_d: torch.Tensor
+    size: int
+    p_hi: float
+    n_lo: float
+    n_hi: float
+    standardized: bool = False
+
+    @staticmethod
+    def from_scenes(
+        scenes: list, size: int, *, standardize: bool, p_hi: float, n_lo: float, n_hi: float
+    ) -> StereoSampler:
+        """Index every reference of ``scenes`` (:class:`corrlib.data.StereoPair`)."""
+        views, scene, xy, d = [], [], [], []
+        for i, pair in enumerate(scenes):
+            left, right = pair.left.float(), pair.right.float()
+            if standardize:
+                left, right = standardize_images(left), standardize_images(right)
+            views.append((left, right))
+            refs, disp = stereo_references(pair, n_hi=n_hi)
+            scene.append(torch.full((len(refs),), i, dtype=torch.int32))
+            xy.append(refs.to(torch.int32))
+            d.append(disp)
+        if not sum(len(t) for t in scene):
+            raise ValueError(
+                "StereoSampler: no pixel of these scenes can serve as a reference (valid "
+                "disparity with its candidates inside the image)."
+            )
+        return StereoSampler(
+            views,
+            torch.cat(scene),
+            torch.cat(xy),
+            torch.cat(d),
+            size,
+            p_hi,
+            n_lo,
+            n_hi,
+            standardize,
+        )
+
+    def __len__(self) -> int:
+        return int(self.ref_scene.numel())
+
+    def batch_fn(self, batch_size: int, augment: PatchAugment | None = None):
+        """A resumable ``batch_fn(step, generator)`` for :class:`corrlib.train.Trainer`, with the
+        layout of :meth:`PatchPool.batch_fn` (rows ``j`` and ``j + B / 2``: a reference's
+        positive and negative, sharing its ``a`` patch). Everything is drawn from ``generator``:
+        references, offsets, then the augmentation."""
+        half = batch_size // 2
+        size = self.size
+
+        def fn(step: int, gen: torch.Generator) -> dict:
+            j = torch.randint(len(self), (half,), generator=gen)
+            o_pos = (2 * torch.rand(half, generator=gen, dtype=torch.float64) - 1) * self.p_hi
+            sign = torch.where(torch.rand(half, generator=gen) < 0.5, -1.0, 1.0).double()
+            mag = self.n_lo + (self.n_hi - self.n_lo) * torch.rand(
+                half, generator=gen, dtype=torch.float64
+            )
+            o = torch.cat((o_pos, sign * mag))
+            rows = torch.cat((j, j))
+            xy = self.ref_xy[rows].double()
+            centre_a = xy
+            centre_b = torch.stack((xy[:, 0] - self.ref_d[rows].double() + o, xy[:, 1]), 1)
+            params = augment.draw(2 * half, gen) if augment is not None else None
+            offsets = PatchAugment.offsets(size, params)  # (1 or B, size^2, 2)
+            mode = augment.interp if augment is not None else "bilinear"
+            scenes = self.ref_scene[rows]
+            a = torch.empty(2 * half, 1, size, size)
+            b = torch.empty(2 * half, 1, size, size)
+            for s in torch.unique(scenes).tolist():
+                pick = (scenes == s).nonzero()[:, 0]
+                off = offsets if params is None else offsets[pick]
+                for view, centre, out in ((0, centre_a, a), (1, centre_b, b)):
+                    image = self.views[s][view]
+                    h, w = image.shape
+                    pts = centre[pick][:, None, :] + off  # (n, size^2, 2) pixels
+                    grid = torch.stack(
+                        (2 * pts[..., 0] / (w - 1) - 1, 2 * pts[..., 1] / (h - 1) - 1), -1
+                    ).float()
+                    out[pick] = F.grid_sample(
+                        image[None, None].expand(1, 1, h, w),
+                        grid.reshape(1, -1, size, 2),
+                        mode=mode,
+                        padding_mode="border",
+                        align_corners=True,
+                    ).reshape(len(pick), 1, size, size)
+            if params is not None:
+                a, b = augment.relight(a, b, params)
+            return {"a": a, "b": b, "label": torch.arange(2 * half) < half}
+
+        fn.shard = _reference_shard(half)
         return fn
 
 
@@ -587,7 +753,9 @@ class PatchData:
     """Everything chapter 01 trains and tests on (see :func:`build_patch_data`).
 
     ``train_by_family``: with the papers' data, ``{"mccnn": [...], "descriptor": [...]}``: the
-    sets each family trains on (MC-CNN on KITTI, DeepCompare and DeepDesc on Brown); None when
+    sets each family trains on (MC-CNN on KITTI: the train scenes themselves when it samples
+    online, ``cfg.mccnn_sampling``, else pairs drawn from them; DeepCompare and DeepDesc on
+    Brown); None when
     every architecture trains on every set of ``train`` (the offline photographs).
     """
 
@@ -629,11 +797,16 @@ def _sampled_protocol(cfg) -> str:
     return f"patch verification, MC-CNN sampling (N_lo={cfg.n_lo:g}, N_hi={cfg.n_hi:g})"
 
 
-def _kitti_sets(cfg, root, split: str, scale: float, n: int, g: torch.Generator, sampling: dict):
-    """``(pairs, scenes)``: ``n`` pairs (positives first) spread over the split's scenes."""
+def _kitti_sets(
+    cfg, root, split: str, scale: float, n: int, g: torch.Generator, sampling: dict, draw=True
+):
+    """``(pairs, scenes)``: ``n`` pairs (positives first) spread over the split's scenes (none
+    with ``draw=False``: the scenes only, for :class:`StereoSampler`)."""
     ds = KITTI2012Stereo(root, split, scale=scale)
     count = len(ds) if cfg.kitti_scenes is None else min(len(ds), cfg.kitti_scenes)
     scenes = [ds[i] for i in range(count)]
+    if not draw:
+        return [], scenes
     per = max(2, 2 * (n // (2 * count)))  # even: one negative per positive in every scene
     return [sample_stereo_pairs(sc, per, generator=g, **sampling) for sc in scenes], scenes
 
@@ -663,10 +836,26 @@ def _stack_pairs(sets: list[PatchPairs], source: str) -> PatchPairs:
     )
 
 
-def _papers_data(cfg: Config, data_root, seed: int, g, sampling) -> PatchData:
-    kitti_train, train_scenes = _kitti_sets(
-        cfg, data_root, "train", cfg.train_stereo_scale, cfg.n_train_stereo, g, sampling
+def _mccnn_train(cfg: Config, data_root, g: torch.Generator) -> tuple[list, list]:
+    """``(sets, scenes)``: MC-CNN's training sets (the KITTI train scenes themselves when it
+    samples online, else the pairs drawn from them) and the scenes."""
+    online = cfg.mccnn_sampling == "online"
+    pairs, scenes = _kitti_sets(
+        cfg,
+        data_root,
+        "train",
+        cfg.train_stereo_scale,
+        cfg.n_train_stereo,
+        g,
+        _sampling(cfg),
+        draw=not online,
     )
+    return (scenes if online else pairs), scenes
+
+
+def _papers_data(cfg: Config, data_root, seed: int, g, sampling) -> PatchData:
+    online = cfg.mccnn_sampling == "online"
+    mccnn_train, train_scenes = _mccnn_train(cfg, data_root, g)
     kitti_val, val_scenes = _kitti_sets(
         cfg, data_root, "val", cfg.test_stereo_scale, cfg.n_test, g, sampling
     )
@@ -685,7 +874,12 @@ def _papers_data(cfg: Config, data_root, seed: int, g, sampling) -> PatchData:
             f"{', '.join(cfg.brown_test)} (their official labelled pairs); stereo maps on the "
             f"{len(val_scenes)} val scenes"
         ),
-        "n_train": sum(len(t) for t in kitti_train) + len(brown),
+        "n_train": (
+            f"MC-CNN: every valid pixel of {len(train_scenes)} scenes, drawn online; "
+            f"DeepCompare/DeepDesc: {len(brown)} pairs"
+            if online
+            else sum(len(t) for t in mccnn_train) + len(brown)
+        ),
         "n_test": {k: len(v) for k, v in test.items()},
     }
     protocol = {
@@ -695,13 +889,13 @@ def _papers_data(cfg: Config, data_root, seed: int, g, sampling) -> PatchData:
         for k in test
     }
     return PatchData(
-        [*kitti_train, brown],
+        [*mccnn_train, brown],
         test,
         train_scenes[0],
         val_scenes[0],
         load_graffiti(data_root),
         info,
-        {"mccnn": kitti_train, "descriptor": [brown]},
+        {"mccnn": mccnn_train, "descriptor": [brown]},
         protocol,
         f"KITTI 2012 stereo ({len(val_scenes)} val scenes, mean over scenes)",
         val_scenes,
@@ -713,8 +907,9 @@ def build_patch_data(cfg: Config, data_root=None, seed: int = 0) -> PatchData:
 
     ``cfg.data == "photos"``: train on Motorcycle (stereo, scale ``cfg.train_stereo_scale``) and
     synthetic warps of :data:`TRAIN_PHOTOS`; test on Aloe (stereo, ``cfg.test_stereo_scale``)
-    and graffiti (homography). ``"papers"``: train MC-CNN on ``cfg.n_train_stereo`` pairs spread
-    over the KITTI 2012 train scenes (:class:`corrlib.data.KITTI2012Stereo`) and the other
+    and graffiti (homography). ``"papers"``: train MC-CNN on the KITTI 2012 train scenes
+    (:class:`corrlib.data.KITTI2012Stereo`; sampled online, or ``cfg.n_train_stereo`` pairs
+    spread over them with ``cfg.mccnn_sampling="pool"``) and the other
     families on ``cfg.n_train_brown`` pairs of Brown's ``cfg.brown_train``
     (:class:`corrlib.data.PhotoTourPairs`; see :meth:`PatchData.train_for`); test on
     ``cfg.n_test`` pairs of the KITTI val scenes and on the official 100,000 pairs of each of
@@ -784,11 +979,7 @@ def training_sets(cfg: Config, arch: str, data_root=None, seed: int = 0) -> list
     if cfg.data == "photos":
         return build_patch_data(cfg, data_root, seed).train_for(arch)
     if arch.startswith("mccnn"):  # drawn first from the seeded generator, as in build_patch_data
-        g = torch.Generator().manual_seed(seed)
-        sampling = _sampling(cfg)
-        return _kitti_sets(
-            cfg, data_root, "train", cfg.train_stereo_scale, cfg.n_train_stereo, g, sampling
-        )[0]
+        return _mccnn_train(cfg, data_root, torch.Generator().manual_seed(seed))[0]
     return [_brown_train(cfg, data_root, seed)]
 
 
@@ -836,12 +1027,31 @@ def augmentation_for(arch: str, cfg: Config) -> PatchAugment | None:
     return PatchAugment(**cfg.mccnn_augment)
 
 
-def pool_for(arch: str, cfg: Config, sets: list) -> PatchPool:
-    """The training pool of ``arch``: ``sets`` stacked at :func:`patch_size_for` with the input
-    :func:`standardized_input` says and the margin :func:`augmentation_for` needs
-    (:meth:`PatchPool.from_pairs`)."""
+def pool_for(arch: str, cfg: Config, sets: list) -> PatchPool | StereoSampler:
+    """The training examples of ``arch`` (``sets``: :meth:`PatchData.train_for`'s).
+
+    MC-CNN with ``cfg.mccnn_sampling == "online"``: a :class:`StereoSampler` over the stereo
+    scenes ``sets`` (what ``train_for`` gives then). Otherwise the pairs of ``sets`` stacked at
+    :func:`patch_size_for` with the input :func:`standardized_input` says and the margin
+    :func:`augmentation_for` needs (:meth:`PatchPool.from_pairs`)."""
     size = patch_size_for(arch, cfg)
     augment = augmentation_for(arch, cfg)
+    check_choice(cfg.mccnn_sampling, "mccnn_sampling", ("online", "pool"))
+    if arch.startswith("mccnn") and cfg.mccnn_sampling == "online":
+        if not sets or not all(isinstance(s, StereoPair) for s in sets):
+            raise ValueError(
+                "mccnn_sampling='online' draws MC-CNN's examples from stereo scenes (StereoPair: "
+                "the papers' data, data='papers'); these training sets are patch pairs: use "
+                "mccnn_sampling='pool'."
+            )
+        return StereoSampler.from_scenes(
+            sets,
+            size,
+            standardize=standardized_input(arch, cfg),
+            p_hi=cfg.p_hi,
+            n_lo=cfg.n_lo,
+            n_hi=cfg.n_hi,
+        )
     return PatchPool.from_pairs(
         sets,
         size,
@@ -959,8 +1169,11 @@ def train_patch_model(
         cfg: the chapter's :class:`Config` (its fields used: ``batch_size``, ``steps``, ``optim``,
             ``log_every``, ``ckpt_every``, ``mining``, ``mccnn_augment`` and those of
             :func:`build_model`, ``mccnn_input_norm`` among them).
-        pool: the training pairs of ``arch`` at ``cfg`` (:func:`pool_for`: its patch size,
-            input domain and augmentation margin; a pool in another domain is refused).
+        pool: the training examples of ``arch`` at ``cfg`` (:func:`pool_for`: a
+            :class:`PatchPool` at its patch size, input domain and augmentation margin, or
+            MC-CNN's :class:`StereoSampler`; a pool in another domain is refused). With a
+            sampler and ``cfg.mccnn_epochs``, the steps are ``mccnn_epochs`` passes over its
+            references and the learning rate drops tenfold after ``mccnn_lr_epochs``.
         ckpt_path: the checkpoint file (None: no checkpoints, no resume).
         seed: seeds the initialisation and the batches.
         device: ``"auto"`` or a torch device string.
@@ -995,6 +1208,16 @@ def train_patch_model(
     config = cfg.train_config(
         arch, seed=seed, device=device, steps=steps, settings={"mining": mining}
     )
+    if isinstance(pool, StereoSampler) and cfg.mccnn_epochs and steps is None:
+        # MC-CNN's code: mccnn_epochs passes over every reference, lr / 10 after mccnn_lr_epochs
+        per_epoch = math.ceil(len(pool) / max(1, cfg.batch_size // 2))
+        config = dataclasses.replace(
+            config,
+            steps=cfg.mccnn_epochs * per_epoch,
+            schedule="step",
+            step_size=cfg.mccnn_lr_epochs * per_epoch,
+            gamma=0.1,
+        )
     trainer = Trainer(
         model,
         lambda m, batch: patch_loss(arch, m, batch, mining=mining),

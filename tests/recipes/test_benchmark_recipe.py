@@ -116,3 +116,13 @@ def test_exported_models_follow_the_lab_trunk_each_chapter_takes_now(tmp_path, m
         "06_sfnet/lab/seed0/full.pt"
     )
     assert recipe.exported_models(tmp_path, "paper") == {}
+
+
+def test_steps_text_says_mccnns_epochs_and_the_others_steps():
+    from corrlib.recipes import get_config
+    from corrlib.recipes.benchmark import steps_text
+
+    assert steps_text(get_config("01_patch", "paper")).startswith("MC-CNN 14 passes over every")
+    assert steps_text(get_config("01_patch", "lab")).startswith("default 600, mccnn-fast 1,200")
+    assert steps_text(get_config("06_sfnet", "paper")) == "default 3,660"
+    assert steps_text(get_config("00_basics", "lab")) == "-"

@@ -78,6 +78,7 @@ def test_pool_keeps_brown_patches_once_in_uint8_and_scores_in_batches(tmp_path):
 def test_paper_mccnn_trains_on_patches_of_standardised_images(tmp_path):
     paper, lab = recipe.config("paper"), recipe.config("lab")
     assert paper.mccnn_input_norm == "image" and lab.mccnn_input_norm == "shift"
+    paper = paper.replace(mccnn_sampling="pool")  # pairs drawn once, as lab does
     assert recipe.standardized_input("mccnn-accurate", paper)
     assert not recipe.standardized_input("deepdesc", paper)
     assert not recipe.standardized_input("mccnn-fast", lab)
@@ -281,7 +282,8 @@ def test_paper_preset_trains_on_kitti_and_brown_in_their_official_layouts(tmp_pa
     cfg = paper.replace(**SHRINK["01_patch"])  # counts and sizes only
     data = recipe.build_patch_data(cfg, tmp_path, seed=0)
     assert set(data.test) == {"kitti 2012 val (stereo)", "notredame (brown)", "yosemite (brown)"}
-    assert [s.source.split(":")[0] for s in data.train_for("mccnn-fast")] == [
+    # MC-CNN draws its examples online from the train scenes themselves (the code's sampling)
+    assert [s.name for s in data.train_for("mccnn-fast")] == [
         "kitti2012-000000",
         "kitti2012-000001",
     ]
@@ -291,7 +293,7 @@ def test_paper_preset_trains_on_kitti_and_brown_in_their_official_layouts(tmp_pa
     alone = recipe.training_sets(cfg, "mccnn-fast", tmp_path, 0)
     reference = data.train_for("mccnn-fast")
     assert len(alone) == len(reference) == 2
-    assert all(torch.equal(a.xy_a, b.xy_a) for a, b in zip(alone, reference))
+    assert all(torch.equal(a.left, b.left) for a, b in zip(alone, reference))
     [brown] = recipe.training_sets(cfg, "deepdesc", tmp_path, 0)
     assert torch.equal(brown.pairs, data.train_for("deepdesc")[0].pairs)
     kitti_only = tmp_path / "kitti-only"
@@ -302,6 +304,7 @@ def test_paper_preset_trains_on_kitti_and_brown_in_their_official_layouts(tmp_pa
         pool = recipe.pool_for(arch, cfg, data.train_for(arch))
         # MC-CNN's code standardises every KITTI image; the Brown families take [0, 1] patches
         assert pool.standardized == (arch == "mccnn-fast")
+        assert isinstance(pool, recipe.StereoSampler) == (arch == "mccnn-fast")
         model, history, _ = recipe.train_patch_model(arch, cfg, pool, seed=0, device="cpu")
         assert len(history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
         if arch == "mccnn-fast":  # the stereo map of a standardising MC-CNN
@@ -378,7 +381,7 @@ def test_augmentation_identity_crops_and_photometric_draws_are_per_reference():
 def test_pool_for_an_augmented_mccnn_keeps_a_margin_and_batches_its_patch_size(tmp_path):
     from tests.fake_layouts import write_phototour
 
-    paper = recipe.config("paper")
+    paper = recipe.config("paper").replace(mccnn_sampling="pool")
     sets = [_shift_pairs(8)]
     pool = recipe.pool_for("mccnn-accurate", paper, sets)
     assert pool.margin == 4 and pool.patches.shape[-1] == 17 and pool.standardized
@@ -461,3 +464,72 @@ def test_checkpoints_from_before_the_input_settings_are_still_reused(tmp_path, c
             ckpt_path=path,
             steps=2,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# MC-CNN's online sampling (paper preset)
+# --------------------------------------------------------------------------------------------
+
+
+def _shifted_scene(d: int = 3, h: int = 30, w: int = 60, seed: int = 0, valid=None):
+    """A stereo pair whose right view is the left one moved ``d`` px left (x_right = x - d)."""
+    from corrlib.data import StereoPair
+
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.nn.functional.avg_pool2d(torch.rand(1, 1, h, w + d, generator=g), 3, 1, 1)[0, 0]
+    left, right = wide[:, :w].contiguous(), wide[:, d:].contiguous()  # right(x - d) = left(x)
+    rgb = (left * 255).to(torch.uint8).expand(3, h, w)
+    ok = torch.ones(h, w, dtype=torch.bool) if valid is None else valid
+    disp = torch.full((h, w), float(d))
+    return StereoPair(left, right, rgb, rgb, disp, ok, f"shift{d}", "test")
+
+
+def test_online_sampler_draws_every_reference_with_fresh_offsets_each_step():
+    from corrlib.data import stereo_references
+
+    scenes = [_shifted_scene(seed=0), _shifted_scene(d=5, seed=1)]
+    sampler = recipe.StereoSampler.from_scenes(
+        scenes, 9, standardize=False, p_hi=0.0, n_lo=4.0, n_hi=10.0
+    )
+    assert len(sampler) == sum(len(stereo_references(s, n_hi=10.0)[0]) for s in scenes)
+    fn = sampler.batch_fn(16)
+    batch = fn(0, torch.Generator().manual_seed(0))
+    assert batch["a"].shape == batch["b"].shape == (16, 1, 9, 9)
+    assert batch["label"].tolist() == [True] * 8 + [False] * 8
+    torch.testing.assert_close(batch["a"][:8], batch["a"][8:])  # a reference, two pairs
+    # p_hi = 0: the positive is the reference's own match, exactly (the views are shifts)
+    torch.testing.assert_close(batch["b"][:8], batch["a"][:8], atol=1e-6, rtol=0)
+    assert (batch["b"][8:] - batch["a"][8:]).abs().amax((1, 2, 3)).min() > 0
+    again = fn(0, torch.Generator().manual_seed(0))
+    assert all(torch.equal(batch[k], again[k]) for k in batch)  # resumable
+    other = fn(1, torch.Generator().manual_seed(1))
+    assert not torch.equal(batch["b"][8:], other["b"][8:])  # fresh draws each step
+    # the augmentation: the same map on both views, b relit within d_brightness of a
+    augment = recipe.PatchAugment()
+    lit = sampler.batch_fn(16, augment)(0, torch.Generator().manual_seed(0))
+    diff = (lit["b"][:8] - lit["a"][:8]).flatten(1)
+    assert diff.std(1).max() < 1e-4 and diff.mean(1).abs().max() <= 0.3 + 1e-4
+    # sharded over 2 processes: each keeps its references' positives and negatives
+    half0 = fn.shard(batch, 0, 2)
+    assert torch.equal(half0["a"], batch["a"][[0, 1, 2, 3, 8, 9, 10, 11]])
+
+
+def test_online_mccnn_trains_for_the_codes_epochs(tmp_path):
+    valid = torch.zeros(30, 60, dtype=torch.bool)
+    valid[10:12, 20:25] = True  # 10 references
+    sampler = recipe.StereoSampler.from_scenes(
+        [_shifted_scene(valid=valid)], 9, standardize=True, p_hi=1.0, n_lo=4.0, n_hi=10.0
+    )
+    assert len(sampler) == 10 and sampler.standardized
+    cfg = recipe.config("paper").replace(
+        batch_size=8, mccnn_epochs=3, mccnn_lr_epochs=2, log_every=1, ckpt_every=0
+    )
+    _, history, _ = recipe.train_patch_model(
+        "mccnn-fast", cfg, sampler, ckpt_path=tmp_path / "m.ckpt", device="cpu"
+    )
+    # 3 passes over 10 references, 4 a step: 3 x 3 steps; lr / 10 after 2 passes (6 steps)
+    assert history[-1]["step"] == 9
+    lrs = [row["lr"] for row in history]
+    assert lrs[5] == pytest.approx(0.002) and lrs[6] == pytest.approx(0.0002)
+    with pytest.raises(ValueError, match="draws MC-CNN's examples from stereo scenes"):
+        recipe.pool_for("mccnn-fast", cfg, [_shift_pairs(4)])
