@@ -60,6 +60,7 @@ __all__ = [
     "load_motorcycle",
     "read_opencv_matrix",
     "sample_homography_pairs",
+    "sample_stacked",
     "sample_stereo_pairs",
     "sample_synthetic_pairs",
     "stereo_references",
@@ -536,11 +537,24 @@ def _sample_patches(
     stack = torch.stack(padded)  # (M, 1, Hm, Wm)
     step = max(1, _MAX_SAMPLES_PER_CALL // (s * s))
     return torch.cat(
-        [_sample_stacked(stack, index[i : i + step], pts[i : i + step]) for i in range(0, k, step)]
+        [sample_stacked(stack, index[i : i + step], pts[i : i + step]) for i in range(0, k, step)]
     )
 
 
-def _sample_stacked(stack: torch.Tensor, index: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+def sample_stacked(
+    stack: torch.Tensor, index: torch.Tensor, pts: torch.Tensor, mode: str = "bilinear"
+) -> torch.Tensor:
+    """Patches ``(K, S, S)`` of images ``stack[index[k]]`` sampled at ``pts (K, S, S, 2)``
+    (pixels, x then y), border padding, in one ``grid_sample`` call: the patches of an image lie
+    side by side in its batch entry.
+
+    Args:
+        stack: ``(M, 1, Hm, Wm)`` images, replicate-padded to one size (which keeps the border
+            padding of each exact).
+        index: int64 ``(K,)`` image of each patch.
+        pts: ``(K, S, S, 2)`` sample positions in pixels of the images.
+        mode: ``grid_sample``'s interpolation (``"bilinear"``, ``"bicubic"``).
+    """
     m, _, hm, wm = stack.shape
     k, s = pts.shape[0], pts.shape[1]
     counts = torch.bincount(index, minlength=m)
@@ -554,7 +568,7 @@ def _sample_stacked(stack: torch.Tensor, index: torch.Tensor, pts: torch.Tensor)
     out = F.grid_sample(
         stack,
         grid.reshape(m, slots * s, s, 2),
-        mode="bilinear",
+        mode=mode,
         padding_mode="border",
         align_corners=False,
     )  # (M, 1, slots * S, S)

@@ -39,6 +39,7 @@ from corrlib.data import (
     load_graffiti,
     load_motorcycle,
     sample_homography_pairs,
+    sample_stacked,
     sample_stereo_pairs,
     sample_synthetic_pairs,
     skimage_photos,
@@ -366,7 +367,7 @@ class Config(TrainingConfig):
         }
     )
     log_every: int = 100
-    ckpt_every: int = 2000
+    ckpt_every: int = 10000
     mining: float = 2.0
     # MC-CNN's KITTI disparity range (official main.lua: disp_max 228)
     max_disp: int = 228
@@ -378,9 +379,10 @@ class Config(TrainingConfig):
         MC-CNN's epochs when it samples online; None otherwise."""
         if self.mccnn_sampling != "online" or not self.mccnn_epochs:
             return None
+        others = ", ".join(f"{k} {v:,}" for k, v in self.steps.items() if not k.startswith("mccnn"))
         return (
-            f"MC-CNN {self.mccnn_epochs} passes over every reference (lr / 10 after "
-            f"{self.mccnn_lr_epochs}), others {self.steps['default']:,}"
+            f"MC-CNN {self.mccnn_epochs} passes over every reference, {self.batch_size // 2} a "
+            f"step (lr / 10 after {self.mccnn_lr_epochs}), others: {others}"
         )
 
     @property
@@ -642,17 +644,20 @@ class StereoSampler:
     """MC-CNN's training examples drawn online, as its code draws them (``main.lua``).
 
     Every left pixel of the training scenes that :func:`corrlib.data.stereo_references` accepts
-    is a reference. A batch draws ``B / 2`` references uniformly with replacement; each gets a
-    fresh positive offset ``U[-p_hi, p_hi]`` and negative offset ``+-U[n_lo, n_hi]`` along the
-    row, and (with ``augment``) a fresh :class:`PatchAugment` draw; its three ``size x size``
-    patches are sampled from the views themselves (bilinear without augmentation, the
-    augmentation's interpolation with it, border padding): one interpolation, as the code's.
-    ``views``: per scene ``(left, right)`` float ``(H, W)`` in the model's input domain
-    (``standardized``: each view standardised on its own, else in ``[0, 1]``); ``ref_scene``,
-    ``ref_xy`` (x, y), ``ref_d``: every reference, ``(R,)``, ``(R, 2)``, ``(R,)``.
+    is a reference. A batch draws ``B / 2`` references uniformly with replacement (the code
+    visits them in a new random order each epoch: the same number of visits on average); each
+    gets a fresh positive offset ``U[-p_hi, p_hi]`` and negative offset ``+-U[n_lo, n_hi]``
+    along the row, and (with ``augment``) a fresh :class:`PatchAugment` draw; its three
+    ``size x size`` patches are sampled from the views themselves (bilinear without
+    augmentation, the augmentation's interpolation with it, border padding): one interpolation,
+    as the code's. ``left``, ``right``: the scenes' views stacked ``(S, 1, Hm, Wm)``,
+    replicate-padded to the largest, in the model's input domain (``standardized``: each view
+    standardised on its own before padding, else in ``[0, 1]``); ``ref_scene``, ``ref_xy``
+    (x, y), ``ref_d``: every reference, ``(R,)``, ``(R, 2)``, ``(R,)``.
     """
 
-    views: list
+    left: torch.Tensor
+    right: torch.Tensor
     ref_scene: torch.Tensor
     ref_xy: torch.Tensor
     ref_d: torch.Tensor
@@ -667,12 +672,21 @@ class StereoSampler:
         scenes: list, size: int, *, standardize: bool, p_hi: float, n_lo: float, n_hi: float
     ) -> StereoSampler:
         """Index every reference of ``scenes`` (:class:`corrlib.data.StereoPair`)."""
-        views, scene, xy, d = [], [], [], []
+        if not 0 <= p_hi <= n_lo <= n_hi:
+            raise ValueError(
+                "StereoSampler needs 0 <= p_hi <= n_lo <= n_hi (positives within p_hi of the "
+                f"match, negatives n_lo..n_hi away), got p_hi={p_hi}, n_lo={n_lo}, n_hi={n_hi}."
+            )
+        hm = max(int(p.left.shape[0]) for p in scenes)
+        wm = max(int(p.left.shape[1]) for p in scenes)
+        views: dict[str, list] = {"left": [], "right": []}
+        scene, xy, d = [], [], []
         for i, pair in enumerate(scenes):
-            left, right = pair.left.float(), pair.right.float()
-            if standardize:
-                left, right = standardize_images(left), standardize_images(right)
-            views.append((left, right))
+            for name in ("left", "right"):
+                view = getattr(pair, name).float()
+                view = standardize_images(view) if standardize else view
+                pad = (0, wm - view.shape[1], 0, hm - view.shape[0])
+                views[name].append(F.pad(view[None, None], pad, mode="replicate")[0])
             refs, disp = stereo_references(pair, n_hi=n_hi)
             scene.append(torch.full((len(refs),), i, dtype=torch.int32))
             xy.append(refs.to(torch.int32))
@@ -683,7 +697,8 @@ class StereoSampler:
                 "disparity with its candidates inside the image)."
             )
         return StereoSampler(
-            views,
+            torch.stack(views["left"]),
+            torch.stack(views["right"]),
             torch.cat(scene),
             torch.cat(xy),
             torch.cat(d),
@@ -697,6 +712,11 @@ class StereoSampler:
     def __len__(self) -> int:
         return int(self.ref_scene.numel())
 
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Steps of one pass over the references, ``B / 2`` a step, as MC-CNN's epoch loop
+        (``for t = 1, N - bs/2, bs/2``: ``(N - 1) // (B / 2)`` batches, at least 1)."""
+        return max(1, (len(self) - 1) // max(1, batch_size // 2))
+
     def batch_fn(self, batch_size: int, augment: PatchAugment | None = None):
         """A resumable ``batch_fn(step, generator)`` for :class:`corrlib.train.Trainer`, with the
         layout of :meth:`PatchPool.batch_fn` (rows ``j`` and ``j + B / 2``: a reference's
@@ -704,6 +724,7 @@ class StereoSampler:
         references, offsets, then the augmentation."""
         half = batch_size // 2
         size = self.size
+        mode = augment.interp if augment is not None else "bilinear"
 
         def fn(step: int, gen: torch.Generator) -> dict:
             j = torch.randint(len(self), (half,), generator=gen)
@@ -715,31 +736,15 @@ class StereoSampler:
             o = torch.cat((o_pos, sign * mag))
             rows = torch.cat((j, j))
             xy = self.ref_xy[rows].double()
-            centre_a = xy
             centre_b = torch.stack((xy[:, 0] - self.ref_d[rows].double() + o, xy[:, 1]), 1)
             params = augment.draw(2 * half, gen) if augment is not None else None
             offsets = PatchAugment.offsets(size, params)  # (1 or B, size^2, 2)
-            mode = augment.interp if augment is not None else "bilinear"
-            scenes = self.ref_scene[rows]
-            a = torch.empty(2 * half, 1, size, size)
-            b = torch.empty(2 * half, 1, size, size)
-            for s in torch.unique(scenes).tolist():
-                pick = (scenes == s).nonzero()[:, 0]
-                off = offsets if params is None else offsets[pick]
-                for view, centre, out in ((0, centre_a, a), (1, centre_b, b)):
-                    image = self.views[s][view]
-                    h, w = image.shape
-                    pts = centre[pick][:, None, :] + off  # (n, size^2, 2) pixels
-                    grid = torch.stack(
-                        (2 * pts[..., 0] / (w - 1) - 1, 2 * pts[..., 1] / (h - 1) - 1), -1
-                    ).float()
-                    out[pick] = F.grid_sample(
-                        image[None, None].expand(1, 1, h, w),
-                        grid.reshape(1, -1, size, 2),
-                        mode=mode,
-                        padding_mode="border",
-                        align_corners=True,
-                    ).reshape(len(pick), 1, size, size)
+            scenes = self.ref_scene[rows].long()
+            shape = (2 * half, size, size, 2)
+            pts_a = (xy[:, None, :] + offsets).float().reshape(shape)
+            pts_b = (centre_b[:, None, :] + offsets).float().reshape(shape)
+            a = sample_stacked(self.left, scenes, pts_a, mode)[:, None]
+            b = sample_stacked(self.right, scenes, pts_b, mode)[:, None]
             if params is not None:
                 a, b = augment.relight(a, b, params)
             return {"a": a, "b": b, "label": torch.arange(2 * half) < half}
@@ -856,8 +861,11 @@ def _mccnn_train(cfg: Config, data_root, g: torch.Generator) -> tuple[list, list
 def _papers_data(cfg: Config, data_root, seed: int, g, sampling) -> PatchData:
     online = cfg.mccnn_sampling == "online"
     mccnn_train, train_scenes = _mccnn_train(cfg, data_root, g)
+    # the val pairs from a generator of their own (seed + 1): the same test pairs however
+    # MC-CNN's training examples are drawn (online or a pool of any size)
+    g_val = torch.Generator().manual_seed(seed + 1)
     kitti_val, val_scenes = _kitti_sets(
-        cfg, data_root, "val", cfg.test_stereo_scale, cfg.n_test, g, sampling
+        cfg, data_root, "val", cfg.test_stereo_scale, cfg.n_test, g_val, sampling
     )
     brown = _brown_train(cfg, data_root, seed)
     test = {"kitti 2012 val (stereo)": _stack_pairs(kitti_val, "KITTI 2012 val scenes")}
@@ -1151,7 +1159,7 @@ def patch_loss(
 def train_patch_model(
     arch: str,
     cfg: Config,
-    pool: PatchPool,
+    pool: PatchPool | StereoSampler,
     *,
     ckpt_path=None,
     seed: int = 0,
@@ -1180,7 +1188,7 @@ def train_patch_model(
         mining: DeepDesc's mining ratio for :func:`patch_loss` (None: ``cfg.mining`` for
             DeepDesc, the paper's; 1: no mining); recorded with the checkpoint.
         progress: show a progress bar.
-        steps: the number of steps (None: ``cfg.steps``).
+        steps: the number of steps (None: ``cfg.steps``, or MC-CNN's epochs with a sampler).
 
     Returns:
         ``(model, history, seconds)``: the trained :class:`~corrlib.models.patch.PatchModel` in
@@ -1208,14 +1216,25 @@ def train_patch_model(
     config = cfg.train_config(
         arch, seed=seed, device=device, steps=steps, settings={"mining": mining}
     )
-    if isinstance(pool, StereoSampler) and cfg.mccnn_epochs and steps is None:
-        # MC-CNN's code: mccnn_epochs passes over every reference, lr / 10 after mccnn_lr_epochs
-        per_epoch = math.ceil(len(pool) / max(1, cfg.batch_size // 2))
+    if isinstance(pool, StereoSampler) and cfg.mccnn_epochs is not None and steps is None:
+        # MC-CNN's code: mccnn_epochs passes over every reference, lr / 10 (once) after
+        # mccnn_lr_epochs; the optim entry's schedule is replaced
+        epochs, drop = cfg.mccnn_epochs, cfg.mccnn_lr_epochs
+        if not (isinstance(epochs, int) and isinstance(drop, int) and 1 <= drop and epochs >= 1):
+            raise ValueError(
+                f"mccnn_epochs and mccnn_lr_epochs must be ints >= 1, got {epochs!r} and {drop!r}."
+            )
+        if epochs > 2 * drop:
+            raise ValueError(
+                f"mccnn_epochs={epochs} > 2 * mccnn_lr_epochs={drop}: the step schedule would "
+                "divide the learning rate a second time, which MC-CNN's code does not."
+            )
+        per_epoch = pool.steps_per_epoch(cfg.batch_size)
         config = dataclasses.replace(
             config,
-            steps=cfg.mccnn_epochs * per_epoch,
-            schedule="step",
-            step_size=cfg.mccnn_lr_epochs * per_epoch,
+            steps=epochs * per_epoch,
+            schedule="step" if drop < epochs else "constant",
+            step_size=drop * per_epoch,
             gamma=0.1,
         )
     trainer = Trainer(

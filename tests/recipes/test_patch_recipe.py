@@ -288,6 +288,11 @@ def test_paper_preset_trains_on_kitti_and_brown_in_their_official_layouts(tmp_pa
         "kitti2012-000001",
     ]
     assert data.train_for("deepdesc") == data.train_for("2ch") == [data.train[-1]]
+    # the KITTI test pairs do not depend on how MC-CNN's training examples are drawn
+    pooled = recipe.build_patch_data(cfg.replace(mccnn_sampling="pool"), tmp_path, seed=0)
+    val = "kitti 2012 val (stereo)"
+    assert torch.equal(pooled.test[val].xy_a, data.test[val].xy_a)
+    assert len(pooled.train_for("mccnn-fast")[0]) == 20  # 40 pairs over 2 scenes, drawn once
     assert data.stereo_test.name == "kitti2012-000004" and len(data.test["yosemite (brown)"]) == 48
     # corrlib train reads only what one family trains on, and draws the same pairs
     alone = recipe.training_sets(cfg, "mccnn-fast", tmp_path, 0)
@@ -491,14 +496,16 @@ def test_online_sampler_draws_every_reference_with_fresh_offsets_each_step():
     sampler = recipe.StereoSampler.from_scenes(
         scenes, 9, standardize=False, p_hi=0.0, n_lo=4.0, n_hi=10.0
     )
-    assert len(sampler) == sum(len(stereo_references(s, n_hi=10.0)[0]) for s in scenes)
+    # references: 5 px inside, x - d +- 10 inside too: 20 rows x 30 columns in each scene
+    assert len(sampler) == 1200
+    assert len(stereo_references(scenes[0], n_hi=10.0)[0]) == 600
     fn = sampler.batch_fn(16)
     batch = fn(0, torch.Generator().manual_seed(0))
     assert batch["a"].shape == batch["b"].shape == (16, 1, 9, 9)
     assert batch["label"].tolist() == [True] * 8 + [False] * 8
     torch.testing.assert_close(batch["a"][:8], batch["a"][8:])  # a reference, two pairs
     # p_hi = 0: the positive is the reference's own match, exactly (the views are shifts)
-    torch.testing.assert_close(batch["b"][:8], batch["a"][:8], atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch["b"][:8], batch["a"][:8], atol=1e-5, rtol=0)
     assert (batch["b"][8:] - batch["a"][8:]).abs().amax((1, 2, 3)).min() > 0
     again = fn(0, torch.Generator().manual_seed(0))
     assert all(torch.equal(batch[k], again[k]) for k in batch)  # resumable
@@ -527,9 +534,16 @@ def test_online_mccnn_trains_for_the_codes_epochs(tmp_path):
     _, history, _ = recipe.train_patch_model(
         "mccnn-fast", cfg, sampler, ckpt_path=tmp_path / "m.ckpt", device="cpu"
     )
-    # 3 passes over 10 references, 4 a step: 3 x 3 steps; lr / 10 after 2 passes (6 steps)
-    assert history[-1]["step"] == 9
+    # 3 passes over 10 references, 4 a step: (10 - 1) // 4 = 2 steps a pass, as the code's loop;
+    # lr / 10 after 2 passes (4 steps)
+    assert sampler.steps_per_epoch(8) == 2 and history[-1]["step"] == 6
     lrs = [row["lr"] for row in history]
-    assert lrs[5] == pytest.approx(0.002) and lrs[6] == pytest.approx(0.0002)
+    assert lrs[3] == pytest.approx(0.002) and lrs[4] == pytest.approx(0.0002)
+    with pytest.raises(ValueError, match="would divide the learning rate a second time"):
+        recipe.train_patch_model("mccnn-fast", cfg.replace(mccnn_epochs=5), sampler)
+    with pytest.raises(ValueError, match="p_hi <= n_lo <= n_hi"):
+        recipe.StereoSampler.from_scenes(
+            [_shifted_scene()], 9, standardize=False, p_hi=5.0, n_lo=4.0, n_hi=10.0
+        )
     with pytest.raises(ValueError, match="draws MC-CNN's examples from stereo scenes"):
         recipe.pool_for("mccnn-fast", cfg, [_shift_pairs(4)])
