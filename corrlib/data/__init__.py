@@ -81,6 +81,7 @@ from corrlib.data.patches import (
     sample_stacked,
     sample_stereo_pairs,
     sample_synthetic_pairs,
+    stereo_offsets,
     stereo_references,
 )
 from corrlib.data.pfpascal import (
@@ -199,6 +200,7 @@ __all__ = [
     "sha256_file",
     "skimage_photos",
     "sklearn_photos",
+    "stereo_offsets",
     "stereo_references",
     "write_flo",
 ]

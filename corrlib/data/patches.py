@@ -63,6 +63,7 @@ __all__ = [
     "sample_stacked",
     "sample_stereo_pairs",
     "sample_synthetic_pairs",
+    "stereo_offsets",
     "stereo_references",
 ]
 
@@ -605,7 +606,21 @@ def _uniform(shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator)
     return lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=torch.float64)
 
 
-def _offsets_1d(n_pos, n_neg, p_hi, n_lo, n_hi, gen) -> torch.Tensor:
+def stereo_offsets(
+    n_pos: int,
+    n_neg: int,
+    *,
+    p_hi: float,
+    n_lo: float,
+    n_hi: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MC-CNN's offsets along the row from the true match (pixels, float64 ``(n_pos + n_neg,)``):
+    ``n_pos`` positives ``U[-p_hi, p_hi]``, then ``n_neg`` negatives ``+-U[n_lo, n_hi]`` with a
+    random sign (the draws :func:`sample_stereo_pairs` makes; ``0 <= p_hi <= n_lo <= n_hi`` is
+    checked). ``generator=None``: a fresh one seeded with 0."""
+    _check_offsets(p_hi, n_lo, n_hi)
+    gen = _gen(generator)
     o_pos = _uniform((n_pos,), -p_hi, p_hi, gen)
     sign = torch.where(torch.rand(n_neg, generator=gen) < 0.5, -1.0, 1.0).double()
     return torch.cat((o_pos, sign * _uniform((n_neg,), n_lo, n_hi, gen)))
@@ -710,7 +725,7 @@ def sample_stereo_pairs(
     rows = _references(n_pos, n_neg)
     xy = refs[rows]  # (N, 2)
     d = disp[xy[:, 1].long(), xy[:, 0].long()]
-    o = _offsets_1d(n_pos, n_neg, p_hi, n_lo, n_hi, gen)
+    o = stereo_offsets(n_pos, n_neg, p_hi=p_hi, n_lo=n_lo, n_hi=n_hi, generator=gen)
     a_b = torch.zeros(n_pos + n_neg, 2, 3, dtype=torch.float64)
     a_b[:, 0, 0] = a_b[:, 1, 1] = 1.0
     a_b[:, 0, 2] = xy[:, 0] - d + o

@@ -43,6 +43,7 @@ from corrlib.data import (
     sample_stereo_pairs,
     sample_synthetic_pairs,
     skimage_photos,
+    stereo_offsets,
     stereo_references,
 )
 from corrlib.exercises import as_number, run_student
@@ -672,11 +673,7 @@ class StereoSampler:
         scenes: list, size: int, *, standardize: bool, p_hi: float, n_lo: float, n_hi: float
     ) -> StereoSampler:
         """Index every reference of ``scenes`` (:class:`corrlib.data.StereoPair`)."""
-        if not 0 <= p_hi <= n_lo <= n_hi:
-            raise ValueError(
-                "StereoSampler needs 0 <= p_hi <= n_lo <= n_hi (positives within p_hi of the "
-                f"match, negatives n_lo..n_hi away), got p_hi={p_hi}, n_lo={n_lo}, n_hi={n_hi}."
-            )
+        stereo_offsets(0, 0, p_hi=p_hi, n_lo=n_lo, n_hi=n_hi)  # checks the offsets
         hm = max(int(p.left.shape[0]) for p in scenes)
         wm = max(int(p.left.shape[1]) for p in scenes)
         views: dict[str, list] = {"left": [], "right": []}
@@ -728,12 +725,9 @@ class StereoSampler:
 
         def fn(step: int, gen: torch.Generator) -> dict:
             j = torch.randint(len(self), (half,), generator=gen)
-            o_pos = (2 * torch.rand(half, generator=gen, dtype=torch.float64) - 1) * self.p_hi
-            sign = torch.where(torch.rand(half, generator=gen) < 0.5, -1.0, 1.0).double()
-            mag = self.n_lo + (self.n_hi - self.n_lo) * torch.rand(
-                half, generator=gen, dtype=torch.float64
+            o = stereo_offsets(
+                half, half, p_hi=self.p_hi, n_lo=self.n_lo, n_hi=self.n_hi, generator=gen
             )
-            o = torch.cat((o_pos, sign * mag))
             rows = torch.cat((j, j))
             xy = self.ref_xy[rows].double()
             centre_b = torch.stack((xy[:, 0] - self.ref_d[rows].double() + o, xy[:, 1]), 1)
